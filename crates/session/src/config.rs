@@ -1,0 +1,151 @@
+//! Device configuration, and the negative-control switches that break one
+//! promise each so a test can prove the matching scenario catches it.
+
+use crate::identity::Mac;
+use alloc::string::String;
+use core::fmt;
+use core::str::FromStr;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MqttVersion {
+    V3_1_1,
+    V5,
+}
+
+impl FromStr for MqttVersion {
+    type Err = &'static str;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "3.1.1" | "3" | "4" => Ok(MqttVersion::V3_1_1),
+            "5" | "5.0" => Ok(MqttVersion::V5),
+            _ => Err("MQTT version is 3.1.1 or 5"),
+        }
+    }
+}
+
+impl fmt::Display for MqttVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MqttVersion::V3_1_1 => "3.1.1",
+            MqttVersion::V5 => "5",
+        })
+    }
+}
+
+/// A deliberately broken promise (negative control).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bug {
+    /// A new random client ID on every connection.
+    RandomClientId,
+    /// clean_session=1 / clean_start=1 with no session expiry.
+    CleanSession,
+    /// Telemetry taken while offline is thrown away.
+    NoOutbox,
+    /// Reconnect delays without jitter: a fleet reconnects in lockstep.
+    NoJitter,
+    /// Never re-subscribes after session_present=0.
+    NoResubscribe,
+    /// Executes redelivered commands again.
+    NoDedupe,
+    /// The telemetry buffer never drops: memory grows without bound.
+    UnboundedBuffer,
+}
+
+pub const ALL_BUGS: [Bug; 7] = [
+    Bug::RandomClientId,
+    Bug::CleanSession,
+    Bug::NoOutbox,
+    Bug::NoJitter,
+    Bug::NoResubscribe,
+    Bug::NoDedupe,
+    Bug::UnboundedBuffer,
+];
+
+impl Bug {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Bug::RandomClientId => "random-client-id",
+            Bug::CleanSession => "clean-session",
+            Bug::NoOutbox => "no-outbox",
+            Bug::NoJitter => "no-jitter",
+            Bug::NoResubscribe => "no-resubscribe",
+            Bug::NoDedupe => "no-dedupe",
+            Bug::UnboundedBuffer => "unbounded-buffer",
+        }
+    }
+}
+
+impl FromStr for Bug {
+    type Err = &'static str;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ALL_BUGS
+            .iter()
+            .copied()
+            .find(|b| b.name() == s)
+            .ok_or("unknown bug: random-client-id, clean-session, no-outbox, no-jitter, no-resubscribe, no-dedupe, unbounded-buffer")
+    }
+}
+
+/// The set of enabled negative controls (none by default).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bugs(u32);
+
+impl Bugs {
+    pub fn with(mut self, bug: Bug) -> Self {
+        self.0 |= 1 << bug as u32;
+        self
+    }
+    pub fn has(&self, bug: Bug) -> bool {
+        self.0 & (1 << bug as u32) != 0
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Chip name, first part of the client ID (`esp32c3`).
+    pub chip: String,
+    pub mac: Mac,
+    /// Topic prefix: `<prefix>/<client_id>/{cmd,telemetry,status}`.
+    pub prefix: String,
+    pub mqtt: MqttVersion,
+    pub keepalive_s: u16,
+    pub backoff_base_ms: u64,
+    pub backoff_cap_ms: u64,
+    /// QoS of the command subscription.
+    pub cmd_qos: u8,
+    /// MQTT 5 Session Expiry Interval sent in CONNECT.
+    pub session_expiry_s: u32,
+    /// Readings kept while offline; the oldest is dropped beyond this.
+    pub outbox_capacity: usize,
+    /// Recent command ids remembered for de-duplication.
+    pub inbox_capacity: usize,
+    /// Telemetry publishes in flight at once.
+    pub max_inflight: usize,
+    /// Give up on a connection that has not answered CONNECT by then.
+    pub connack_timeout_ms: u64,
+    /// Firmware version reported at boot.
+    pub version: String,
+    pub bugs: Bugs,
+}
+
+impl Config {
+    pub fn new(chip: &str, mac: Mac) -> Self {
+        Config {
+            chip: chip.into(),
+            mac,
+            prefix: "devices".into(),
+            mqtt: MqttVersion::V3_1_1,
+            keepalive_s: 30,
+            backoff_base_ms: 500,
+            backoff_cap_ms: 30_000,
+            cmd_qos: 1,
+            session_expiry_s: 3600,
+            outbox_capacity: 64,
+            inbox_capacity: 64,
+            max_inflight: 16,
+            connack_timeout_ms: 10_000,
+            version: String::from(env!("CARGO_PKG_VERSION")),
+            bugs: Bugs::default(),
+        }
+    }
+}

@@ -1,0 +1,623 @@
+//! The device: one state machine that ties identity, the MQTT engine, backoff,
+//! outbox and inbox together. Inputs carry `now` (ms of the caller's monotonic
+//! clock); outputs are polled in order with [`Device::poll_output`].
+//!
+//! Why one ordered output queue rather than quinn's separate polls: a
+//! `Persist` must reach flash before the bytes that acknowledge what it
+//! records (a PUBACK for a command, a PUBLISH for a reading marked sent). Every
+//! input handler therefore emits its records and console lines first and its
+//! network outputs (`Transmit`, `Open`, `Close`) last, and a caller that
+//! performs outputs in the order polled is crash-safe by construction.
+
+use crate::backoff::{Backoff, RandomSource};
+use crate::config::{Bug, Config, MqttVersion};
+use crate::console::{Command, Event, LineError};
+use crate::identity::client_id;
+use crate::inbox::Inbox;
+use crate::mqtt::{timer_index, ConnectParams, Engine, EngineEvent, TIMER_KINDS};
+use crate::outbox::Outbox;
+use crate::persist::Record;
+use alloc::collections::VecDeque;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+/// What the device asks its driver to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Open a TCP connection to the broker; answer with `handle_link_up` or
+    /// `handle_link_down`.
+    Open,
+    /// Close the connection. `abrupt`: no FIN, as when the radio dies (RST in the sim).
+    Close {
+        abrupt: bool,
+    },
+    Transmit(Vec<u8>),
+    /// Store this record under its key, replacing the previous one, before
+    /// performing any later output.
+    Persist(Record),
+    /// Print this line on the console.
+    Console(Event),
+    /// Turn the radio on or off.
+    Wifi(bool),
+    /// Restart the device (it boots again from its persisted records).
+    Reboot,
+    /// Provisioning for the driver (`!config ...`); the driver answers it.
+    Config(Vec<(String, String)>),
+}
+
+/// Why the link went down (for the console and the transcript).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkDownReason {
+    Refused(String),
+    Closed,
+    Error(String),
+}
+
+impl LinkDownReason {
+    fn text(&self) -> String {
+        match self {
+            LinkDownReason::Refused(e) => format!("connect-failed: {e}"),
+            LinkDownReason::Closed => "closed-by-peer".into(),
+            LinkDownReason::Error(e) => format!("io-error: {e}"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Link {
+    Down,
+    /// `Output::Open` issued, waiting for the driver.
+    Opening,
+    /// CONNECT sent, waiting for CONNACK until the deadline.
+    AwaitConnack {
+        deadline: u64,
+    },
+    Connected,
+}
+
+pub struct Device<R: RandomSource> {
+    cfg: Config,
+    rng: R,
+    client_id: String,
+    boot_count: u32,
+    wifi: bool,
+    link: Link,
+    reconnect_at: Option<u64>,
+    connect_attempts: u32,
+    backoff: Backoff,
+    engine: Engine,
+    timers: [Option<u64>; 3],
+    outbox: Outbox,
+    inbox: Inbox,
+    subscribed_once: bool,
+    sub_pid: Option<u16>,
+    out: VecDeque<Output>,
+    /// Network outputs of the handler in progress, released after its records.
+    net: Vec<Output>,
+}
+
+fn topic(cfg: &Config, client_id: &str, leaf: &str) -> String {
+    format!("{}/{}/{}", cfg.prefix, client_id, leaf)
+}
+
+impl<R: RandomSource> Device<R> {
+    /// Boots from the records found in flash (any order; the last per key wins).
+    /// Wi-Fi starts down: report it with [`Device::handle_wifi`].
+    pub fn boot(cfg: Config, rng: R, records: impl IntoIterator<Item = Record>) -> Self {
+        let unbounded = cfg.bugs.has(Bug::UnboundedBuffer);
+        let cap = if unbounded {
+            None
+        } else {
+            Some(cfg.outbox_capacity)
+        };
+        let mut outbox = Outbox::new(cap);
+        let mut inbox = Inbox::new(cfg.inbox_capacity);
+        let mut boot_count = 0;
+        for r in records {
+            match r {
+                Record::Boot { count } => boot_count = count,
+                Record::Outbox(s) => outbox = Outbox::restore(cap, s),
+                Record::Inbox(s) => inbox = Inbox::restore(cfg.inbox_capacity, s),
+            }
+        }
+        boot_count += 1;
+        let mut backoff = Backoff::new(cfg.backoff_base_ms, cfg.backoff_cap_ms);
+        if cfg.bugs.has(Bug::NoJitter) {
+            backoff = backoff.without_jitter();
+        }
+        let id = client_id(&cfg.chip, &cfg.mac);
+        let mut d = Device {
+            engine: Engine::new(cfg.mqtt, cfg.keepalive_s),
+            client_id: id,
+            rng,
+            boot_count,
+            wifi: false,
+            link: Link::Down,
+            reconnect_at: None,
+            connect_attempts: 0,
+            backoff,
+            timers: [None; 3],
+            outbox,
+            inbox,
+            subscribed_once: false,
+            sub_pid: None,
+            out: VecDeque::new(),
+            net: Vec::new(),
+            cfg,
+        };
+        d.out
+            .push_back(Output::Persist(Record::Boot { count: boot_count }));
+        d.console(Event::Boot {
+            count: boot_count,
+            version: d.cfg.version.clone(),
+        });
+        if d.cfg.bugs.has(Bug::RandomClientId) {
+            d.client_id = d.random_client_id();
+        }
+        d.console(Event::Id {
+            client_id: d.client_id.clone(),
+        });
+        d
+    }
+
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.link == Link::Connected
+    }
+
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.len()
+    }
+
+    fn random_client_id(&mut self) -> String {
+        let r = ((self.rng.next_u32() as u64) << 16) ^ self.rng.next_u32() as u64;
+        format!("{}-{:012x}", self.cfg.chip, r & 0xffff_ffff_ffff)
+    }
+
+    fn console(&mut self, e: Event) {
+        self.out.push_back(Output::Console(e));
+    }
+
+    fn persist_outbox(&mut self) {
+        self.out
+            .push_back(Output::Persist(Record::Outbox(self.outbox.snapshot())));
+    }
+
+    /// Moves the network outputs of this handler behind its records.
+    fn finish(&mut self) {
+        self.out.extend(self.net.drain(..));
+    }
+
+    /// Next thing for the driver to do, in order.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When to call [`Device::handle_timeout`] next.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let connack = match self.link {
+            Link::AwaitConnack { deadline } => Some(deadline),
+            _ => None,
+        };
+        [self.reconnect_at, connack]
+            .into_iter()
+            .chain(self.timers.iter().copied())
+            .flatten()
+            .min()
+    }
+
+    // ----- inputs -------------------------------------------------------
+
+    /// The radio associated (true) or lost its network (false).
+    pub fn handle_wifi(&mut self, now: u64, up: bool) {
+        if up == self.wifi {
+            return;
+        }
+        self.wifi = up;
+        self.console(Event::Wifi { up });
+        if up {
+            // Coming up is a single device's event: connect at once.
+            self.backoff.reset();
+            self.reconnect_at = Some(now);
+        } else {
+            self.reconnect_at = None;
+            if self.link != Link::Down {
+                self.lose_link(now, "wifi-down".into(), true, false);
+            }
+        }
+        self.finish();
+    }
+
+    /// The TCP connection asked for by `Output::Open` is up: send CONNECT.
+    pub fn handle_link_up(&mut self, now: u64) {
+        if self.link != Link::Opening {
+            return;
+        }
+        let clean = self.cfg.bugs.has(Bug::CleanSession);
+        if self.cfg.bugs.has(Bug::RandomClientId) {
+            self.client_id = self.random_client_id();
+            self.console(Event::Id {
+                client_id: self.client_id.clone(),
+            });
+        }
+        self.console(Event::MqttConnect {
+            attempt: self.connect_attempts,
+            clean,
+            proto: self.cfg.mqtt.to_string(),
+        });
+        let will = topic(&self.cfg, &self.client_id, "status");
+        let params = ConnectParams {
+            client_id: &self.client_id.clone(),
+            clean,
+            keepalive_s: self.cfg.keepalive_s,
+            will_topic: &will,
+            session_expiry_s: if clean { 0 } else { self.cfg.session_expiry_s },
+        };
+        match self.engine.connect(&params) {
+            Ok(events) => {
+                self.link = Link::AwaitConnack {
+                    deadline: now + self.cfg.connack_timeout_ms,
+                };
+                self.apply(now, events);
+            }
+            Err(e) => {
+                self.console(Event::error("mqtt", e));
+                self.lose_link(now, "connect-build-failed".into(), false, true);
+            }
+        }
+        self.finish();
+    }
+
+    /// The connection failed to open or was lost.
+    pub fn handle_link_down(&mut self, now: u64, reason: LinkDownReason) {
+        if self.link != Link::Down {
+            self.lose_link(now, reason.text(), false, false);
+        }
+        self.finish();
+    }
+
+    /// Bytes from the broker.
+    pub fn handle_bytes(&mut self, now: u64, bytes: &[u8]) {
+        if matches!(self.link, Link::AwaitConnack { .. } | Link::Connected) {
+            let events = self.engine.recv(bytes);
+            self.apply(now, events);
+        }
+        self.finish();
+    }
+
+    pub fn handle_timeout(&mut self, now: u64) {
+        if let Link::AwaitConnack { deadline } = self.link {
+            if now >= deadline {
+                self.console(Event::error("mqtt", "no CONNACK before the deadline"));
+                self.lose_link(now, "connack-timeout".into(), true, true);
+            }
+        }
+        for (i, kind) in TIMER_KINDS.iter().enumerate() {
+            if self.timers[i].is_some_and(|t| t <= now) {
+                self.timers[i] = None;
+                let events = self.engine.timer_fired(*kind);
+                self.apply(now, events);
+            }
+        }
+        if self.reconnect_at.is_some_and(|t| t <= now) && self.link == Link::Down && self.wifi {
+            self.reconnect_at = None;
+            self.connect_attempts += 1;
+            self.link = Link::Opening;
+            self.net.push(Output::Open);
+        }
+        self.finish();
+    }
+
+    /// A line from the console (or the splitter's error for a bad one).
+    pub fn handle_console_line(&mut self, now: u64, line: Result<String, LineError>) {
+        match line {
+            Err(e) => self.console(Event::error("console", e)),
+            Ok(text) if text.trim().is_empty() => {}
+            Ok(text) => match Command::parse(&text) {
+                Ok(cmd) => self.handle_command(now, cmd),
+                Err(e) => self.console(Event::error("command", e)),
+            },
+        }
+        self.finish();
+    }
+
+    pub fn handle_command(&mut self, now: u64, cmd: Command) {
+        match cmd {
+            Command::Wifi(on) => {
+                self.out.push_back(Output::Wifi(on));
+                self.handle_wifi(now, on);
+                self.ack("wifi", &[("state", if on { "on" } else { "off" }.into())]);
+            }
+            Command::Reboot => {
+                self.ack("reboot", &[]);
+                self.out.push_back(Output::Reboot);
+            }
+            Command::Telemetry(n) => {
+                self.take_readings(now, n);
+                let depth = self.outbox.len().to_string();
+                self.ack("telemetry", &[("n", n.to_string()), ("depth", depth)]);
+            }
+            Command::Status => {
+                let link = match self.link {
+                    Link::Down => "down",
+                    Link::Opening => "opening",
+                    Link::AwaitConnack { .. } => "connecting",
+                    Link::Connected => "connected",
+                };
+                let fields = [
+                    ("wifi", if self.wifi { "up" } else { "down" }.to_string()),
+                    ("mqtt", link.to_string()),
+                    ("client_id", self.client_id.clone()),
+                    ("proto", self.cfg.mqtt.to_string()),
+                    ("outbox", self.outbox.len().to_string()),
+                    ("dropped", self.outbox.dropped_total().to_string()),
+                    ("next_seq", self.outbox.next_seq().to_string()),
+                    ("boots", self.boot_count.to_string()),
+                ];
+                self.ack("status", &fields);
+            }
+            Command::Config(fields) => self.out.push_back(Output::Config(fields)),
+        }
+        self.finish();
+    }
+
+    fn ack(&mut self, cmd: &str, fields: &[(&str, String)]) {
+        self.console(Event::Ack {
+            cmd: cmd.into(),
+            fields: fields
+                .iter()
+                .map(|(k, v)| ((*k).into(), v.clone()))
+                .collect(),
+        });
+    }
+
+    /// Takes `n` readings now (the sim's sensor is synthetic; the firmware's too,
+    /// so both sides agree on what a reading looks like).
+    pub fn take_readings(&mut self, now: u64, n: u32) {
+        let offline = self.link != Link::Connected;
+        if offline && self.cfg.bugs.has(Bug::NoOutbox) {
+            // Negative control: readings taken offline vanish without a trace.
+            return;
+        }
+        for _ in 0..n {
+            let pushed = self.outbox.push(|seq, dropped| {
+                format!(
+                    "{{\"seq\":{seq},\"uptime_ms\":{now},\"value\":{}.{},\"dropped\":{dropped}}}",
+                    20 + seq % 5,
+                    seq % 10
+                )
+            });
+            self.console(Event::TelemetryBuffered {
+                seq: pushed.seq,
+                depth: pushed.depth as u32,
+            });
+            if let Some(dropped) = pushed.dropped {
+                self.console(Event::TelemetryDropped {
+                    seq: dropped.seq,
+                    count: self.outbox.dropped_total(),
+                });
+            }
+        }
+        self.persist_outbox();
+        self.pump(now);
+        self.finish();
+    }
+
+    // ----- internals ----------------------------------------------------
+
+    /// Ends the current connection and schedules the next attempt.
+    fn lose_link(&mut self, now: u64, reason: String, we_close: bool, retry: bool) {
+        let was = self.link;
+        self.link = Link::Down;
+        self.timers = [None; 3];
+        self.sub_pid = None;
+        let _ = self.engine.closed();
+        if we_close {
+            // The radio going away sends nothing: abrupt.
+            self.net.push(Output::Close { abrupt: true });
+        }
+        if was != Link::Down {
+            self.console(Event::MqttDisconnected { reason });
+        }
+        if self.wifi || retry {
+            self.schedule_retry(now);
+        }
+    }
+
+    fn schedule_retry(&mut self, now: u64) {
+        if !self.wifi {
+            return;
+        }
+        let d = self.backoff.next_delay(&mut self.rng);
+        self.console(Event::Backoff {
+            attempt: d.attempt,
+            delay_ms: d.delay_ms,
+            lo_ms: d.lo_ms,
+            hi_ms: d.hi_ms,
+        });
+        self.reconnect_at = Some(now + d.delay_ms);
+    }
+
+    fn apply(&mut self, now: u64, events: Vec<EngineEvent>) {
+        for e in events {
+            match e {
+                EngineEvent::Send(bytes) => self.net.push(Output::Transmit(bytes)),
+                EngineEvent::Close => {
+                    if self.link != Link::Down {
+                        self.net.push(Output::Close { abrupt: false });
+                        let reason = if self.timers[timer_index(
+                            mqtt_protocol_core::mqtt::connection::TimerKind::PingrespRecv,
+                        )]
+                        .is_none()
+                        {
+                            "keepalive-timeout"
+                        } else {
+                            "protocol-error"
+                        };
+                        self.lose_link(now, reason.into(), false, true);
+                    }
+                }
+                EngineEvent::Timer { kind, after_ms } => {
+                    self.timers[timer_index(kind)] = after_ms.map(|ms| now + ms);
+                }
+                EngineEvent::Error(e) => self.console(Event::error("mqtt", e)),
+                EngineEvent::Connack {
+                    session_present,
+                    rc,
+                } => self.on_connack(now, session_present, rc),
+                EngineEvent::Suback { packet_id, codes } => {
+                    if Some(packet_id) == self.sub_pid {
+                        self.sub_pid = None;
+                        let t = topic(&self.cfg, &self.client_id, "cmd");
+                        for qos in codes {
+                            self.console(Event::MqttSubscribed {
+                                topic: t.clone(),
+                                qos,
+                            });
+                        }
+                    }
+                }
+                EngineEvent::Publish {
+                    topic: t,
+                    payload,
+                    qos,
+                    dup,
+                } => self.on_command(t, payload, qos, dup),
+                EngineEvent::Released(pid) => {
+                    if let Some(entry) = self.outbox.ack(pid) {
+                        self.console(Event::TelemetryAcked { seq: entry.seq });
+                        self.persist_outbox();
+                        self.pump(now);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_connack(&mut self, now: u64, session_present: bool, rc: u8) {
+        self.console(Event::MqttConnack {
+            session_present,
+            rc,
+        });
+        if rc != 0 {
+            self.net.push(Output::Close { abrupt: false });
+            self.lose_link(now, format!("connack-refused rc={rc}"), false, true);
+            return;
+        }
+        self.link = Link::Connected;
+        self.backoff.reset();
+        // Retained "online" overrides the retained Last Will "offline".
+        let status = topic(&self.cfg, &self.client_id, "status");
+        match self.engine.publish(&status, b"online", 1, true, false) {
+            Ok((_, events)) => self.apply(now, events),
+            Err(e) => self.console(Event::error("mqtt", e)),
+        }
+        let resubscribe =
+            !session_present && !(self.cfg.bugs.has(Bug::NoResubscribe) && self.subscribed_once);
+        if resubscribe {
+            let t = topic(&self.cfg, &self.client_id, "cmd");
+            match self.engine.subscribe(&t, self.cfg.cmd_qos) {
+                Ok((pid, events)) => {
+                    self.sub_pid = Some(pid);
+                    self.subscribed_once = true;
+                    self.apply(now, events);
+                }
+                Err(e) => self.console(Event::error("mqtt", e)),
+            }
+        }
+        if !session_present {
+            // The broker forgot our in-flight publishes and so did the engine:
+            // send them again (with DUP, as they were sent before).
+            self.outbox.forget_in_flight();
+        }
+        self.pump(now);
+    }
+
+    fn on_command(&mut self, t: String, payload: Vec<u8>, qos: u8, dup: bool) {
+        let expected = topic(&self.cfg, &self.client_id, "cmd");
+        if t != expected {
+            self.console(Event::error(
+                "cmd",
+                format!("message on unexpected topic {t}"),
+            ));
+            return;
+        }
+        let text = String::from_utf8_lossy(&payload).into_owned();
+        let id = serde_json::from_slice::<serde_json::Value>(&payload)
+            .ok()
+            .and_then(|v| match v.get("id")? {
+                serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+                serde_json::Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            });
+        let Some(id) = id else {
+            // Acknowledged by the engine all the same: a malformed command is
+            // reported once, never redelivered forever.
+            self.console(Event::error(
+                "cmd",
+                format!(
+                    "command without an id, ignored: {}",
+                    text.chars().take(200).collect::<String>()
+                ),
+            ));
+            return;
+        };
+        if self.inbox.seen(&id) && !self.cfg.bugs.has(Bug::NoDedupe) {
+            self.console(Event::CmdDuplicate { id, qos, dup });
+            return;
+        }
+        self.inbox.remember(id.clone());
+        self.out
+            .push_back(Output::Persist(Record::Inbox(self.inbox.snapshot())));
+        self.console(Event::Cmd {
+            id,
+            qos,
+            dup,
+            payload: text,
+        });
+    }
+
+    /// Publishes buffered readings, oldest first, up to the in-flight window.
+    fn pump(&mut self, now: u64) {
+        if self.link != Link::Connected {
+            return;
+        }
+        let topic = topic(&self.cfg, &self.client_id, "telemetry");
+        let mut changed = false;
+        while self.outbox.in_flight() < self.cfg.max_inflight.max(1) {
+            let Some(entry) = self.outbox.next_unsent() else {
+                break;
+            };
+            let (seq, dup, payload) = (entry.seq, entry.sent, entry.payload.clone());
+            match self
+                .engine
+                .publish(&topic, payload.as_bytes(), 1, false, dup)
+            {
+                Ok((pid, events)) => {
+                    if let Some(e) = self.outbox.next_unsent() {
+                        e.packet_id = pid;
+                        e.sent = true;
+                    }
+                    changed |= !dup;
+                    self.console(Event::TelemetrySent { seq, dup });
+                    self.apply(now, events);
+                }
+                Err(e) => {
+                    self.console(Event::error("mqtt", e));
+                    break;
+                }
+            }
+        }
+        if changed {
+            self.persist_outbox();
+        }
+    }
+
+    pub fn mqtt_version(&self) -> MqttVersion {
+        self.cfg.mqtt
+    }
+}
