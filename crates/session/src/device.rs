@@ -516,8 +516,8 @@ impl<R: RandomSource> Device<R> {
             Ok((_, events)) => self.apply(now, events),
             Err(e) => self.console(Event::error("mqtt", e)),
         }
-        let resubscribe =
-            !session_present && !(self.cfg.bugs.has(Bug::NoResubscribe) && self.subscribed_once);
+        let skip_for_bug = self.cfg.bugs.has(Bug::NoResubscribe) && self.subscribed_once;
+        let resubscribe = !session_present && !skip_for_bug;
         if resubscribe {
             let t = topic(&self.cfg, &self.client_id, "cmd");
             match self.engine.subscribe(&t, self.cfg.cmd_qos) {
@@ -619,5 +619,74 @@ impl<R: RandomSource> Device<R> {
 
     pub fn mqtt_version(&self) -> MqttVersion {
         self.cfg.mqtt
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backoff::SplitMix64;
+    use alloc::vec;
+
+    fn device() -> Device<SplitMix64> {
+        let cfg = Config::new("esp32c3", "24:0a:c4:12:34:56".parse().unwrap());
+        Device::boot(cfg, SplitMix64(7), vec![])
+    }
+
+    fn drain(d: &mut Device<SplitMix64>) -> Vec<Output> {
+        core::iter::from_fn(|| d.poll_output()).collect()
+    }
+
+    fn events(out: &[Output]) -> Vec<Event> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Console(e) => Some(e.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Boots, connects and answers CONNACK; returns the outputs after CONNACK.
+    fn online(d: &mut Device<SplitMix64>, session_present: bool) -> Vec<Output> {
+        d.handle_wifi(0, true);
+        d.handle_timeout(0);
+        assert!(drain(d).contains(&Output::Open));
+        d.handle_link_up(1);
+        drain(d);
+        d.handle_bytes(2, &[0x20, 2, session_present as u8, 0]);
+        drain(d)
+    }
+
+    #[test]
+    fn offline_readings_flush_in_order_and_leave_on_puback() {
+        let mut d = device();
+        d.take_readings(0, 3);
+        let out = online(&mut d, false);
+        let sent: Vec<Event> = events(&out)
+            .into_iter()
+            .filter(|e| matches!(e, Event::TelemetrySent { .. }))
+            .collect();
+        assert_eq!(
+            sent,
+            vec![
+                Event::TelemetrySent { seq: 1, dup: false },
+                Event::TelemetrySent { seq: 2, dup: false },
+                Event::TelemetrySent { seq: 3, dup: false }
+            ]
+        );
+        // packet ids: 1 = status "online", 2 = SUBSCRIBE, 3.. = telemetry
+        d.handle_bytes(3, &[0x40, 2, 0, 3, 0x40, 2, 0, 4]);
+        let acked: Vec<Event> = events(&drain(&mut d))
+            .into_iter()
+            .filter(|e| matches!(e, Event::TelemetryAcked { .. }))
+            .collect();
+        assert_eq!(
+            acked,
+            vec![
+                Event::TelemetryAcked { seq: 1 },
+                Event::TelemetryAcked { seq: 2 }
+            ]
+        );
+        assert_eq!(d.outbox_len(), 1);
     }
 }

@@ -258,8 +258,17 @@ impl Engine {
     }
 
     pub fn recv(&mut self, bytes: &[u8]) -> Vec<EngineEvent> {
+        // `recv` consumes at most one packet per call: feed until the bytes
+        // are used up (a partial packet stays buffered inside the connection).
         let mut cursor = Cursor::new(bytes);
-        let events = self.conn.recv(&mut cursor);
+        let mut events = Vec::new();
+        while (cursor.position() as usize) < bytes.len() {
+            let before = cursor.position();
+            events.extend(self.conn.recv(&mut cursor));
+            if cursor.position() == before {
+                break;
+            }
+        }
         self.map(events)
     }
 

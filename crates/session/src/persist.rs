@@ -79,7 +79,6 @@ impl Record {
 mod tests {
     use super::*;
     use crate::outbox::Entry;
-    use alloc::string::String;
     use alloc::vec;
     use proptest::prelude::*;
 
@@ -109,7 +108,7 @@ mod tests {
 
         #[test]
         fn inbox_roundtrip(ids in proptest::collection::vec(".{0,12}", 0..10)) {
-            let r = Record::Inbox(InboxSnapshot { ids: ids.into_iter().map(String::from).collect() });
+            let r = Record::Inbox(InboxSnapshot { ids });
             prop_assert_eq!(Record::decode(&r.encode()).unwrap(), r);
         }
     }

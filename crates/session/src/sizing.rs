@@ -45,12 +45,9 @@ pub fn local_buffer_bytes(
 
 /// How many readings of `payload_bytes` fit in `budget_bytes` of buffer.
 pub fn local_buffer_capacity(budget_bytes: u64, payload_bytes: u64, entry_overhead: u64) -> u64 {
-    let per = payload_bytes + entry_overhead;
-    if per == 0 {
-        0
-    } else {
-        budget_bytes / per
-    }
+    budget_bytes
+        .checked_div(payload_bytes + entry_overhead)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -1,0 +1,326 @@
+//! Starting, stopping and restarting a test broker.
+
+use crate::client::wait_ready;
+use crate::Protocol;
+use std::ffi::OsString;
+use std::fs::{self, File};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Which broker, and how to run it.
+#[derive(Clone, Debug)]
+pub enum BrokerSpec {
+    /// rumqttd served by `program args... --v4 ADDR --v5 ADDR` (e.g. `hil broker serve`).
+    Rumqttd {
+        program: PathBuf,
+        args: Vec<OsString>,
+    },
+    /// mosquitto from PATH; `persistence` keeps sessions across a restart.
+    Mosquitto { persistence: bool },
+    /// A broker someone else runs; `restart` is a shell command, if any.
+    External {
+        addr: SocketAddr,
+        restart: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Restart {
+    /// SIGTERM: the broker may save its state and close connections.
+    Graceful,
+    /// SIGKILL: power cut.
+    Kill,
+}
+
+/// What a restart does to persistent sessions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionsOnRestart {
+    Lost,
+    Kept,
+    Unknown,
+}
+
+#[derive(Debug)]
+pub enum BrokerError {
+    NotInstalled(String),
+    PortTaken(String),
+    Start(String),
+    NotReady(String),
+    Unsupported(String),
+}
+
+impl std::fmt::Display for BrokerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BrokerError::NotInstalled(m)
+            | BrokerError::PortTaken(m)
+            | BrokerError::Start(m)
+            | BrokerError::NotReady(m)
+            | BrokerError::Unsupported(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for BrokerError {}
+
+pub struct Broker {
+    spec: BrokerSpec,
+    v4: SocketAddr,
+    v5: SocketAddr,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    starts: u32,
+}
+
+const READY: Duration = Duration::from_secs(15);
+
+impl Broker {
+    /// Starts the broker on free ports of `ip` (use a 127.0.0.0/8 address).
+    pub fn start(spec: BrokerSpec, ip: IpAddr) -> Result<Broker, BrokerError> {
+        let port = |_| {
+            crate::free_port(ip)
+                .map_err(|e| BrokerError::PortTaken(format!("no free port on {ip}: {e}")))
+        };
+        let (v4, v5) = match &spec {
+            BrokerSpec::Rumqttd { .. } => {
+                (SocketAddr::new(ip, port(0)?), SocketAddr::new(ip, port(1)?))
+            }
+            BrokerSpec::Mosquitto { .. } => {
+                let a = SocketAddr::new(ip, port(0)?);
+                (a, a)
+            }
+            BrokerSpec::External { addr, .. } => (*addr, *addr),
+        };
+        Self::start_on(spec, v4, v5)
+    }
+
+    /// Starts the broker on given addresses (`v5` is only used by rumqttd).
+    pub fn start_on(
+        spec: BrokerSpec,
+        v4: SocketAddr,
+        v5: SocketAddr,
+    ) -> Result<Broker, BrokerError> {
+        let dir = tempfile::Builder::new()
+            .prefix("hil-broker-")
+            .tempdir()
+            .map_err(|e| BrokerError::Start(format!("cannot create a temp dir: {e}")))?;
+        let mut b = Broker {
+            spec,
+            v4,
+            v5,
+            child: None,
+            dir,
+            starts: 0,
+        };
+        b.start_again()?;
+        Ok(b)
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self.spec {
+            BrokerSpec::Rumqttd { .. } => "rumqttd",
+            BrokerSpec::Mosquitto { .. } => "mosquitto",
+            BrokerSpec::External { .. } => "external",
+        }
+    }
+
+    pub fn spec(&self) -> &BrokerSpec {
+        &self.spec
+    }
+
+    /// Where a client of this protocol connects.
+    pub fn addr(&self, proto: Protocol) -> SocketAddr {
+        match proto {
+            Protocol::V3_1_1 => self.v4,
+            Protocol::V5 => self.v5,
+        }
+    }
+
+    pub fn sessions_on_restart(&self) -> SessionsOnRestart {
+        match self.spec {
+            BrokerSpec::Rumqttd { .. } => SessionsOnRestart::Lost,
+            BrokerSpec::Mosquitto { persistence: true } => SessionsOnRestart::Kept,
+            BrokerSpec::Mosquitto { persistence: false } => SessionsOnRestart::Lost,
+            BrokerSpec::External { .. } => SessionsOnRestart::Unknown,
+        }
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("broker.log")
+    }
+
+    fn log_tail(&self) -> String {
+        let text = fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(8)..].join("\n")
+    }
+
+    /// Starts the broker (again) on the same addresses and waits until it
+    /// answers CONNECT.
+    pub fn start_again(&mut self) -> Result<(), BrokerError> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        let log = || {
+            File::options()
+                .create(true)
+                .append(true)
+                .open(self.dir.path().join("broker.log"))
+                .map_err(|e| BrokerError::Start(format!("cannot write the broker log: {e}")))
+        };
+        let child = match &self.spec {
+            BrokerSpec::Rumqttd { program, args } => {
+                for addr in [self.v4, self.v5] {
+                    std::net::TcpListener::bind(addr).map_err(|e| {
+                        BrokerError::PortTaken(format!(
+                            "cannot start rumqttd on {addr}: {e} (another broker may run there)"
+                        ))
+                    })?;
+                }
+                Some(
+                    Command::new(program)
+                        .args(args)
+                        .arg("--v4")
+                        .arg(self.v4.to_string())
+                        .arg("--v5")
+                        .arg(self.v5.to_string())
+                        .stdin(Stdio::null())
+                        .stdout(log()?)
+                        .stderr(log()?)
+                        .spawn()
+                        .map_err(|e| {
+                            BrokerError::Start(format!("cannot run {}: {e}", program.display()))
+                        })?,
+                )
+            }
+            BrokerSpec::Mosquitto { persistence } => {
+                std::net::TcpListener::bind(self.v4).map_err(|e| {
+                    BrokerError::PortTaken(format!("cannot start mosquitto on {}: {e}", self.v4))
+                })?;
+                let conf = self.dir.path().join("mosquitto.conf");
+                let store = self.dir.path().join("store");
+                fs::create_dir_all(&store).map_err(|e| BrokerError::Start(e.to_string()))?;
+                let text = format!(
+                    "listener {port} {ip}\nallow_anonymous true\npersistence {p}\npersistence_location {store}/\n\
+                     autosave_on_changes true\nautosave_interval 1\nmax_queued_messages 1000\n\
+                     log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\n",
+                    port = self.v4.port(),
+                    ip = self.v4.ip(),
+                    p = persistence,
+                    store = store.display()
+                );
+                fs::write(&conf, text).map_err(|e| BrokerError::Start(e.to_string()))?;
+                Some(
+                    Command::new("mosquitto")
+                        .arg("-c")
+                        .arg(&conf)
+                        .stdin(Stdio::null())
+                        .stdout(log()?)
+                        .stderr(log()?)
+                        .spawn()
+                        .map_err(|e| {
+                            if e.kind() == std::io::ErrorKind::NotFound {
+                                BrokerError::NotInstalled(
+                                    "mosquitto is not on PATH: install it (Debian: apt-get install mosquitto mosquitto-clients) or use --broker rumqttd".into(),
+                                )
+                            } else {
+                                BrokerError::Start(format!("cannot run mosquitto: {e}"))
+                            }
+                        })?,
+                )
+            }
+            BrokerSpec::External { restart, .. } => {
+                if self.starts > 0 {
+                    if let Some(cmd) = restart {
+                        let status =
+                            Command::new("sh")
+                                .arg("-c")
+                                .arg(cmd)
+                                .status()
+                                .map_err(|e| {
+                                    BrokerError::Start(format!("restart command failed: {e}"))
+                                })?;
+                        if !status.success() {
+                            return Err(BrokerError::Start(format!(
+                                "restart command `{cmd}` exited with {status}"
+                            )));
+                        }
+                    }
+                }
+                None
+            }
+        };
+        self.child = child;
+        self.starts += 1;
+        let deadline = Instant::now() + READY;
+        let mut protos = vec![Protocol::V3_1_1];
+        if matches!(self.spec, BrokerSpec::Rumqttd { .. }) {
+            protos.push(Protocol::V5);
+        }
+        for proto in protos {
+            if let Err(e) = wait_ready(self.addr(proto), proto, deadline) {
+                let exited = self
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten());
+                let tail = self.log_tail();
+                self.stop(Restart::Kill);
+                return Err(BrokerError::NotReady(match exited {
+                    Some(status) => format!(
+                        "{} exited ({status}) before it was ready:\n{tail}",
+                        self.name()
+                    ),
+                    None => format!("{e}\n{tail}"),
+                }));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the broker process (nothing for an external broker without a child).
+    pub fn stop(&mut self, how: Restart) {
+        if let Some(mut child) = self.child.take() {
+            if how == Restart::Graceful {
+                // SAFETY: plain kill(2) on our own child's pid.
+                unsafe {
+                    libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+                }
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while Instant::now() < deadline {
+                    if let Ok(Some(_)) = child.try_wait() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Whether an external broker can be restarted at all.
+    pub fn can_restart(&self) -> bool {
+        match &self.spec {
+            BrokerSpec::External { restart, .. } => restart.is_some(),
+            _ => true,
+        }
+    }
+
+    pub fn restart(&mut self, how: Restart) -> Result<(), BrokerError> {
+        if !self.can_restart() {
+            return Err(BrokerError::Unsupported(
+                "this external broker has no restart command".into(),
+            ));
+        }
+        self.stop(how);
+        self.start_again()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop(Restart::Kill);
+    }
+}

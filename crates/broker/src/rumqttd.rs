@@ -1,0 +1,72 @@
+//! rumqttd, configured small: tiny segments (the defaults cost ~288 MB RSS)
+//! and one listener per protocol version.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+/// A config for a v4 (3.1.1) listener on `v4` and a v5 listener on `v5`.
+pub fn config(v4: SocketAddr, v5: SocketAddr) -> rumqttd::Config {
+    let connections = rumqttd::ConnectionSettings {
+        connection_timeout_ms: 10_000,
+        max_payload_size: 256 * 1024,
+        max_inflight_count: 100,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    let server = |name: &str, listen| rumqttd::ServerSettings {
+        name: name.into(),
+        listen,
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections: connections.clone(),
+    };
+    rumqttd::Config {
+        id: 0,
+        router: rumqttd::RouterConfig {
+            max_connections: 1024,
+            max_outgoing_packet_count: 200,
+            max_segment_size: 64 * 1024,
+            max_segment_count: 4,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Default::default(),
+        },
+        v4: Some(HashMap::from([("1".to_string(), server("v4", v4))])),
+        v5: Some(HashMap::from([("1".to_string(), server("v5", v5))])),
+        ws: None,
+        cluster: None,
+        console: None,
+        bridge: None,
+        prometheus: None,
+        metrics: None,
+    }
+}
+
+/// Runs rumqttd in this process until the process ends (rumqttd cannot be
+/// stopped). Checks first that both ports are free, because rumqttd itself
+/// only logs a taken port and keeps running without a listener.
+pub fn serve(v4: SocketAddr, v5: SocketAddr) -> Result<(), String> {
+    for addr in [v4, v5] {
+        std::net::TcpListener::bind(addr).map_err(|e| {
+            format!("cannot listen on {addr}: {e} (is another broker running there?)")
+        })?;
+    }
+    let mut broker = rumqttd::Broker::new(config(v4, v5));
+    broker.start().map_err(|e| format!("rumqttd stopped: {e}"))
+}
+
+/// Starts rumqttd on a thread of this process (for tests: it lives as long as
+/// the test process) and waits until it answers CONNECT.
+pub fn spawn_in_thread(v4: SocketAddr, v5: SocketAddr) -> Result<(), String> {
+    for addr in [v4, v5] {
+        std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    }
+    std::thread::spawn(move || {
+        let mut broker = rumqttd::Broker::new(config(v4, v5));
+        let _ = broker.start();
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    crate::client::wait_ready(v4, crate::Protocol::V3_1_1, deadline)?;
+    crate::client::wait_ready(v5, crate::Protocol::V5, deadline)
+}

@@ -1,0 +1,321 @@
+//! `hil-sim`: the device's session logic (hil-session) on std.
+//!
+//! - console: stdin/stdout, or a pseudo-terminal whose path is printed first,
+//!   so a runner opens it with `serialport` exactly as it would /dev/ttyUSB0;
+//! - flash: one file per record under `--state-dir`, replaced atomically;
+//! - Wi-Fi: a switch; off drops the TCP connection abruptly (RST) and refuses
+//!   to connect until it is on again;
+//! - `!reboot`: the device restarts from its flash state (same process, same console).
+//!
+//! One thread owns the device; console and socket readers feed it through a
+//! channel, and the wait for the next message is bounded by the device's own
+//! `poll_timeout`.
+
+mod flash;
+mod link;
+
+use clap::Parser;
+use flash::FileFlash;
+use hil_session::console::LineSplitter;
+use hil_session::{Bug, Bugs, Config, Device, Event, Mac, MqttVersion, Output, RandomSource};
+use link::{Link, LinkMsg};
+use rand::{rngs::SmallRng, RngCore, SeedableRng};
+use serialport::SerialPort;
+use std::ffi::OsString;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "hil-sim",
+    version,
+    about = "Host-native MQTT device: the session logic of the ESP32 firmware on std"
+)]
+pub struct Args {
+    /// Broker address, HOST:PORT.
+    #[arg(long)]
+    pub broker: String,
+    /// Factory MAC (12 hex digits, separators optional); the client ID derives from it.
+    #[arg(long)]
+    pub mac: String,
+    /// Where the device's flash lives (created if missing).
+    #[arg(long)]
+    pub state_dir: PathBuf,
+    /// stdio: commands on stdin, lines on stdout. pty: a pseudo-terminal, path printed first.
+    #[arg(long, default_value = "stdio", value_parser = ["stdio", "pty"])]
+    pub console: String,
+    /// MQTT protocol version.
+    #[arg(long, default_value = "3.1.1", value_parser = parse_version)]
+    pub mqtt: MqttVersion,
+    #[arg(long, default_value = "devices")]
+    pub prefix: String,
+    /// Chip name used in the client ID.
+    #[arg(long, default_value = "esp32c3")]
+    pub chip: String,
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u16).range(1..))]
+    pub keepalive: u16,
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
+    pub backoff_base_ms: u64,
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub backoff_cap_ms: u64,
+    /// QoS of the command subscription.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub cmd_qos: u8,
+    /// MQTT 5 Session Expiry Interval (seconds).
+    #[arg(long, default_value_t = 3600)]
+    pub session_expiry: u32,
+    /// Readings kept while offline.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub outbox_capacity: u64,
+    /// Seed of the jitter's random source (default: from the MAC and the clock).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Negative control: break one promise (repeatable).
+    #[arg(long = "bug", value_parser = parse_bug)]
+    pub bugs: Vec<Bug>,
+}
+
+fn parse_version(s: &str) -> Result<MqttVersion, String> {
+    s.parse().map_err(|e: &str| e.to_string())
+}
+
+fn parse_bug(s: &str) -> Result<Bug, String> {
+    s.parse().map_err(|e: &str| e.to_string())
+}
+
+struct Rng(SmallRng);
+impl RandomSource for Rng {
+    fn next_u32(&mut self) -> u32 {
+        self.0.next_u32()
+    }
+}
+
+/// Everything the main loop waits for.
+pub(crate) enum Msg {
+    Console(Vec<u8>),
+    ConsoleClosed,
+    Link(LinkMsg),
+}
+
+/// Parses the arguments and runs; returns the exit code (2 for usage errors,
+/// 1 for fatal runtime errors).
+pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> i32 {
+    let args = match Args::try_parse_from(args) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    match run(args) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("hil-sim: error: {e}");
+            1
+        }
+    }
+}
+
+fn resolve(broker: &str) -> Result<SocketAddr, String> {
+    let mut addrs = broker
+        .to_socket_addrs()
+        .map_err(|e| format!("--broker {broker}: {e} (expected HOST:PORT, e.g. 127.0.0.1:1883)"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("--broker {broker}: resolves to no address"))
+}
+
+pub fn run(args: Args) -> Result<(), String> {
+    let mac: Mac = args
+        .mac
+        .parse()
+        .map_err(|e| format!("--mac {}: {e}", args.mac))?;
+    let broker = resolve(&args.broker)?;
+    let flash = FileFlash::open(&args.state_dir)?;
+
+    let mut cfg = Config::new(&args.chip, mac);
+    cfg.prefix = args.prefix.clone();
+    cfg.mqtt = args.mqtt;
+    cfg.keepalive_s = args.keepalive;
+    cfg.backoff_base_ms = args.backoff_base_ms;
+    cfg.backoff_cap_ms = args.backoff_cap_ms.max(args.backoff_base_ms);
+    cfg.cmd_qos = args.cmd_qos;
+    cfg.session_expiry_s = args.session_expiry;
+    cfg.outbox_capacity = args.outbox_capacity as usize;
+    cfg.bugs = args
+        .bugs
+        .iter()
+        .fold(Bugs::default(), |b, bug| b.with(*bug));
+
+    let (tx, rx) = mpsc::channel::<Msg>();
+    let mut out: Box<dyn Write + Send> = match args.console.as_str() {
+        "pty" => open_pty_console(tx.clone())?,
+        _ => {
+            spawn_reader(Box::new(io::stdin()), tx.clone());
+            Box::new(io::stdout())
+        }
+    };
+
+    let seed = args.seed.unwrap_or_else(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        t ^ u64::from_be_bytes([
+            0, 0, mac.0[0], mac.0[1], mac.0[2], mac.0[3], mac.0[4], mac.0[5],
+        ])
+    });
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let start = Instant::now();
+    let now = || start.elapsed().as_millis() as u64;
+    let mut link = Link::new(broker, tx.clone());
+    let mut splitter = LineSplitter::default();
+
+    'boot: loop {
+        let (records, corrupt) = flash.load();
+        let mut device = Device::boot(
+            cfg.clone(),
+            Rng(SmallRng::seed_from_u64(rng.next_u64())),
+            records,
+        );
+        for c in corrupt {
+            write_line(
+                &mut out,
+                &Event::error(
+                    "flash",
+                    format!("{}: {} (starting it empty)", c.path.display(), c.why),
+                )
+                .format(),
+            );
+        }
+        device.handle_wifi(now(), true);
+        link.set_wifi(true);
+        loop {
+            while let Some(o) = device.poll_output() {
+                match o {
+                    Output::Console(e) => write_line(&mut out, &e.format()),
+                    Output::Persist(r) => {
+                        if let Err(e) = flash.store(&r) {
+                            // Losing flash is fatal on a real device too; say so and stop
+                            // rather than acknowledge what was not stored.
+                            write_line(
+                                &mut out,
+                                &Event::error("flash", format!("write failed: {e}")).format(),
+                            );
+                            return Err(format!(
+                                "flash write to {} failed: {e}",
+                                args.state_dir.display()
+                            ));
+                        }
+                    }
+                    Output::Transmit(bytes) => {
+                        if let Err(reason) = link.send(&bytes) {
+                            device.handle_link_down(now(), reason);
+                        }
+                    }
+                    Output::Open => link.open(),
+                    Output::Close { abrupt } => link.close(abrupt),
+                    Output::Wifi(on) => link.set_wifi(on),
+                    Output::Reboot => {
+                        link.close(true);
+                        continue 'boot;
+                    }
+                    Output::Config(fields) => {
+                        let keys: Vec<&str> = fields.iter().map(|(k, _)| k.as_str()).collect();
+                        write_line(
+                            &mut out,
+                            &Event::error(
+                                "config",
+                                format!(
+                                    "the sim takes its settings from flags, not !config ({})",
+                                    keys.join(",")
+                                ),
+                            )
+                            .format(),
+                        );
+                    }
+                }
+            }
+            let wait = device
+                .poll_timeout()
+                .map(|t| Duration::from_millis(t.saturating_sub(now())))
+                .unwrap_or(Duration::from_secs(3600));
+            match rx.recv_timeout(wait) {
+                Ok(Msg::Console(bytes)) => {
+                    let t = now();
+                    splitter.feed(&bytes, &mut |line| device.handle_console_line(t, line));
+                }
+                Ok(Msg::ConsoleClosed) => return Ok(()),
+                Ok(Msg::Link(m)) => match link.accept(m) {
+                    Some(link::Accepted::Up) => device.handle_link_up(now()),
+                    Some(link::Accepted::Bytes(b)) => device.handle_bytes(now(), &b),
+                    Some(link::Accepted::Down(reason)) => device.handle_link_down(now(), reason),
+                    None => {}
+                },
+                Err(mpsc::RecvTimeoutError::Timeout) => device.handle_timeout(now()),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+            // Timers may have come due while a message was handled.
+            if device.poll_timeout().is_some_and(|t| t <= now()) {
+                device.handle_timeout(now());
+            }
+        }
+    }
+}
+
+fn write_line(out: &mut Box<dyn Write + Send>, line: &str) {
+    // A console nobody reads must not stop the device.
+    let _ = out.write_all(line.as_bytes());
+    let _ = out.write_all(b"\n");
+    let _ = out.flush();
+}
+
+fn spawn_reader(mut input: Box<dyn Read + Send>, tx: mpsc::Sender<Msg>) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1024];
+        loop {
+            match input.read(&mut buf) {
+                Ok(0) => {
+                    let _ = tx.send(Msg::ConsoleClosed);
+                    return;
+                }
+                Ok(n) => {
+                    if tx.send(Msg::Console(buf[..n].to_vec())).is_err() {
+                        return;
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                            | io::ErrorKind::WouldBlock
+                    ) => {}
+                Err(_) => {
+                    let _ = tx.send(Msg::ConsoleClosed);
+                    return;
+                }
+            }
+        }
+    });
+}
+
+/// Opens a pty pair, prints the device-side path on stdout (first line), and
+/// keeps the slave end open so the master never reads EIO between runner sessions.
+fn open_pty_console(tx: mpsc::Sender<Msg>) -> Result<Box<dyn Write + Send>, String> {
+    let (master, slave) =
+        serialport::TTYPort::pair().map_err(|e| format!("cannot open a pseudo-terminal: {e}"))?;
+    let path = slave.name().ok_or("the pseudo-terminal has no path")?;
+    println!("{path}");
+    let _ = io::stdout().flush();
+    let reader = master
+        .try_clone_native()
+        .map_err(|e| format!("cannot clone the pty: {e}"))?;
+    // The slave handle lives as long as the process.
+    std::mem::forget(slave);
+    spawn_reader(Box::new(reader), tx);
+    Ok(Box::new(master))
+}
