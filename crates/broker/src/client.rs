@@ -471,9 +471,15 @@ fn read_loop(mut reader: TcpStream, shared: Arc<Mutex<Shared>>, tx: mpsc::Sender
 
 /// Waits until a broker at `addr` answers CONNECT with CONNACK.
 pub fn wait_ready(addr: SocketAddr, proto: Protocol, deadline: Instant) -> Result<(), String> {
+    static PROBES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let mut pause = Duration::from_millis(5);
     loop {
-        let last = match Client::connect(addr, proto, &ConnectOptions::new("hil-ready-probe")) {
+        // A fresh client ID per probe: rumqttd 0.20 panics its listener thread
+        // when a client ID whose previous connection ended cleanly connects again
+        // before its will handler is gone (server/broker.rs:544, try_send().unwrap()).
+        let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("hil-ready-{}-{n}", std::process::id());
+        let last = match Client::connect(addr, proto, &ConnectOptions::new(&id)) {
             Ok(c) => {
                 c.disconnect();
                 return Ok(());

@@ -689,4 +689,118 @@ mod tests {
         );
         assert_eq!(d.outbox_len(), 1);
     }
+
+    /// A QoS 1 PUBLISH to the device's command topic.
+    fn cmd_publish(pid: u16, payload: &[u8], dup: bool) -> Vec<u8> {
+        let topic = b"devices/esp32c3-240ac4123456/cmd";
+        let mut v = vec![0x32 | if dup { 0x08 } else { 0 }];
+        let len = 2 + topic.len() + 2 + payload.len();
+        v.push(len as u8);
+        v.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+        v.extend_from_slice(topic);
+        v.extend_from_slice(&pid.to_be_bytes());
+        v.extend_from_slice(payload);
+        v
+    }
+
+    #[test]
+    fn redelivered_command_is_acked_not_executed_and_inbox_persists_first() {
+        let mut d = device();
+        online(&mut d, false);
+        d.handle_bytes(5, &cmd_publish(10, br#"{"id":"c1"}"#, false));
+        let out = drain(&mut d);
+        let persist = out
+            .iter()
+            .position(|o| matches!(o, Output::Persist(Record::Inbox(_))));
+        let puback = out
+            .iter()
+            .position(|o| *o == Output::Transmit(vec![0x40, 2, 0, 10]));
+        assert!(
+            persist.unwrap() < puback.unwrap(),
+            "inbox stored before PUBACK: {out:?}"
+        );
+        assert!(events(&out)
+            .iter()
+            .any(|e| matches!(e, Event::Cmd { id, .. } if id == "c1")));
+        // same command id again in a new PUBLISH (QoS 1 redelivery after a reconnect)
+        d.handle_bytes(6, &cmd_publish(11, br#"{"id":"c1"}"#, true));
+        let out = drain(&mut d);
+        assert!(
+            out.contains(&Output::Transmit(vec![0x40, 2, 0, 11])),
+            "still acknowledged"
+        );
+        assert_eq!(
+            events(&out),
+            vec![Event::CmdDuplicate {
+                id: "c1".into(),
+                qos: 1,
+                dup: true
+            }]
+        );
+        // a command without an id: acknowledged, reported, not executed
+        d.handle_bytes(7, &cmd_publish(12, b"not json", false));
+        let out = drain(&mut d);
+        assert!(out.contains(&Output::Transmit(vec![0x40, 2, 0, 12])));
+        assert!(matches!(&events(&out)[..], [Event::Error { kind, .. }] if kind == "cmd"));
+    }
+
+    #[test]
+    fn lost_link_backs_off_within_window_and_resets_on_connack() {
+        let mut d = device();
+        online(&mut d, true);
+        let mut last_hi = 0;
+        for attempt in 1..=6 {
+            d.handle_link_down(100, LinkDownReason::Closed);
+            let ev = events(&drain(&mut d));
+            let Some(Event::Backoff {
+                attempt: a,
+                delay_ms,
+                lo_ms,
+                hi_ms,
+            }) = ev
+                .iter()
+                .find(|e| matches!(e, Event::Backoff { .. }))
+                .cloned()
+            else {
+                panic!("no backoff in {ev:?}")
+            };
+            assert_eq!(a, attempt);
+            assert!(lo_ms <= delay_ms && delay_ms <= hi_ms && hi_ms <= 30_000 && hi_ms >= last_hi);
+            last_hi = hi_ms;
+            assert_eq!(d.poll_timeout(), Some(100 + delay_ms));
+            d.handle_timeout(100 + delay_ms);
+            assert_eq!(drain(&mut d), vec![Output::Open]);
+        }
+        d.handle_link_up(50_000);
+        drain(&mut d);
+        d.handle_bytes(50_001, &[0x20, 2, 1, 0]);
+        drain(&mut d);
+        d.handle_link_down(60_000, LinkDownReason::Closed);
+        let ev = events(&drain(&mut d));
+        assert!(
+            ev.iter()
+                .any(|e| matches!(e, Event::Backoff { attempt: 1, .. })),
+            "reset after CONNACK: {ev:?}"
+        );
+    }
+
+    #[test]
+    fn wifi_off_closes_abruptly_and_never_opens_until_on() {
+        let mut d = device();
+        online(&mut d, true);
+        d.handle_command(10, Command::Wifi(false));
+        let out = drain(&mut d);
+        assert!(out.contains(&Output::Close { abrupt: true }));
+        assert!(out.contains(&Output::Wifi(false)));
+        assert_eq!(
+            d.poll_timeout(),
+            None,
+            "nothing scheduled while Wi-Fi is off"
+        );
+        d.handle_timeout(1_000_000);
+        assert!(!drain(&mut d).contains(&Output::Open));
+        d.handle_command(1_000_001, Command::Wifi(true));
+        d.handle_timeout(1_000_001);
+        assert!(drain(&mut d).contains(&Output::Open));
+    }
 }
