@@ -1,0 +1,10 @@
+//! The HIL runner. Modules mirror its concepts:
+//! - [`transcript`]: every console line, cloud observation and runner action, time-ordered;
+//! - [`dut`]: the device under test, driven only through its console and the network;
+//! - [`scenario`]: what each scenario does and which promise it guards;
+//! - [`run`]: brokers, devices and scenarios put together; summary, transcripts, JUnit.
+
+pub mod dut;
+pub mod run;
+pub mod scenario;
+pub mod transcript;

@@ -1,0 +1,135 @@
+use clap::{Parser, Subcommand};
+use hil::run::{BrokerChoice, RunOptions};
+use hil_broker::Protocol;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "hil",
+    version,
+    about = "Hardware-in-the-loop tests for MQTT devices: session, outbox, identity, reconnects"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run scenarios (all by default) and print a verdict.
+    Run {
+        /// Device under test.
+        #[arg(long, default_value = "sim", value_parser = ["sim"])]
+        dut: String,
+        /// rumqttd (embedded, default), mosquitto (from PATH), or HOST:PORT of an external broker.
+        #[arg(long, default_value = "rumqttd")]
+        broker: String,
+        #[arg(long, default_value = "3.1.1")]
+        mqtt: Protocol,
+        /// Run only these scenarios (repeatable); see `hil list`.
+        #[arg(long = "scenario")]
+        scenarios: Vec<String>,
+        /// Pass a negative control to the sim device (repeatable): the run should fail.
+        #[arg(long = "sim-bug")]
+        sim_bugs: Vec<String>,
+        /// JUnit XML report.
+        #[arg(long)]
+        junit: Option<PathBuf>,
+        /// Transcripts and reports go here (default target/hil/<timestamp>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// List the scenarios.
+    List,
+    /// Test brokers.
+    Broker {
+        #[command(subcommand)]
+        cmd: BrokerCmd,
+    },
+    /// The host-native device (same as the hil-sim binary).
+    #[command(disable_help_flag = true)]
+    Sim {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BrokerCmd {
+    /// Serve embedded rumqttd in this process (the runner starts this as a child).
+    Serve {
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        v4: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:1884")]
+        v5: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::List => {
+            for s in hil::scenario::ALL {
+                println!("{:<18} {}", s.name, s.about);
+            }
+            ExitCode::SUCCESS
+        }
+        Cmd::Sim { args } => {
+            let argv = std::iter::once("hil-sim".into()).chain(args);
+            ExitCode::from(hil_sim::main_with_args(argv) as u8)
+        }
+        Cmd::Broker {
+            cmd: BrokerCmd::Serve { v4, v5 },
+        } => match hil_broker::rumqttd::serve(v4, v5) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("hil broker serve: error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Run {
+            dut: _,
+            broker,
+            mqtt,
+            scenarios,
+            sim_bugs,
+            junit,
+            out,
+        } => {
+            let broker = match BrokerChoice::parse(&broker) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("hil run: error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let exe = match std::env::current_exe() {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("hil run: error: cannot find my own executable: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let opts = RunOptions {
+                hil_exe: exe,
+                broker,
+                proto: mqtt,
+                scenarios,
+                sim_bugs,
+                junit,
+                out,
+                progress: true,
+            };
+            match hil::run::run(&opts) {
+                Ok(summary) if summary.all_passed() => ExitCode::SUCCESS,
+                Ok(_) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("hil run: error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
+}

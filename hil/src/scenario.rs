@@ -1,0 +1,435 @@
+//! The scenarios: each drives the device through its console, plays the cloud
+//! through a broker client, and fails with the promise it guards named first.
+
+use crate::dut::{ExpectError, SimDevice};
+use crate::transcript::Transcript;
+use hil_broker::client::ConnectOptions;
+use hil_broker::{Broker, Client, Protocol, Restart, SessionsOnRestart};
+use hil_session::Event;
+use std::time::{Duration, Instant};
+
+/// A broken promise: which, and what was seen.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub promise: &'static str,
+    pub detail: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "broken promise: {}: {}", self.promise, self.detail)
+    }
+}
+
+pub type Outcome = Result<(), Failure>;
+
+pub struct Ctx<'a> {
+    pub broker: &'a mut Broker,
+    pub proto: Protocol,
+    pub dut: SimDevice,
+    pub t: Transcript,
+    /// The device's backoff cap, for "reconnects within the cap".
+    pub backoff_cap_ms: u64,
+}
+
+pub struct Scenario {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub run: fn(&mut Ctx) -> Outcome,
+}
+
+pub const ALL: &[Scenario] = &[
+    Scenario {
+        name: "queued_commands",
+        about: "commands published at QoS 1 and 2 while the device is offline arrive once each, in order",
+        run: queued_commands,
+    },
+    Scenario {
+        name: "telemetry_flush",
+        about: "readings taken during a Wi-Fi outage are published in order, contiguous, none lost",
+        run: telemetry_flush,
+    },
+    Scenario {
+        name: "stable_client_id",
+        about: "the client ID is the same after three reboots and an outage; the session survives",
+        run: stable_client_id,
+    },
+    Scenario {
+        name: "broker_restart",
+        about: "after kill -9 of the broker the device backs off with jitter, reconnects, re-subscribes",
+        run: broker_restart,
+    },
+];
+
+pub fn find(name: &str) -> Option<&'static Scenario> {
+    ALL.iter().find(|s| s.name == name)
+}
+
+const STEP: Duration = Duration::from_secs(15);
+
+fn on(promise: &'static str) -> impl Fn(ExpectError) -> Failure {
+    move |e| Failure {
+        promise,
+        detail: e.0,
+    }
+}
+
+fn fail(promise: &'static str, detail: impl Into<String>) -> Failure {
+    Failure {
+        promise,
+        detail: detail.into(),
+    }
+}
+
+fn client_id(ctx: &mut Ctx) -> Result<String, Failure> {
+    if let Some(id) = ctx.dut.seen.iter().rev().find_map(|e| match e {
+        Event::Id { client_id } => Some(client_id.clone()),
+        _ => None,
+    }) {
+        return Ok(id);
+    }
+    match ctx
+        .dut
+        .expect("`id` line", STEP, |e| matches!(e, Event::Id { .. }))
+        .map_err(on("device reports its identity"))?
+    {
+        Event::Id { client_id } => Ok(client_id),
+        _ => unreachable!(),
+    }
+}
+
+fn cloud(ctx: &mut Ctx, name: &str) -> Result<Client, Failure> {
+    let addr = ctx.broker.addr(ctx.proto);
+    ctx.t.runner(format!("cloud client {name} connects"));
+    Client::connect(addr, ctx.proto, &ConnectOptions::new(name))
+        .map_err(|e| fail("test rig: broker reachable", format!("cloud client: {e}")))
+}
+
+fn connack(ctx: &mut Ctx, promise: &'static str) -> Result<bool, Failure> {
+    match ctx
+        .dut
+        .expect("CONNACK", STEP, |e| matches!(e, Event::MqttConnack { .. }))
+        .map_err(on(promise))?
+    {
+        Event::MqttConnack {
+            session_present,
+            rc,
+        } => {
+            if rc != 0 {
+                return Err(fail(
+                    promise,
+                    format!("broker refused the connection, rc={rc}"),
+                ));
+            }
+            Ok(session_present)
+        }
+        _ => unreachable!(),
+    }
+}
+
+fn subscribed(ctx: &mut Ctx) -> Outcome {
+    ctx.dut
+        .expect("subscription to its command topic", STEP, |e| {
+            matches!(e, Event::MqttSubscribed { .. })
+        })
+        .map_err(on("device subscribes to its command topic"))?;
+    Ok(())
+}
+
+fn executed(dut: &SimDevice) -> Vec<String> {
+    dut.seen
+        .iter()
+        .filter_map(|e| match e {
+            Event::Cmd { id, .. } => Some(id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Publishes a sentinel command and waits until the device executes it: every
+/// earlier delivery (or redelivery) has shown up by then.
+fn sentinel(ctx: &mut Ctx, cloud: &mut Client, topic: &str, promise: &'static str) -> Outcome {
+    cloud
+        .publish(topic, b"{\"id\":\"sentinel\"}", 1, false)
+        .map_err(|e| fail(promise, format!("cloud publish: {e}")))?;
+    ctx.t.cloud("publish sentinel qos=1");
+    ctx.dut
+        .expect(
+            "the sentinel command",
+            STEP,
+            |e| matches!(e, Event::Cmd { id, .. } if id == "sentinel"),
+        )
+        .map_err(on(promise))?;
+    Ok(())
+}
+
+fn queued_commands(ctx: &mut Ctx) -> Outcome {
+    const P: &str = "queued commands arrive exactly once, in publish order";
+    let id = client_id(ctx)?;
+    subscribed(ctx)?;
+    ctx.dut.command("!wifi off").map_err(on(P))?;
+    let mut cloud = cloud(ctx, "cloud-commands")?;
+    let topic = format!("devices/{id}/cmd");
+    let mut expected = Vec::new();
+    for (n, qos) in [(1, 1), (2, 1), (3, 1), (4, 2), (5, 2), (6, 2)] {
+        let cid = format!("c{n}");
+        let payload = format!("{{\"id\":\"{cid}\",\"do\":\"blink\"}}");
+        cloud
+            .publish(&topic, payload.as_bytes(), qos, false)
+            .map_err(|e| fail(P, format!("cloud publish: {e}")))?;
+        ctx.t.cloud(format!("publish {cid} qos={qos}"));
+        expected.push(cid);
+    }
+    ctx.dut.command("!wifi on").map_err(on(P))?;
+    if !connack(ctx, P)? {
+        return Err(fail(
+            "persistent session (clean_session=0 and a stable client ID)",
+            "CONNACK session_present=0 after the outage: the broker did not keep the session, so commands queued for the device are lost",
+        ));
+    }
+    sentinel(ctx, &mut cloud, &topic, P)?;
+    expected.push("sentinel".into());
+    let got = executed(&ctx.dut);
+    if got != expected {
+        return Err(fail(P, format!("executed {got:?}, expected {expected:?}")));
+    }
+    ctx.t.runner(format!(
+        "verdict: executed {} commands once each, in order",
+        got.len()
+    ));
+    Ok(())
+}
+
+fn telemetry_seq(text: &str) -> Option<u32> {
+    let rest = text.split("\"seq\":").nth(1)?;
+    rest.chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect::<String>()
+        .parse()
+        .ok()
+}
+
+fn telemetry_flush(ctx: &mut Ctx) -> Outcome {
+    const P: &str = "offline telemetry is buffered and flushed in order";
+    let id = client_id(ctx)?;
+    let mut cloud = cloud(ctx, "cloud-telemetry")?;
+    cloud
+        .subscribe(&format!("devices/{id}/telemetry"), 1)
+        .map_err(|e| fail(P, format!("cloud subscribe: {e}")))?;
+    connack(ctx, P)?;
+    ctx.dut.command("!wifi off").map_err(on(P))?;
+    const M: u32 = 5;
+    ctx.dut.command(&format!("!telemetry {M}")).map_err(on(P))?;
+    ctx.dut.command("!wifi on").map_err(on(P))?;
+    let deadline = Instant::now() + STEP;
+    let mut seqs: Vec<u32> = Vec::new();
+    let mut last_new = 0;
+    while seqs.len() < M as usize {
+        let Some(msg) = cloud
+            .recv(deadline)
+            .map_err(|e| fail(P, format!("cloud: {e}")))?
+        else {
+            return Err(fail(
+                P,
+                format!("only {} of {M} readings arrived: {seqs:?}", seqs.len()),
+            ));
+        };
+        let text = msg.text();
+        ctx.t.cloud(format!(
+            "telemetry qos={} dup={} {text}",
+            msg.qos, msg.dup as u8
+        ));
+        let Some(seq) = telemetry_seq(&text) else {
+            return Err(fail(P, format!("telemetry without a seq: {text}")));
+        };
+        if seqs.contains(&seq) {
+            if !msg.dup {
+                return Err(fail(
+                    "a resend carries DUP",
+                    format!("seq {seq} arrived twice, the second time without DUP"),
+                ));
+            }
+            continue;
+        }
+        if seq <= last_new {
+            return Err(fail(P, format!("seq {seq} arrived after {last_new}")));
+        }
+        last_new = seq;
+        seqs.push(seq);
+    }
+    let first = seqs[0];
+    if seqs != (first..first + M).collect::<Vec<_>>() {
+        return Err(fail(P, format!("sequence not contiguous: {seqs:?}")));
+    }
+    ctx.t.runner(format!(
+        "verdict: {M} readings, seq {first}..{}",
+        first + M - 1
+    ));
+    Ok(())
+}
+
+fn stable_client_id(ctx: &mut Ctx) -> Outcome {
+    const P: &str = "stable client ID (same on every boot, never random)";
+    let first = client_id(ctx)?;
+    connack(ctx, P)?;
+    let keeps = ctx.broker.sessions_on_restart() != SessionsOnRestart::Unknown;
+    for boot in 2..=4 {
+        ctx.dut.command("!reboot").map_err(on(P))?;
+        ctx.dut
+            .expect(
+                "boot",
+                STEP,
+                |e| matches!(e, Event::Boot { count, .. } if *count == boot),
+            )
+            .map_err(on(P))?;
+        ctx.dut
+            .expect("id", STEP, |e| matches!(e, Event::Id { .. }))
+            .map_err(on(P))?;
+        let id = client_id(ctx)?;
+        if id != first {
+            return Err(fail(
+                P,
+                format!("boot {boot}: client ID {id}, first boot had {first}"),
+            ));
+        }
+        let sp = connack(ctx, P)?;
+        if keeps && !sp {
+            return Err(fail(
+                "persistent session (clean_session=0 and a stable client ID)",
+                format!("boot {boot}: CONNACK session_present=0"),
+            ));
+        }
+    }
+    ctx.dut.command("!wifi off").map_err(on(P))?;
+    ctx.dut.command("!wifi on").map_err(on(P))?;
+    connack(ctx, P)?;
+    let ids: Vec<&String> = ctx
+        .dut
+        .seen
+        .iter()
+        .filter_map(|e| match e {
+            Event::Id { client_id } => Some(client_id),
+            _ => None,
+        })
+        .collect();
+    if let Some(other) = ids.iter().find(|i| ***i != first) {
+        return Err(fail(P, format!("the device also used client ID {other}")));
+    }
+    ctx.t.runner(format!(
+        "verdict: client ID {first} on all {} reports",
+        ids.len()
+    ));
+    Ok(())
+}
+
+fn broker_restart(ctx: &mut Ctx) -> Outcome {
+    const P: &str = "reconnect with capped, jittered backoff after a broker restart";
+    let id = client_id(ctx)?;
+    subscribed(ctx)?;
+    ctx.t.runner("broker: kill -9");
+    ctx.broker.stop(Restart::Kill);
+    // The outage itself is the scenario's parameter: the device must keep
+    // retrying (with backoff) for this long while nothing listens.
+    let down = Duration::from_millis(1500);
+    let until = Instant::now() + down;
+    let _ = ctx.dut.expect("", down, |_| Instant::now() >= until);
+    ctx.dut.drain();
+    ctx.t.runner("broker: start again");
+    let back = Instant::now();
+    ctx.broker
+        .start_again()
+        .map_err(|e| fail("test rig: broker restarts", e.to_string()))?;
+    let within = Duration::from_millis(ctx.backoff_cap_ms) + Duration::from_secs(5);
+    let sp = connack(ctx, P)?;
+    let took = back.elapsed();
+    if took > within {
+        return Err(fail(
+            P,
+            format!(
+                "reconnected {took:?} after the broker came back; the cap is {} ms",
+                ctx.backoff_cap_ms
+            ),
+        ));
+    }
+    let backoffs: Vec<(u32, u64, u64, u64)> = ctx
+        .dut
+        .seen
+        .iter()
+        .filter_map(|e| match e {
+            Event::Backoff {
+                attempt,
+                delay_ms,
+                lo_ms,
+                hi_ms,
+            } => Some((*attempt, *delay_ms, *lo_ms, *hi_ms)),
+            _ => None,
+        })
+        .collect();
+    if backoffs.len() < 2 {
+        return Err(fail(
+            P,
+            format!(
+                "expected repeated reconnect attempts while the broker was down, saw {backoffs:?}"
+            ),
+        ));
+    }
+    for (attempt, delay, lo, hi) in &backoffs {
+        if delay < lo || delay > hi || *hi > ctx.backoff_cap_ms {
+            return Err(fail(
+                P,
+                format!(
+                    "attempt {attempt}: delay {delay} ms outside its window {lo}..{hi} (cap {})",
+                    ctx.backoff_cap_ms
+                ),
+            ));
+        }
+        if lo >= hi {
+            return Err(fail(
+                "jitter spreads reconnects (no thundering herd)",
+                format!("attempt {attempt}: window {lo}..{hi} ms has no jitter: a fleet would reconnect in lockstep"),
+            ));
+        }
+    }
+    if backoffs
+        .windows(2)
+        .any(|w| w[1].3 < w[0].3 && w[1].0 > w[0].0)
+    {
+        return Err(fail(
+            P,
+            format!("backoff ceiling shrank between attempts: {backoffs:?}"),
+        ));
+    }
+    ctx.t
+        .runner(format!("device reconnected; session_present={}", sp as u8));
+    if !sp {
+        ctx.dut
+            .expect("re-subscription after session_present=0", STEP, |e| {
+                matches!(e, Event::MqttSubscribed { .. })
+            })
+            .map_err(on(
+                "re-subscribe when the broker lost the session (session_present=0)",
+            ))?;
+    }
+    let mut cloud = cloud(ctx, "cloud-after-restart")?;
+    sentinel(
+        ctx,
+        &mut cloud,
+        &format!("devices/{id}/cmd"),
+        "commands arrive after a broker restart (re-subscribed)",
+    )
+    .map_err(|f| {
+        if sp {
+            f
+        } else {
+            fail(
+                "re-subscribe when the broker lost the session (session_present=0)",
+                f.detail,
+            )
+        }
+    })?;
+    ctx.t.runner(format!(
+        "verdict: {} backoff attempts, all inside their windows",
+        backoffs.len()
+    ));
+    Ok(())
+}

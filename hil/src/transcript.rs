@@ -1,0 +1,183 @@
+//! One time-ordered record of a scenario: device console lines, what the
+//! cloud side saw, and what the runner did. The raw form is for humans; the
+//! normalised form is what the insta snapshots review.
+
+use regex::Regex;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Device,
+    Cloud,
+    Runner,
+}
+
+impl Source {
+    fn label(&self) -> &'static str {
+        match self {
+            Source::Device => "device",
+            Source::Cloud => "cloud ",
+            Source::Runner => "runner",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub at: Duration,
+    pub source: Source,
+    pub text: String,
+}
+
+#[derive(Clone)]
+pub struct Transcript {
+    start: Instant,
+    entries: Arc<Mutex<Vec<Entry>>>,
+}
+
+impl Default for Transcript {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Device events whose order is decided by the device alone, never by network
+/// timing; the normalised transcript keeps only these so a snapshot is stable.
+const STABLE_EVENTS: &[&str] = &[
+    "boot",
+    "id",
+    "wifi",
+    "mqtt.connack",
+    "mqtt.subscribed",
+    "cmd",
+    "cmd.duplicate",
+    "telemetry.buffered",
+    "telemetry.dropped",
+];
+
+fn filters() -> &'static [(Regex, &'static str)] {
+    static F: OnceLock<Vec<(Regex, &'static str)>> = OnceLock::new();
+    F.get_or_init(|| {
+        vec![
+            (
+                Regex::new(r#""uptime_ms":\d+"#).unwrap(),
+                "\"uptime_ms\":<T>",
+            ),
+            (
+                Regex::new(r"(delay_ms|lo_ms|hi_ms)=\d+").unwrap(),
+                "$1=<MS>",
+            ),
+            (Regex::new(r"127\.\d+\.\d+\.\d+:\d+").unwrap(), "<ADDR>"),
+            (Regex::new(r"/dev/pts/\d+").unwrap(), "<PTY>"),
+        ]
+    })
+}
+
+impl Transcript {
+    pub fn new() -> Self {
+        Transcript {
+            start: Instant::now(),
+            entries: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    pub fn push(&self, source: Source, text: impl Into<String>) {
+        let at = self.start.elapsed();
+        self.entries.lock().unwrap().push(Entry {
+            at,
+            source,
+            text: text.into(),
+        });
+    }
+
+    pub fn runner(&self, text: impl Into<String>) {
+        self.push(Source::Runner, text)
+    }
+
+    pub fn cloud(&self, text: impl Into<String>) {
+        self.push(Source::Cloud, text)
+    }
+
+    pub fn entries(&self) -> Vec<Entry> {
+        self.entries.lock().unwrap().clone()
+    }
+
+    /// `[  1.234] device  @hil ...`, every line, as it happened.
+    pub fn raw(&self) -> String {
+        let mut out = String::new();
+        for e in self.entries() {
+            out.push_str(&format!(
+                "[{:>4}.{:03}] {} {}\n",
+                e.at.as_secs(),
+                e.at.subsec_millis(),
+                e.source.label(),
+                e.text
+            ));
+        }
+        out
+    }
+
+    /// Stable for review: the device's self-ordered events, then the runner's
+    /// and the cloud's lines (both written by the scenario's own thread), with
+    /// times, addresses and random delays replaced by tokens.
+    pub fn normalized(&self) -> String {
+        let entries = self.entries();
+        let mut out = String::from("## device\n");
+        for e in entries.iter().filter(|e| e.source == Source::Device) {
+            let name = e
+                .text
+                .strip_prefix("@hil ")
+                .and_then(|r| r.split(' ').next());
+            if name.is_some_and(|n| STABLE_EVENTS.contains(&n)) {
+                out.push_str(&normalize_line(&e.text));
+                out.push('\n');
+            }
+        }
+        out.push_str("## runner and cloud\n");
+        for e in entries.iter().filter(|e| e.source != Source::Device) {
+            out.push_str(e.source.label());
+            out.push(' ');
+            out.push_str(&normalize_line(&e.text));
+            out.push('\n');
+        }
+        out
+    }
+}
+
+pub fn normalize_line(line: &str) -> String {
+    let mut s = line.to_string();
+    for (re, rep) in filters() {
+        s = re.replace_all(&s, *rep).into_owned();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizes_and_keeps_only_stable_device_events() {
+        let t = Transcript::new();
+        t.push(Source::Device, "ESP-ROM:esp32c3");
+        t.push(
+            Source::Device,
+            "@hil backoff attempt=1 delay_ms=312 lo_ms=250 hi_ms=500",
+        );
+        t.push(Source::Device, "@hil mqtt.connack session_present=1 rc=0");
+        t.cloud("telemetry {\"seq\":1,\"uptime_ms\":1234}");
+        t.runner("broker 127.0.0.1:40111 killed");
+        let n = t.normalized();
+        assert_eq!(
+            n,
+            "## device\n@hil mqtt.connack session_present=1 rc=0\n## runner and cloud\n\
+             cloud  telemetry {\"seq\":1,\"uptime_ms\":<T>}\nrunner broker <ADDR> killed\n"
+        );
+        assert!(t.raw().contains("delay_ms=312"));
+        assert_eq!(
+            normalize_line("@hil backoff delay_ms=9 lo_ms=1 hi_ms=2"),
+            "@hil backoff delay_ms=<MS> lo_ms=<MS> hi_ms=<MS>"
+        );
+    }
+}

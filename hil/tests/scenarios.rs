@@ -1,0 +1,120 @@
+//! Every scenario as one test, with an insta snapshot of its normalised
+//! transcript; on embedded rumqttd (default profile) and mosquitto (`ci`).
+//! Each test is its own process under nextest, with its own broker ports,
+//! device state dir and MAC.
+
+use hil::run::{run_one, BrokerChoice, RunOptions};
+use hil_broker::Protocol;
+
+fn opts(broker: BrokerChoice, bugs: &[&str]) -> RunOptions {
+    RunOptions {
+        hil_exe: env!("CARGO_BIN_EXE_hil").into(),
+        broker,
+        proto: Protocol::V3_1_1,
+        scenarios: vec![],
+        sim_bugs: bugs.iter().map(|b| b.to_string()).collect(),
+        junit: None,
+        out: None,
+        progress: false,
+    }
+}
+
+fn pass(name: &str, broker: BrokerChoice) {
+    let s = hil::scenario::find(name).unwrap();
+    let label = broker.name();
+    let r = run_one(&opts(broker, &[]), s, "24:0a:c4:00:20:01");
+    if let Err(f) = &r.outcome {
+        panic!("{name} on {label}: {f}\n{}", r.transcript.raw());
+    }
+    insta::assert_snapshot!(format!("{name}__{label}"), r.transcript.normalized());
+}
+
+/// A negative control must fail its scenario, naming the promise it breaks.
+fn caught(name: &str, bug: &str, promise: &str) {
+    let s = hil::scenario::find(name).unwrap();
+    let r = run_one(&opts(BrokerChoice::Rumqttd, &[bug]), s, "24:0a:c4:00:30:01");
+    match r.outcome {
+        Ok(()) => panic!(
+            "--bug {bug} passed {name}; it must fail\n{}",
+            r.transcript.raw()
+        ),
+        Err(f) => assert!(
+            f.promise.contains(promise),
+            "--bug {bug}: {name} failed for another reason: {f}\n{}",
+            r.transcript.raw()
+        ),
+    }
+}
+
+macro_rules! scenarios {
+    ($($name:ident),*) => {
+        mod rumqttd { $(#[test] fn $name() { super::pass(stringify!($name), hil::run::BrokerChoice::Rumqttd) })* }
+        mod mosquitto { $(#[test] fn $name() { super::pass(stringify!($name), hil::run::BrokerChoice::Mosquitto) })* }
+    };
+}
+
+scenarios!(
+    queued_commands,
+    telemetry_flush,
+    stable_client_id,
+    broker_restart
+);
+
+mod negative_control {
+    use super::caught;
+
+    #[test]
+    fn random_client_id() {
+        caught("stable_client_id", "random-client-id", "stable client ID");
+    }
+
+    #[test]
+    fn clean_session() {
+        caught("queued_commands", "clean-session", "persistent session");
+    }
+
+    #[test]
+    fn no_outbox() {
+        caught(
+            "telemetry_flush",
+            "no-outbox",
+            "offline telemetry is buffered",
+        );
+    }
+
+    #[test]
+    fn no_jitter() {
+        caught("broker_restart", "no-jitter", "jitter");
+    }
+
+    #[test]
+    fn no_resubscribe() {
+        caught("broker_restart", "no-resubscribe", "re-subscribe");
+    }
+}
+
+#[test]
+fn cli_lists_scenarios_and_rejects_bad_input() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hil"))
+        .arg("list")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for s in hil::scenario::ALL {
+        assert!(text.contains(s.name));
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hil"))
+        .args(["run", "--broker", "nonsense"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("expected rumqttd, mosquitto, or HOST:PORT")
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hil"))
+        .args(["run", "--scenario", "nope"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown scenario `nope`"));
+}
