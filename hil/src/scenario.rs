@@ -216,7 +216,7 @@ fn telemetry_flush(ctx: &mut Ctx) -> Outcome {
     cloud
         .subscribe(&format!("devices/{id}/telemetry"), 1)
         .map_err(|e| fail(P, format!("cloud subscribe: {e}")))?;
-    connack(ctx, P)?;
+    subscribed(ctx)?;
     ctx.dut.command("!wifi off").map_err(on(P))?;
     const M: u32 = 5;
     ctx.dut.command(&format!("!telemetry {M}")).map_err(on(P))?;
@@ -271,7 +271,7 @@ fn telemetry_flush(ctx: &mut Ctx) -> Outcome {
 fn stable_client_id(ctx: &mut Ctx) -> Outcome {
     const P: &str = "stable client ID (same on every boot, never random)";
     let first = client_id(ctx)?;
-    connack(ctx, P)?;
+    subscribed(ctx)?;
     let keeps = ctx.broker.sessions_on_restart() != SessionsOnRestart::Unknown;
     for boot in 2..=4 {
         ctx.dut.command("!reboot").map_err(on(P))?;
