@@ -5,6 +5,7 @@
 //! - [`run`]: brokers, devices and scenarios put together; summary, transcripts, JUnit.
 
 pub mod dut;
+pub mod faults;
 pub mod run;
 pub mod scenario;
 pub mod transcript;

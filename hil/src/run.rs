@@ -105,12 +105,14 @@ pub fn run_one(opts: &RunOptions, s: &Scenario, mac: &str) -> ScenarioResult {
         t.runner(format!("start broker {}", opts.broker.name()));
         let mut broker = Broker::start(broker_spec(opts), ip).map_err(|e| rig(e.to_string()))?;
         let state = tempfile_dir().map_err(rig)?;
+        // The device always reaches the broker through the fault proxy.
+        let proxy = crate::faults::FaultProxy::start(ip, broker.addr(opts.proto)).map_err(rig)?;
         let spec = SimSpec {
             hil_exe: opts.hil_exe.clone(),
-            broker: broker.addr(opts.proto),
+            broker: proxy.addr(),
             mac: mac.into(),
             proto: opts.proto,
-            keepalive_s: 5,
+            keepalive_s: s.keepalive_s,
             backoff_base_ms: BACKOFF_BASE_MS,
             backoff_cap_ms: BACKOFF_CAP_MS,
             cmd_qos: 1,
@@ -120,6 +122,8 @@ pub fn run_one(opts: &RunOptions, s: &Scenario, mac: &str) -> ScenarioResult {
         let dut = SimDevice::start(&spec, state.path(), &t).map_err(rig)?;
         let mut ctx = Ctx {
             broker: &mut broker,
+            proxy: &proxy,
+            keepalive_s: s.keepalive_s,
             proto: opts.proto,
             dut,
             t: t.clone(),

@@ -25,6 +25,9 @@ pub type Outcome = Result<(), Failure>;
 
 pub struct Ctx<'a> {
     pub broker: &'a mut Broker,
+    /// Between the device and the broker.
+    pub proxy: &'a crate::faults::FaultProxy,
+    pub keepalive_s: u16,
     pub proto: Protocol,
     pub dut: SimDevice,
     pub t: Transcript,
@@ -35,6 +38,8 @@ pub struct Ctx<'a> {
 pub struct Scenario {
     pub name: &'static str,
     pub about: &'static str,
+    /// The device's keep-alive for this scenario (seconds).
+    pub keepalive_s: u16,
     pub run: fn(&mut Ctx) -> Outcome,
 }
 
@@ -42,22 +47,32 @@ pub const ALL: &[Scenario] = &[
     Scenario {
         name: "queued_commands",
         about: "commands published at QoS 1 and 2 while the device is offline arrive once each, in order",
+        keepalive_s: 5,
         run: queued_commands,
     },
     Scenario {
         name: "telemetry_flush",
         about: "readings taken during a Wi-Fi outage are published in order, contiguous, none lost",
+        keepalive_s: 5,
         run: telemetry_flush,
     },
     Scenario {
         name: "stable_client_id",
         about: "the client ID is the same after three reboots and an outage; the session survives",
+        keepalive_s: 5,
         run: stable_client_id,
     },
     Scenario {
         name: "broker_restart",
         about: "after kill -9 of the broker the device backs off with jitter, reconnects, re-subscribes",
+        keepalive_s: 5,
         run: broker_restart,
+    },
+    Scenario {
+        name: "link_blackhole",
+        about: "a silent link is noticed within 1.5 x keep-alive; the broker publishes the Will; status is online again after",
+        keepalive_s: 2,
+        run: link_blackhole,
     },
 ];
 
@@ -430,6 +445,102 @@ fn broker_restart(ctx: &mut Ctx) -> Outcome {
     ctx.t.runner(format!(
         "verdict: {} backoff attempts, all inside their windows",
         backoffs.len()
+    ));
+    Ok(())
+}
+
+fn status(cloud: &mut Client, topic: &str, want: &str, within: Duration) -> Result<bool, Failure> {
+    let deadline = Instant::now() + within;
+    let got = cloud
+        .recv_matching(deadline, |m| m.topic == topic && m.text() == want)
+        .map_err(|e| fail("test rig: cloud client", e.to_string()))?;
+    Ok(got.is_some())
+}
+
+fn link_blackhole(ctx: &mut Ctx) -> Outcome {
+    const P: &str = "a dead link is noticed within 1.5 x keep-alive";
+    const WILL: &str =
+        "Last Will `offline` on an ungraceful loss, retained `online` after recovery";
+    let id = client_id(ctx)?;
+    subscribed(ctx)?;
+    let topic = format!("devices/{id}/status");
+    let mut cloud = cloud(ctx, "cloud-status")?;
+    cloud
+        .subscribe(&topic, 1)
+        .map_err(|e| fail("test rig: cloud client", e.to_string()))?;
+    if !status(&mut cloud, &topic, "online", STEP)? {
+        return Err(fail(WILL, "no retained `online` status while connected"));
+    }
+    ctx.t.cloud("status online (retained)");
+    ctx.t.runner("link: blackhole");
+    ctx.proxy.blackhole(true);
+    let t0 = Instant::now();
+    let ka = Duration::from_secs(ctx.keepalive_s as u64);
+    // 1.5 x keep-alive, plus 0.5 s for the sim's scheduling.
+    let limit = ka * 3 / 2 + Duration::from_millis(500);
+    ctx.dut
+        .expect("the device to notice the dead link", limit, |e| {
+            matches!(e, Event::MqttDisconnected { .. })
+        })
+        .map_err(on(P))?;
+    let noticed = t0.elapsed();
+    ctx.t.runner("device noticed the dead link");
+    // The broker's own keep-alive (1.5 x) ends the session and fires the Will.
+    if !status(
+        &mut cloud,
+        &topic,
+        "offline",
+        ka * 3 / 2 + Duration::from_secs(5),
+    )? {
+        return Err(fail(
+            WILL,
+            "the broker published no Last Will `offline` after the link went silent",
+        ));
+    }
+    ctx.t.cloud("status offline (Last Will)");
+    ctx.t.runner("link: restored");
+    ctx.proxy.blackhole(false);
+    connack(ctx, P)?;
+    if !status(&mut cloud, &topic, "online", STEP)? {
+        return Err(fail(
+            WILL,
+            "no `online` status after the device reconnected",
+        ));
+    }
+    ctx.t.cloud("status online");
+    // A newcomer sees the retained status: it must be `online`.
+    let mut late = Client::connect(
+        ctx.broker.addr(ctx.proto),
+        ctx.proto,
+        &ConnectOptions::new("cloud-late"),
+    )
+    .map_err(|e| fail("test rig: cloud client", e.to_string()))?;
+    late.subscribe(&topic, 1)
+        .map_err(|e| fail("test rig: cloud client", e.to_string()))?;
+    let retained = late
+        .recv(Instant::now() + STEP)
+        .map_err(|e| fail("test rig: cloud client", e.to_string()))?;
+    match retained {
+        Some(m) if m.retain && m.text() == "online" => {
+            ctx.t.cloud("retained status for a new subscriber: online")
+        }
+        other => {
+            return Err(fail(
+                WILL,
+                format!(
+                    "retained status for a new subscriber: {:?}",
+                    other.map(|m| m.text())
+                ),
+            ))
+        }
+    }
+    ctx.t.push(
+        crate::transcript::Source::Runner,
+        format!("dead link noticed after {:.2} s", noticed.as_secs_f32()),
+    );
+    ctx.t.runner(format!(
+        "verdict: dead link noticed within {:.1} s (1.5 x keep-alive + 0.5 s)",
+        limit.as_secs_f32()
     ));
     Ok(())
 }

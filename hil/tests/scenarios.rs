@@ -57,7 +57,8 @@ scenarios!(
     queued_commands,
     telemetry_flush,
     stable_client_id,
-    broker_restart
+    broker_restart,
+    link_blackhole
 );
 
 mod negative_control {
