@@ -4,16 +4,91 @@
 //! device while the broker is unreachable: the device sees a reset at once,
 //! as it would from a broker that is down.
 
+use crate::transcript::{Source, Transcript};
+use crate::wire::{Decoder, Dir, Packet};
 use socket2::SockRef;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// What the tap saw: a decoded packet, or a connection attempt.
+#[derive(Clone, Debug)]
+pub enum WireEvent {
+    /// A device opened a TCP connection; `reached_broker` is false when the
+    /// broker was down (or refusal was on) and the device got a reset.
+    Attempt {
+        conn: u32,
+        reached_broker: bool,
+    },
+    Packet {
+        conn: u32,
+        dir: Dir,
+        packet: Packet,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct WireRecord {
+    pub at: Instant,
+    pub event: WireEvent,
+}
+
+#[derive(Clone)]
+pub struct WireLog {
+    records: Arc<Mutex<Vec<WireRecord>>>,
+    transcript: Transcript,
+}
+
+impl WireLog {
+    fn push(&self, event: WireEvent) {
+        let text = match &event {
+            WireEvent::Attempt {
+                conn,
+                reached_broker: true,
+            } => format!("#{conn} device connected"),
+            WireEvent::Attempt {
+                conn,
+                reached_broker: false,
+            } => format!("#{conn} device connect attempt reset (broker unreachable)"),
+            WireEvent::Packet { conn, dir, packet } => {
+                let arrow = if *dir == Dir::Up {
+                    "device -> broker"
+                } else {
+                    "broker -> device"
+                };
+                format!("#{conn} {arrow} {packet}")
+            }
+        };
+        self.transcript.push(Source::Wire, text);
+        self.records.lock().unwrap().push(WireRecord {
+            at: Instant::now(),
+            event,
+        });
+    }
+
+    pub fn records(&self) -> Vec<WireRecord> {
+        self.records.lock().unwrap().clone()
+    }
+
+    /// Every packet in one direction, in order.
+    pub fn packets(&self, dir: Dir) -> Vec<Packet> {
+        self.records()
+            .into_iter()
+            .filter_map(|r| match r.event {
+                WireEvent::Packet { dir: d, packet, .. } if d == dir => Some(packet),
+                _ => None,
+            })
+            .collect()
+    }
+}
 
 #[derive(Default)]
 struct State {
     blackhole: bool,
     refuse: bool,
+    latency: Duration,
+    next_conn: u32,
     /// (device side, broker side) of every live connection.
     conns: Vec<(TcpStream, TcpStream)>,
 }
@@ -21,6 +96,7 @@ struct State {
 pub struct FaultProxy {
     addr: SocketAddr,
     state: Arc<Mutex<State>>,
+    log: WireLog,
 }
 
 fn reset(s: &TcpStream) {
@@ -30,38 +106,59 @@ fn reset(s: &TcpStream) {
 
 impl FaultProxy {
     /// Listens on a free port of `ip` and forwards to `upstream`.
-    pub fn start(ip: std::net::IpAddr, upstream: SocketAddr) -> Result<FaultProxy, String> {
+    pub fn start(
+        ip: std::net::IpAddr,
+        upstream: SocketAddr,
+        transcript: &Transcript,
+    ) -> Result<FaultProxy, String> {
         let listener = TcpListener::bind(SocketAddr::new(ip, 0))
             .map_err(|e| format!("fault proxy: cannot listen on {ip}: {e}"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let state = Arc::new(Mutex::new(State::default()));
+        let log = WireLog {
+            records: Arc::new(Mutex::new(Vec::new())),
+            transcript: transcript.clone(),
+        };
         let st = state.clone();
+        let lg = log.clone();
         std::thread::spawn(move || {
             for dev in listener.incoming() {
                 let Ok(dev) = dev else { continue };
-                if st.lock().unwrap().refuse {
-                    reset(&dev);
-                    continue;
-                }
-                let Ok(up) = TcpStream::connect_timeout(&upstream, Duration::from_secs(2)) else {
+                let (conn, refuse) = {
+                    let mut s = st.lock().unwrap();
+                    s.next_conn += 1;
+                    (s.next_conn, s.refuse)
+                };
+                let up = if refuse {
+                    None
+                } else {
+                    TcpStream::connect_timeout(&upstream, Duration::from_secs(2)).ok()
+                };
+                lg.push(WireEvent::Attempt {
+                    conn,
+                    reached_broker: up.is_some(),
+                });
+                let Some(up) = up else {
                     reset(&dev);
                     continue;
                 };
                 let _ = dev.set_nodelay(true);
                 let _ = up.set_nodelay(true);
-                let (Ok(d2), Ok(u2)) = (dev.try_clone(), up.try_clone()) else {
+                let (Ok(d2), Ok(u2), Ok(d3), Ok(u3)) = (
+                    dev.try_clone(),
+                    up.try_clone(),
+                    dev.try_clone(),
+                    up.try_clone(),
+                ) else {
                     continue;
                 };
                 st.lock().unwrap().conns.push((d2, u2));
-                pump(
-                    dev.try_clone().unwrap(),
-                    up.try_clone().unwrap(),
-                    st.clone(),
-                );
-                pump(up, dev, st.clone());
+                let (dec_up, dec_down) = Decoder::pair();
+                pump(d3, u3, dec_up, conn, st.clone(), lg.clone());
+                pump(up, dev, dec_down, conn, st.clone(), lg.clone());
             }
         });
-        Ok(FaultProxy { addr, state })
+        Ok(FaultProxy { addr, state, log })
     }
 
     /// Where the device connects.
@@ -95,6 +192,16 @@ impl FaultProxy {
     pub fn refuse(&self, on: bool) {
         self.state.lock().unwrap().refuse = on;
     }
+
+    /// Delays every forwarded chunk by `d` (each direction).
+    pub fn latency(&self, d: Duration) {
+        self.state.lock().unwrap().latency = d;
+    }
+
+    /// What the tap has seen so far.
+    pub fn wire(&self) -> &WireLog {
+        &self.log
+    }
 }
 
 impl Drop for FaultProxy {
@@ -103,7 +210,14 @@ impl Drop for FaultProxy {
     }
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream, st: Arc<Mutex<State>>) {
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    mut dec: Decoder,
+    conn: u32,
+    st: Arc<Mutex<State>>,
+    log: WireLog,
+) {
     std::thread::spawn(move || {
         let mut buf = [0u8; 16 * 1024];
         loop {
@@ -116,8 +230,23 @@ fn pump(mut from: TcpStream, mut to: TcpStream, st: Arc<Mutex<State>>) {
                     return;
                 }
                 Ok(n) => {
-                    if st.lock().unwrap().blackhole {
+                    let (blackhole, latency) = {
+                        let s = st.lock().unwrap();
+                        (s.blackhole, s.latency)
+                    };
+                    if blackhole {
                         continue;
+                    }
+                    for packet in dec.feed(&buf[..n]) {
+                        log.push(WireEvent::Packet {
+                            conn,
+                            dir: dec.dir(),
+                            packet,
+                        });
+                    }
+                    if !latency.is_zero() {
+                        // The latency fault itself: this chunk is late by design.
+                        std::thread::sleep(latency);
                     }
                     if to.write_all(&buf[..n]).is_err() {
                         return;

@@ -9,3 +9,4 @@ pub mod faults;
 pub mod run;
 pub mod scenario;
 pub mod transcript;
+pub mod wire;

@@ -106,7 +106,8 @@ pub fn run_one(opts: &RunOptions, s: &Scenario, mac: &str) -> ScenarioResult {
         let mut broker = Broker::start(broker_spec(opts), ip).map_err(|e| rig(e.to_string()))?;
         let state = tempfile_dir().map_err(rig)?;
         // The device always reaches the broker through the fault proxy.
-        let proxy = crate::faults::FaultProxy::start(ip, broker.addr(opts.proto)).map_err(rig)?;
+        let proxy =
+            crate::faults::FaultProxy::start(ip, broker.addr(opts.proto), &t).map_err(rig)?;
         let spec = SimSpec {
             hil_exe: opts.hil_exe.clone(),
             broker: proxy.addr(),

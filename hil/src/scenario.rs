@@ -3,6 +3,7 @@
 
 use crate::dut::{ExpectError, SimDevice};
 use crate::transcript::Transcript;
+use crate::wire::{Dir, Packet};
 use hil_broker::client::ConnectOptions;
 use hil_broker::{Broker, Client, Protocol, Restart, SessionsOnRestart};
 use hil_session::Event;
@@ -276,6 +277,31 @@ fn telemetry_flush(ctx: &mut Ctx) -> Outcome {
     if seqs != (first..first + M).collect::<Vec<_>>() {
         return Err(fail(P, format!("sequence not contiguous: {seqs:?}")));
     }
+    // The wire side: a reading the device published twice carries DUP the second time.
+    let mut published: Vec<u32> = Vec::new();
+    for p in ctx.proxy.wire().packets(Dir::Up) {
+        if let Packet::Publish {
+            topic,
+            dup,
+            payload,
+            ..
+        } = p
+        {
+            if !topic.ends_with("/telemetry") {
+                continue;
+            }
+            let Some(seq) = telemetry_seq(&payload) else {
+                continue;
+            };
+            if published.contains(&seq) && !dup {
+                return Err(fail(
+                    "a resend carries DUP",
+                    format!("the device sent seq {seq} again without DUP"),
+                ));
+            }
+            published.push(seq);
+        }
+    }
     ctx.t.runner(format!(
         "verdict: {M} readings, seq {first}..{}",
         first + M - 1
@@ -330,9 +356,44 @@ fn stable_client_id(ctx: &mut Ctx) -> Outcome {
     if let Some(other) = ids.iter().find(|i| ***i != first) {
         return Err(fail(P, format!("the device also used client ID {other}")));
     }
+    // The wire side: every CONNECT the broker saw.
+    let connects: Vec<(String, bool)> = ctx
+        .proxy
+        .wire()
+        .packets(Dir::Up)
+        .into_iter()
+        .filter_map(|p| match p {
+            Packet::Connect {
+                client_id, clean, ..
+            } => Some((client_id, clean)),
+            _ => None,
+        })
+        .collect();
+    if connects.len() < 5 {
+        return Err(fail(
+            P,
+            format!(
+                "expected 5 CONNECTs on the wire (boot, 3 reboots, outage), saw {}",
+                connects.len()
+            ),
+        ));
+    }
+    if let Some((id, _)) = connects.iter().find(|(id, _)| *id != first) {
+        return Err(fail(
+            P,
+            format!("a CONNECT on the wire carried client ID {id}, the console said {first}"),
+        ));
+    }
+    if connects.iter().any(|(_, clean)| *clean) {
+        return Err(fail(
+            "persistent session (clean_session=0 and a stable client ID)",
+            "a CONNECT on the wire has clean_session=1",
+        ));
+    }
     ctx.t.runner(format!(
-        "verdict: client ID {first} on all {} reports",
-        ids.len()
+        "verdict: client ID {first} on all {} console reports and all {} CONNECTs on the wire",
+        ids.len(),
+        connects.len()
     ));
     Ok(())
 }
@@ -414,6 +475,32 @@ fn broker_restart(ctx: &mut Ctx) -> Outcome {
             format!("backoff ceiling shrank between attempts: {backoffs:?}"),
         ));
     }
+    // The wire side: the device's connection attempts while the broker was
+    // down, as the proxy saw them. None may come sooner than the smallest
+    // window floor allows (20 ms for scheduling).
+    let attempts: Vec<Instant> = ctx
+        .proxy
+        .wire()
+        .records()
+        .into_iter()
+        .filter_map(|r| match r.event {
+            crate::faults::WireEvent::Attempt {
+                reached_broker: false,
+                ..
+            } => Some(r.at),
+            _ => None,
+        })
+        .collect();
+    let floor = backoffs.iter().map(|b| b.2).min().unwrap_or(0);
+    for w in attempts.windows(2) {
+        let gap = w[1].duration_since(w[0]);
+        if gap + Duration::from_millis(20) < Duration::from_millis(floor) {
+            return Err(fail(
+                P,
+                format!("two connection attempts {gap:?} apart on the wire; the smallest backoff floor is {floor} ms"),
+            ));
+        }
+    }
     ctx.t
         .runner(format!("device reconnected; session_present={}", sp as u8));
     if !sp {
@@ -442,9 +529,13 @@ fn broker_restart(ctx: &mut Ctx) -> Outcome {
             )
         }
     })?;
-    ctx.t.runner(format!(
-        "verdict: {} backoff attempts, all inside their windows",
-        backoffs.len()
+    ctx.t.runner(
+        "verdict: every backoff inside its window, attempts on the wire no closer than the floor",
+    );
+    ctx.t.note(format!(
+        "{} backoff lines, {} refused attempts on the wire",
+        backoffs.len(),
+        attempts.len()
     ));
     Ok(())
 }
@@ -534,10 +625,10 @@ fn link_blackhole(ctx: &mut Ctx) -> Outcome {
             ))
         }
     }
-    ctx.t.push(
-        crate::transcript::Source::Runner,
-        format!("dead link noticed after {:.2} s", noticed.as_secs_f32()),
-    );
+    ctx.t.note(format!(
+        "dead link noticed after {:.2} s",
+        noticed.as_secs_f32()
+    ));
     ctx.t.runner(format!(
         "verdict: dead link noticed within {:.1} s (1.5 x keep-alive + 0.5 s)",
         limit.as_secs_f32()

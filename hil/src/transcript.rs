@@ -11,6 +11,10 @@ pub enum Source {
     Device,
     Cloud,
     Runner,
+    /// The MQTT wire tap between device and broker.
+    Wire,
+    /// Measurements for humans (times, counts): raw transcript only.
+    Note,
 }
 
 impl Source {
@@ -19,6 +23,8 @@ impl Source {
             Source::Device => "device",
             Source::Cloud => "cloud ",
             Source::Runner => "runner",
+            Source::Wire => "wire  ",
+            Source::Note => "note  ",
         }
     }
 }
@@ -96,6 +102,11 @@ impl Transcript {
         self.push(Source::Runner, text)
     }
 
+    /// A figure that varies run to run: kept out of the normalised form.
+    pub fn note(&self, text: impl Into<String>) {
+        self.push(Source::Note, text)
+    }
+
     pub fn cloud(&self, text: impl Into<String>) {
         self.push(Source::Cloud, text)
     }
@@ -135,8 +146,27 @@ impl Transcript {
                 out.push('\n');
             }
         }
+        // Device-to-broker CONNECT and SUBSCRIBE: the device sends them in its
+        // own order; everything else on the wire interleaves with network timing.
+        out.push_str("## wire (device -> broker CONNECT, SUBSCRIBE)\n");
+        for e in entries.iter().filter(|e| e.source == Source::Wire) {
+            if e.text.contains("device -> broker CONNECT ")
+                || e.text.contains("device -> broker SUBSCRIBE ")
+            {
+                let text = e
+                    .text
+                    .split_once(' ')
+                    .map(|(_, rest)| rest)
+                    .unwrap_or(&e.text);
+                out.push_str(&normalize_line(text));
+                out.push('\n');
+            }
+        }
         out.push_str("## runner and cloud\n");
-        for e in entries.iter().filter(|e| e.source != Source::Device) {
+        for e in entries
+            .iter()
+            .filter(|e| e.source == Source::Runner || e.source == Source::Cloud)
+        {
             out.push_str(e.source.label());
             out.push(' ');
             out.push_str(&normalize_line(&e.text));
@@ -167,12 +197,22 @@ mod tests {
             "@hil backoff attempt=1 delay_ms=312 lo_ms=250 hi_ms=500",
         );
         t.push(Source::Device, "@hil mqtt.connack session_present=1 rc=0");
+        t.push(
+            Source::Wire,
+            "#1 device -> broker CONNECT client_id=x clean=0",
+        );
+        t.push(
+            Source::Wire,
+            "#1 broker -> device CONNACK session_present=0 rc=0",
+        );
         t.cloud("telemetry {\"seq\":1,\"uptime_ms\":1234}");
         t.runner("broker 127.0.0.1:40111 killed");
         let n = t.normalized();
         assert_eq!(
             n,
-            "## device\n@hil mqtt.connack session_present=1 rc=0\n## runner and cloud\n\
+            "## device\n@hil mqtt.connack session_present=1 rc=0\n\
+             ## wire (device -> broker CONNECT, SUBSCRIBE)\ndevice -> broker CONNECT client_id=x clean=0\n\
+             ## runner and cloud\n\
              cloud  telemetry {\"seq\":1,\"uptime_ms\":<T>}\nrunner broker <ADDR> killed\n"
         );
         assert!(t.raw().contains("delay_ms=312"));

@@ -1,0 +1,392 @@
+//! The MQTT wire tap: frames the bytes the fault proxy forwards, in each
+//! direction, into packets (mqtt-protocol-core's `PacketBuilder`) and decodes
+//! them with its per-packet parsers. Malformed bytes are reported, never fatal:
+//! the proxy forwards them as they are.
+
+use mqtt_protocol_core::mqtt::common::Cursor;
+use mqtt_protocol_core::mqtt::connection::{
+    PacketBuildResult, PacketBuilder, PacketData, RawPacket,
+};
+use mqtt_protocol_core::mqtt::packet::{v3_1_1, v5_0};
+use std::fmt;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dir {
+    /// Device to broker.
+    Up,
+    /// Broker to device.
+    Down,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Packet {
+    Connect {
+        client_id: String,
+        clean: bool,
+        keepalive: u16,
+        will: Option<(String, u8, bool)>,
+        level: u8,
+    },
+    Connack {
+        session_present: bool,
+        rc: u8,
+    },
+    Subscribe {
+        pid: u16,
+        filters: Vec<(String, u8)>,
+    },
+    Suback {
+        pid: u16,
+        codes: Vec<u8>,
+    },
+    Publish {
+        topic: String,
+        qos: u8,
+        dup: bool,
+        retain: bool,
+        pid: Option<u16>,
+        payload: String,
+    },
+    Puback {
+        pid: u16,
+    },
+    Pubrec {
+        pid: u16,
+    },
+    Pubrel {
+        pid: u16,
+    },
+    Pubcomp {
+        pid: u16,
+    },
+    Pingreq,
+    Pingresp,
+    Disconnect,
+    Other {
+        kind: u8,
+    },
+    Malformed(String),
+}
+
+fn b(v: bool) -> u8 {
+    v as u8
+}
+
+impl fmt::Display for Packet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Packet::Connect {
+                client_id,
+                clean,
+                keepalive,
+                will,
+                level,
+            } => {
+                write!(
+                    f,
+                    "CONNECT client_id={client_id} clean={} keepalive={keepalive} level={level}",
+                    b(*clean)
+                )?;
+                if let Some((t, q, r)) = will {
+                    write!(f, " will={t} will_qos={q} will_retain={}", b(*r))?;
+                }
+                Ok(())
+            }
+            Packet::Connack {
+                session_present,
+                rc,
+            } => write!(f, "CONNACK session_present={} rc={rc}", b(*session_present)),
+            Packet::Subscribe { pid, filters } => {
+                write!(f, "SUBSCRIBE pid={pid}")?;
+                for (t, q) in filters {
+                    write!(f, " {t}@{q}")?;
+                }
+                Ok(())
+            }
+            Packet::Suback { pid, codes } => write!(f, "SUBACK pid={pid} granted={codes:?}"),
+            Packet::Publish {
+                topic,
+                qos,
+                dup,
+                retain,
+                pid,
+                payload,
+            } => write!(
+                f,
+                "PUBLISH topic={topic} qos={qos} dup={} retain={} pid={} payload={payload}",
+                b(*dup),
+                b(*retain),
+                pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into())
+            ),
+            Packet::Puback { pid } => write!(f, "PUBACK pid={pid}"),
+            Packet::Pubrec { pid } => write!(f, "PUBREC pid={pid}"),
+            Packet::Pubrel { pid } => write!(f, "PUBREL pid={pid}"),
+            Packet::Pubcomp { pid } => write!(f, "PUBCOMP pid={pid}"),
+            Packet::Pingreq => f.write_str("PINGREQ"),
+            Packet::Pingresp => f.write_str("PINGRESP"),
+            Packet::Disconnect => f.write_str("DISCONNECT"),
+            Packet::Other { kind } => write!(f, "packet type {kind}"),
+            Packet::Malformed(e) => write!(f, "MALFORMED {e}"),
+        }
+    }
+}
+
+/// Decodes one direction of one connection. Both directions of a connection
+/// share the protocol level learnt from the CONNECT.
+pub struct Decoder {
+    dir: Dir,
+    builder: PacketBuilder,
+    level: Arc<AtomicU8>,
+}
+
+impl Decoder {
+    /// A pair for one connection: (device → broker, broker → device).
+    pub fn pair() -> (Decoder, Decoder) {
+        let level = Arc::new(AtomicU8::new(4));
+        (
+            Decoder {
+                dir: Dir::Up,
+                builder: PacketBuilder::new(),
+                level: level.clone(),
+            },
+            Decoder {
+                dir: Dir::Down,
+                builder: PacketBuilder::new(),
+                level,
+            },
+        )
+    }
+
+    pub fn dir(&self) -> Dir {
+        self.dir
+    }
+
+    pub fn feed(&mut self, bytes: &[u8]) -> Vec<Packet> {
+        let mut out = Vec::new();
+        let mut cursor = Cursor::new(bytes);
+        while (cursor.position() as usize) < bytes.len() {
+            let before = cursor.position();
+            match self.builder.feed(&mut cursor) {
+                PacketBuildResult::Complete(raw) => out.push(self.decode(&raw)),
+                PacketBuildResult::Incomplete => {}
+                PacketBuildResult::Error(e) => {
+                    out.push(Packet::Malformed(format!("{e:?}")));
+                    // Start over on the next bytes: the tap must survive garbage.
+                    self.builder = PacketBuilder::new();
+                    break;
+                }
+            }
+            if cursor.position() == before {
+                break;
+            }
+        }
+        out
+    }
+
+    fn decode(&self, raw: &RawPacket) -> Packet {
+        let v5 = self.level.load(Ordering::Relaxed) == 5;
+        let data = raw.data_as_slice();
+        let m = |e: mqtt_protocol_core::mqtt::result_code::MqttError| {
+            Packet::Malformed(format!("{e:?}"))
+        };
+        let r: Result<Packet, Packet> = (|| {
+            Ok(match raw.packet_type() {
+                1 => {
+                    // The protocol level is the 7th byte of the variable header.
+                    let level = data.get(6).copied().unwrap_or(4);
+                    self.level.store(level, Ordering::Relaxed);
+                    if level == 5 {
+                        let (c, _) = v5_0::Connect::parse(data).map_err(m)?;
+                        Packet::Connect {
+                            client_id: c.client_id().into(),
+                            clean: c.clean_start(),
+                            keepalive: c.keep_alive(),
+                            will: c
+                                .will_topic()
+                                .map(|t| (t.to_string(), c.will_qos() as u8, c.will_retain())),
+                            level,
+                        }
+                    } else {
+                        let (c, _) = v3_1_1::Connect::parse(data).map_err(m)?;
+                        Packet::Connect {
+                            client_id: c.client_id().into(),
+                            clean: c.clean_session(),
+                            keepalive: c.keep_alive(),
+                            will: c
+                                .will_topic()
+                                .map(|t| (t.to_string(), c.will_qos() as u8, c.will_retain())),
+                            level,
+                        }
+                    }
+                }
+                2 if v5 => {
+                    let (c, _) = v5_0::Connack::parse(data).map_err(m)?;
+                    Packet::Connack {
+                        session_present: c.session_present(),
+                        rc: c.reason_code() as u8,
+                    }
+                }
+                2 => {
+                    let (c, _) = v3_1_1::Connack::parse(data).map_err(m)?;
+                    Packet::Connack {
+                        session_present: c.session_present(),
+                        rc: c.return_code() as u8,
+                    }
+                }
+                3 => {
+                    let arc = match &raw.data {
+                        PacketData::Publish(a) => a.clone(),
+                        PacketData::Normal(v) => v.as_slice().into(),
+                    };
+                    if v5 {
+                        let (p, _) = v5_0::Publish::parse(raw.flags(), arc).map_err(m)?;
+                        Packet::Publish {
+                            topic: p.topic_name().into(),
+                            qos: p.qos() as u8,
+                            dup: p.dup(),
+                            retain: p.retain(),
+                            pid: p.packet_id(),
+                            payload: String::from_utf8_lossy(p.payload().as_slice()).into_owned(),
+                        }
+                    } else {
+                        let (p, _) = v3_1_1::Publish::parse(raw.flags(), arc).map_err(m)?;
+                        Packet::Publish {
+                            topic: p.topic_name().into(),
+                            qos: p.qos() as u8,
+                            dup: p.dup(),
+                            retain: p.retain(),
+                            pid: p.packet_id(),
+                            payload: String::from_utf8_lossy(p.payload().as_slice()).into_owned(),
+                        }
+                    }
+                }
+                // PUBACK/PUBREC/PUBREL/PUBCOMP all start with the packet id.
+                4..=7 => {
+                    let pid = u16::from_be_bytes([
+                        *data
+                            .first()
+                            .ok_or_else(|| Packet::Malformed("short ack".into()))?,
+                        *data
+                            .get(1)
+                            .ok_or_else(|| Packet::Malformed("short ack".into()))?,
+                    ]);
+                    match raw.packet_type() {
+                        4 => Packet::Puback { pid },
+                        5 => Packet::Pubrec { pid },
+                        6 => Packet::Pubrel { pid },
+                        _ => Packet::Pubcomp { pid },
+                    }
+                }
+                8 if v5 => {
+                    let (s, _) = v5_0::Subscribe::parse(data).map_err(m)?;
+                    Packet::Subscribe {
+                        pid: s.packet_id(),
+                        filters: s
+                            .entries()
+                            .iter()
+                            .map(|e| (e.topic_filter().to_string(), e.sub_opts().qos() as u8))
+                            .collect(),
+                    }
+                }
+                8 => {
+                    let (s, _) = v3_1_1::Subscribe::parse(data).map_err(m)?;
+                    Packet::Subscribe {
+                        pid: s.packet_id(),
+                        filters: s
+                            .entries()
+                            .iter()
+                            .map(|e| (e.topic_filter().to_string(), e.sub_opts().qos() as u8))
+                            .collect(),
+                    }
+                }
+                9 if v5 => {
+                    let (s, _) = v5_0::Suback::parse(data).map_err(m)?;
+                    Packet::Suback {
+                        pid: s.packet_id(),
+                        codes: s.reason_codes().iter().map(|c| *c as u8).collect(),
+                    }
+                }
+                9 => {
+                    let (s, _) = v3_1_1::Suback::parse(data).map_err(m)?;
+                    Packet::Suback {
+                        pid: s.packet_id(),
+                        codes: s.return_codes().iter().map(|c| *c as u8).collect(),
+                    }
+                }
+                12 => Packet::Pingreq,
+                13 => Packet::Pingresp,
+                14 => Packet::Disconnect,
+                kind => Packet::Other { kind },
+            })
+        })();
+        r.unwrap_or_else(|e| e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_a_session_in_pieces_and_survives_garbage() {
+        let (mut up, mut down) = Decoder::pair();
+        let connect = v3_1_1::Connect::builder()
+            .client_id("esp32c3-240ac4123456")
+            .unwrap()
+            .clean_session(false)
+            .keep_alive(30)
+            .will_message(
+                "devices/x/status",
+                "offline",
+                mqtt_protocol_core::mqtt::packet::Qos::AtLeastOnce,
+                true,
+            )
+            .unwrap()
+            .build()
+            .unwrap()
+            .to_continuous_buffer();
+        // split at every byte: framing must hold across reads
+        let mut got = Vec::new();
+        for byte in &connect {
+            got.extend(up.feed(std::slice::from_ref(byte)));
+        }
+        assert_eq!(
+            got,
+            vec![Packet::Connect {
+                client_id: "esp32c3-240ac4123456".into(),
+                clean: false,
+                keepalive: 30,
+                will: Some(("devices/x/status".into(), 1, true)),
+                level: 4
+            }]
+        );
+        assert_eq!(
+            down.feed(&[0x20, 2, 1, 0, 0x40, 2, 0, 7]),
+            vec![
+                Packet::Connack {
+                    session_present: true,
+                    rc: 0
+                },
+                Packet::Puback { pid: 7 }
+            ]
+        );
+        let publish = [0x3a, 9, 0, 3, b'a', b'/', b'b', 0, 5, b'h', b'i'];
+        assert_eq!(
+            down.feed(&publish),
+            vec![Packet::Publish {
+                topic: "a/b".into(),
+                qos: 1,
+                dup: true,
+                retain: false,
+                pid: Some(5),
+                payload: "hi".into()
+            }]
+        );
+        // garbage: a reserved packet type with a bad length, then a good PINGRESP
+        let out = down.feed(&[0xf0, 0xff, 0xff, 0xff, 0xff, 0x01]);
+        assert!(matches!(out[..], [Packet::Malformed(_)]), "{out:?}");
+        assert_eq!(down.feed(&[0xd0, 0]), vec![Packet::Pingresp]);
+    }
+}
