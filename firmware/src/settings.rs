@@ -1,0 +1,98 @@
+//! Provisioning: Wi-Fi credentials, broker address and protocol, set at run
+//! time over the console (`!config wifi.ssid=... wifi.pass=... broker=HOST:PORT`)
+//! and kept in flash. Secrets are stored, never echoed.
+
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::net::Ipv4Addr;
+use hil_session::MqttVersion;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WifiCreds {
+    pub ssid: String,
+    pub pass: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub wifi: Option<WifiCreds>,
+    pub broker: Option<(Ipv4Addr, u16)>,
+    pub mqtt: MqttVersion,
+    pub keepalive_s: u16,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { wifi: None, broker: None, mqtt: MqttVersion::V3_1_1, keepalive_s: 30 }
+    }
+}
+
+pub struct Changed {
+    pub wifi: bool,
+}
+
+fn parse_broker(v: &str) -> Result<(Ipv4Addr, u16), String> {
+    let (host, port) = v.rsplit_once(':').ok_or("broker=IPV4:PORT, e.g. 192.168.1.10:1883")?;
+    let ip: Ipv4Addr = host.parse().map_err(|_| "broker: an IPv4 address (names are not resolved on the device)")?;
+    let port: u16 = port.parse().map_err(|_| "broker: port is a number")?;
+    Ok((ip, port))
+}
+
+impl Settings {
+    /// Applies `!config` fields; all or nothing.
+    pub fn apply(&mut self, fields: &[(String, String)]) -> Result<Changed, String> {
+        let mut next = self.clone();
+        let mut ssid = self.wifi.as_ref().map(|w| w.ssid.clone());
+        let mut pass = self.wifi.as_ref().map(|w| w.pass.clone());
+        for (k, v) in fields {
+            match k.as_str() {
+                "wifi.ssid" => {
+                    if v.is_empty() || v.len() > 32 {
+                        return Err("wifi.ssid: 1 to 32 bytes".into());
+                    }
+                    ssid = Some(v.clone());
+                }
+                "wifi.pass" => {
+                    if v.len() > 64 {
+                        return Err("wifi.pass: at most 64 bytes".into());
+                    }
+                    pass = Some(v.clone());
+                }
+                "broker" => next.broker = Some(parse_broker(v)?),
+                "mqtt" => next.mqtt = v.parse().map_err(|e: &str| e.to_string())?,
+                other => return Err(alloc::format!("unknown setting `{other}` (wifi.ssid, wifi.pass, broker, mqtt)")),
+            }
+        }
+        if let Some(ssid) = ssid {
+            next.wifi = Some(WifiCreds { ssid, pass: pass.unwrap_or_default() });
+        }
+        let changed = Changed { wifi: next.wifi != self.wifi };
+        *self = next;
+        Ok(changed)
+    }
+
+    /// `key=value` lines, the format kept in flash.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut s = String::new();
+        if let Some(w) = &self.wifi {
+            s.push_str(&alloc::format!("wifi.ssid={}\nwifi.pass={}\n", w.ssid, w.pass));
+        }
+        if let Some((ip, port)) = self.broker {
+            s.push_str(&alloc::format!("broker={ip}:{port}\n"));
+        }
+        s.push_str(&alloc::format!("mqtt={}\n", self.mqtt));
+        s.into_bytes()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Settings {
+        let mut out = Settings::default();
+        let Ok(text) = core::str::from_utf8(bytes) else { return out };
+        let fields: Vec<(String, String)> = text
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let _ = out.apply(&fields);
+        out
+    }
+}

@@ -1,0 +1,74 @@
+//! Flash: the session's records and the settings in a sequential-storage map
+//! (wear-levelled, power-fail safe) over the `nvs` range of the default
+//! partition table (0x9000, 24 KiB: six 4 KiB pages).
+
+use crate::settings::Settings;
+use alloc::vec::Vec;
+use core::ops::Range;
+use embassy_embedded_hal::adapter::BlockingAsync;
+use esp_storage::FlashStorage;
+use hil_session::persist::{Record, RecordKey};
+use sequential_storage::cache::NoCache;
+use sequential_storage::map::{fetch_item, store_item};
+
+const RANGE: Range<u32> = 0x9000..0xF000;
+const SETTINGS_KEY: u8 = 100;
+/// Readings kept while offline: the outbox snapshot must fit one flash page.
+pub const OUTBOX_CAPACITY: usize = 32;
+
+pub struct Store {
+    flash: BlockingAsync<FlashStorage<'static>>,
+    buf: [u8; 4096],
+}
+
+fn key_of(k: RecordKey) -> u8 {
+    match k {
+        RecordKey::Boot => 1,
+        RecordKey::Outbox => 2,
+        RecordKey::Inbox => 3,
+    }
+}
+
+impl Store {
+    pub fn new(flash: esp_hal::peripherals::FLASH<'static>) -> Self {
+        Store { flash: BlockingAsync::new(FlashStorage::new(flash)), buf: [0; 4096] }
+    }
+
+    async fn fetch(&mut self, key: u8) -> Option<Vec<u8>> {
+        match fetch_item::<u8, &[u8], _>(&mut self.flash, RANGE, &mut NoCache::new(), &mut self.buf, &key).await {
+            Ok(Some(v)) => Some(v.to_vec()),
+            _ => None,
+        }
+    }
+
+    /// Every readable record, and the names of those that were not.
+    pub async fn load_records(&mut self) -> (Vec<Record>, Vec<&'static str>) {
+        let mut records = Vec::new();
+        let mut corrupt = Vec::new();
+        for k in RecordKey::ALL {
+            if let Some(bytes) = self.fetch(key_of(k)).await {
+                match Record::decode(&bytes) {
+                    Ok(r) => records.push(r),
+                    Err(_) => corrupt.push(k.name()),
+                }
+            }
+        }
+        (records, corrupt)
+    }
+
+    pub async fn save(&mut self, r: &Record) -> Result<(), &'static str> {
+        let bytes = r.encode();
+        store_item(&mut self.flash, RANGE, &mut NoCache::new(), &mut self.buf, &key_of(r.key()), &bytes.as_slice())
+            .await
+            .map_err(|_| "flash write failed")
+    }
+
+    pub async fn load_settings(&mut self) -> Settings {
+        self.fetch(SETTINGS_KEY).await.map(|b| Settings::decode(&b)).unwrap_or_default()
+    }
+
+    pub async fn save_settings(&mut self, s: &Settings) {
+        let bytes = s.encode();
+        let _ = store_item(&mut self.flash, RANGE, &mut NoCache::new(), &mut self.buf, &SETTINGS_KEY, &bytes.as_slice()).await;
+    }
+}
