@@ -6,6 +6,7 @@
 
 pub mod dut;
 pub mod faults;
+pub mod firmware;
 pub mod run;
 pub mod scenario;
 pub mod transcript;

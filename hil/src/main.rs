@@ -48,11 +48,33 @@ enum Cmd {
         #[command(subcommand)]
         cmd: BrokerCmd,
     },
+    /// Firmware images.
+    Firmware {
+        #[command(subcommand)]
+        cmd: FirmwareCmd,
+    },
     /// The host-native device (same as the hil-sim binary).
     #[command(disable_help_flag = true)]
     Sim {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
+    },
+}
+
+#[derive(Subcommand)]
+enum FirmwareCmd {
+    /// Turn the firmware ELF into the app image a board boots (espflash as a
+    /// library); prints its size in bytes on the last line.
+    Image {
+        elf: PathBuf,
+        /// Write the image here.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[arg(long, default_value = "esp32c3")]
+        chip: String,
+        /// Fail when the image is larger than this.
+        #[arg(long)]
+        max_bytes: Option<u64>,
     },
 }
 
@@ -76,6 +98,24 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Cmd::Firmware {
+            cmd:
+                FirmwareCmd::Image {
+                    elf,
+                    output,
+                    chip,
+                    max_bytes,
+                },
+        } => match firmware_image(&elf, output.as_deref(), &chip, max_bytes) {
+            Ok(size) => {
+                println!("{size}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("hil firmware image: error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Sim { args } => {
             let argv = std::iter::once("hil-sim".into()).chain(args);
             ExitCode::from(hil_sim::main_with_args(argv) as u8)
@@ -132,4 +172,35 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn firmware_image(
+    elf: &std::path::Path,
+    output: Option<&std::path::Path>,
+    chip: &str,
+    max: Option<u64>,
+) -> Result<usize, String> {
+    let chip: espflash::target::Chip = chip
+        .parse()
+        .map_err(|_| format!("unknown chip `{chip}` (e.g. esp32c3)"))?;
+    let image = hil::firmware::app_image(elf, chip)?;
+    let size = image.bytes.len();
+    if let Some(out) = output {
+        std::fs::write(out, &image.bytes)
+            .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    }
+    println!(
+        "app image for {chip}: {size} bytes ({:.1}% of the {}-byte factory partition), sha256 {}",
+        100.0 * size as f64 / image.partition_size.max(1) as f64,
+        image.partition_size,
+        hil::firmware::digest(&image.bytes)
+    );
+    if let Some(max) = max {
+        if size as u64 > max {
+            return Err(format!(
+                "the image is {size} bytes, over the {max}-byte budget"
+            ));
+        }
+    }
+    Ok(size)
 }

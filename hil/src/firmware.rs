@@ -1,0 +1,98 @@
+//! Firmware images: the ELF the firmware build produces turned into the app
+//! image a board boots, with espflash as a library (byte-identical to
+//! `espflash save-image`).
+
+use espflash::flasher::{FlashData, FlashSettings};
+use espflash::image_format::idf::IdfBootloaderFormat;
+use espflash::target::{Chip, XtalFrequency};
+use std::path::Path;
+
+/// ESP image header magic.
+const MAGIC: u8 = 0xE9;
+
+#[derive(Debug, Clone)]
+pub struct AppImage {
+    pub bytes: Vec<u8>,
+    pub chip: Chip,
+    /// The app partition the image goes into (default partition table).
+    pub partition_size: u64,
+}
+
+/// The chip id an ESP image header records at offset 12.
+pub fn chip_id(chip: Chip) -> Option<u16> {
+    Some(match chip {
+        Chip::Esp32 => 0,
+        Chip::Esp32s2 => 2,
+        Chip::Esp32c3 => 5,
+        Chip::Esp32s3 => 9,
+        Chip::Esp32c2 => 12,
+        Chip::Esp32c6 => 13,
+        Chip::Esp32h2 => 16,
+        _ => return None,
+    })
+}
+
+pub fn app_image(elf_path: &Path, chip: Chip) -> Result<AppImage, String> {
+    let elf = std::fs::read(elf_path).map_err(|e| {
+        format!(
+            "cannot read {}: {e} (build the firmware first: cd firmware && cargo build --release)",
+            elf_path.display()
+        )
+    })?;
+    if elf.get(..4) != Some(b"\x7fELF") {
+        return Err(format!("{} is not an ELF file", elf_path.display()));
+    }
+    let flash_data = FlashData::new(
+        FlashSettings::default(),
+        0,
+        None,
+        chip,
+        XtalFrequency::_40Mhz,
+    );
+    let image =
+        IdfBootloaderFormat::new(&elf, &flash_data, None, None, None, None).map_err(|e| {
+            format!(
+                "espflash could not make an image of {}: {e}",
+                elf_path.display()
+            )
+        })?;
+    let partition_size = image
+        .partition_table()
+        .partitions()
+        .iter()
+        .find(|p| p.name() == "factory")
+        .map(|p| p.size() as u64)
+        .unwrap_or(0);
+    let bytes: Vec<u8> = image
+        .ota_segments()
+        .next()
+        .map(|s| s.data.into_owned())
+        .unwrap_or_default();
+    check(&bytes, chip)?;
+    Ok(AppImage {
+        bytes,
+        chip,
+        partition_size,
+    })
+}
+
+/// Checks the header of an app image: magic and chip id.
+pub fn check(image: &[u8], chip: Chip) -> Result<(), String> {
+    if image.len() < 24 || image[0] != MAGIC {
+        return Err("not an ESP app image (bad magic)".into());
+    }
+    let id = u16::from_le_bytes([image[12], image[13]]);
+    match chip_id(chip) {
+        Some(want) if want != id => Err(format!(
+            "image is for chip id {id}, expected {chip} ({want})"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// SHA-256 of an image, as flashed (to skip re-flashing the same image).
+pub fn digest(image: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(image);
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
