@@ -7,6 +7,8 @@
 pub mod dut;
 pub mod faults;
 pub mod firmware;
+pub mod flash;
+pub mod rig;
 pub mod run;
 pub mod scenario;
 pub mod transcript;

@@ -1,5 +1,5 @@
 use clap::{Parser, Subcommand};
-use hil::run::{BrokerChoice, RunOptions};
+use hil::run::{BrokerChoice, DutChoice, RunOptions, SerialOptions};
 use hil_broker::Protocol;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,13 +16,45 @@ struct Cli {
     cmd: Cmd,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Run scenarios (all by default) and print a verdict.
     Run {
-        /// Device under test.
-        #[arg(long, default_value = "sim", value_parser = ["sim"])]
+        /// Device under test: the host-native sim, a board on a serial port, or Wokwi.
+        #[arg(long, default_value = "sim", value_parser = ["sim", "serial", "wokwi"])]
         dut: String,
+        /// Serial backend: the board's port (or take it from --rig).
+        #[arg(long)]
+        port: Option<String>,
+        /// Serial backend: a rig file (boards, broker bind address, Wi-Fi from env).
+        #[arg(long)]
+        rig: Option<PathBuf>,
+        /// The board in the rig file.
+        #[arg(long)]
+        board: Option<String>,
+        /// Serial backend: use the firmware already on the board.
+        #[arg(long)]
+        no_flash: bool,
+        /// Firmware ELF to flash.
+        #[arg(
+            long,
+            default_value = "firmware/target/riscv32imc-unknown-none-elf/release/hil-firmware"
+        )]
+        elf: PathBuf,
+        /// Address the broker and fault proxy listen on (default loopback; a rig's LAN address for boards).
+        #[arg(long)]
+        bind: Option<std::net::IpAddr>,
+        /// Wokwi backend: the wokwi-cli program.
+        #[arg(long, default_value = "wokwi-cli")]
+        wokwi_cli: PathBuf,
+        /// Wokwi backend: the project folder (wokwi.toml, diagram.json).
+        #[arg(long, default_value = "fixtures/wokwi")]
+        wokwi_project: PathBuf,
+        /// Wokwi backend: simulated-time limit per scenario (ms).
+        #[arg(long, default_value_t = 120_000)]
+        wokwi_timeout_ms: u64,
         /// rumqttd (embedded, default), mosquitto (from PATH), or HOST:PORT of an external broker.
         #[arg(long, default_value = "rumqttd")]
         broker: String,
@@ -130,7 +162,16 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Run {
-            dut: _,
+            dut,
+            port,
+            rig,
+            board,
+            no_flash,
+            elf,
+            bind,
+            wokwi_cli,
+            wokwi_project,
+            wokwi_timeout_ms,
             broker,
             mqtt,
             scenarios,
@@ -138,30 +179,85 @@ fn main() -> ExitCode {
             junit,
             out,
         } => {
+            let usage = |e: String| {
+                eprintln!("hil run: error: {e}");
+                ExitCode::from(2)
+            };
             let broker = match BrokerChoice::parse(&broker) {
                 Ok(b) => b,
-                Err(e) => {
-                    eprintln!("hil run: error: {e}");
-                    return ExitCode::from(2);
-                }
+                Err(e) => return usage(e),
             };
             let exe = match std::env::current_exe() {
                 Ok(p) => p,
-                Err(e) => {
-                    eprintln!("hil run: error: cannot find my own executable: {e}");
-                    return ExitCode::FAILURE;
+                Err(e) => return usage(format!("cannot find my own executable: {e}")),
+            };
+            let mut opts = RunOptions::sim(exe, broker);
+            opts.proto = mqtt;
+            opts.scenarios = scenarios;
+            opts.sim_bugs = sim_bugs;
+            opts.junit = junit;
+            opts.out = out;
+            opts.progress = true;
+            if let Some(ip) = bind {
+                opts.bind = ip;
+            }
+            match dut.as_str() {
+                "serial" => {
+                    let (port, mac, chip, wifi, rig_bind) = match (&port, &rig) {
+                        (Some(p), _) => (p.clone(), None, "esp32c3".to_string(), None, None),
+                        (None, Some(path)) => {
+                            let rig = match hil::rig::Rig::load(path) {
+                                Ok(r) => r,
+                                Err(e) => return usage(e),
+                            };
+                            let b = match rig.board(board.as_deref()) {
+                                Ok(b) => b.clone(),
+                                Err(e) => return usage(e),
+                            };
+                            let port = match b.resolve_port() {
+                                Ok(p) => p,
+                                Err(e) => return usage(e),
+                            };
+                            let wifi = match rig.wifi_credentials() {
+                                Ok(w) => w,
+                                Err(e) => return usage(e),
+                            };
+                            (
+                                port,
+                                b.mac.clone(),
+                                b.chip.clone(),
+                                wifi,
+                                Some(rig.broker.bind),
+                            )
+                        }
+                        (None, None) => {
+                            return usage("--dut serial needs --port PATH or --rig FILE".into())
+                        }
+                    };
+                    if let (Some(ip), None) = (rig_bind, bind) {
+                        opts.bind = ip;
+                    }
+                    let chip = match chip.parse() {
+                        Ok(c) => c,
+                        Err(_) => return usage(format!("unknown chip {chip}")),
+                    };
+                    opts.dut = DutChoice::Serial(SerialOptions {
+                        port,
+                        elf: if no_flash { None } else { Some(elf) },
+                        chip,
+                        wifi,
+                        mac,
+                    });
                 }
-            };
-            let opts = RunOptions {
-                hil_exe: exe,
-                broker,
-                proto: mqtt,
-                scenarios,
-                sim_bugs,
-                junit,
-                out,
-                progress: true,
-            };
+                "wokwi" => {
+                    opts.dut = DutChoice::Wokwi {
+                        cli: wokwi_cli,
+                        project: wokwi_project,
+                        timeout_ms: wokwi_timeout_ms,
+                    };
+                }
+                _ => {}
+            }
             match hil::run::run(&opts) {
                 Ok(summary) if summary.all_passed() => ExitCode::SUCCESS,
                 Ok(_) => ExitCode::FAILURE,

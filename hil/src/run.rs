@@ -1,7 +1,8 @@
-//! `hil run`: for each scenario a fresh broker and a fresh device, the
-//! scenario, its transcripts, and at the end a summary table and JUnit XML.
+//! `hil run`: for each scenario a fresh broker, a fault proxy and a device
+//! (a fresh sim, or the board reset and provisioned with the proxy's address),
+//! the scenario, its transcripts; at the end a summary table and JUnit XML.
 
-use crate::dut::{SimDevice, SimSpec};
+use crate::dut::{Dut, SimSpec};
 use crate::scenario::{self, Ctx, Failure, Scenario};
 use crate::transcript::Transcript;
 use hil_broker::{Broker, BrokerSpec, Protocol};
@@ -37,12 +38,49 @@ impl BrokerChoice {
     }
 }
 
+/// Which device, and how to reach it.
+#[derive(Clone, Debug)]
+pub enum DutChoice {
+    Sim,
+    Serial(SerialOptions),
+    Wokwi {
+        cli: PathBuf,
+        project: PathBuf,
+        timeout_ms: u64,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct SerialOptions {
+    pub port: String,
+    /// Flash this ELF first (None with --no-flash).
+    pub elf: Option<PathBuf>,
+    pub chip: espflash::target::Chip,
+    pub wifi: Option<(String, String)>,
+    /// Expected MAC (from the rig file), to check the client ID.
+    pub mac: Option<String>,
+}
+
+impl DutChoice {
+    pub fn name(&self) -> &'static str {
+        match self {
+            DutChoice::Sim => "sim",
+            DutChoice::Serial(_) => "serial",
+            DutChoice::Wokwi { .. } => "wokwi",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct RunOptions {
     /// The `hil` executable: serves rumqttd (`hil broker serve`) and the sim device (`hil sim`).
     pub hil_exe: PathBuf,
+    pub dut: DutChoice,
     pub broker: BrokerChoice,
     pub proto: Protocol,
+    /// Where the broker and fault proxy listen: loopback for the sim, the
+    /// rig's LAN address for boards.
+    pub bind: IpAddr,
     pub scenarios: Vec<String>,
     pub sim_bugs: Vec<String>,
     pub junit: Option<PathBuf>,
@@ -50,12 +88,47 @@ pub struct RunOptions {
     pub progress: bool,
 }
 
+impl RunOptions {
+    /// The sim device on embedded rumqttd, 3.1.1, loopback.
+    pub fn sim(hil_exe: PathBuf, broker: BrokerChoice) -> RunOptions {
+        RunOptions {
+            hil_exe,
+            dut: DutChoice::Sim,
+            broker,
+            proto: Protocol::V3_1_1,
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            scenarios: vec![],
+            sim_bugs: vec![],
+            junit: None,
+            out: None,
+            progress: false,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Verdict {
+    Pass,
+    Fail(Failure),
+    /// The backend cannot serve the scenario: never counted as passed.
+    NotApplicable(String),
+}
+
 #[derive(Debug)]
 pub struct ScenarioResult {
     pub name: &'static str,
-    pub outcome: Result<(), Failure>,
+    pub verdict: Verdict,
     pub duration: Duration,
     pub transcript: Transcript,
+}
+
+impl ScenarioResult {
+    pub fn failure(&self) -> Option<&Failure> {
+        match &self.verdict {
+            Verdict::Fail(f) => Some(f),
+            _ => None,
+        }
+    }
 }
 
 pub struct Summary {
@@ -65,7 +138,9 @@ pub struct Summary {
 
 impl Summary {
     pub fn all_passed(&self) -> bool {
-        self.results.iter().all(|r| r.outcome.is_ok())
+        self.results
+            .iter()
+            .all(|r| !matches!(r.verdict, Verdict::Fail(_)))
     }
 }
 
@@ -92,35 +167,114 @@ fn broker_spec(opts: &RunOptions) -> BrokerSpec {
     }
 }
 
-/// Runs one scenario on a fresh broker and a fresh device.
+/// The client ID a MAC gives, for checking a board against its rig entry.
+fn expected_id(mac: &str) -> Option<String> {
+    mac.parse::<hil_session::Mac>()
+        .ok()
+        .map(|m| hil_session::client_id("esp32c3", &m))
+}
+
+/// Brings the device up for one scenario, connected through `proxy`.
+fn bring_up(
+    opts: &RunOptions,
+    s: &Scenario,
+    mac: &str,
+    proxy: SocketAddr,
+    state: &std::path::Path,
+    t: &Transcript,
+) -> Result<Dut, String> {
+    match &opts.dut {
+        DutChoice::Sim => {
+            let spec = SimSpec {
+                hil_exe: opts.hil_exe.clone(),
+                broker: proxy,
+                mac: mac.into(),
+                proto: opts.proto,
+                keepalive_s: s.keepalive_s,
+                backoff_base_ms: BACKOFF_BASE_MS,
+                backoff_cap_ms: BACKOFF_CAP_MS,
+                cmd_qos: 1,
+                bugs: opts.sim_bugs.clone(),
+            };
+            t.runner(format!("start sim device mac={mac} mqtt={}", opts.proto));
+            Dut::start_sim(&spec, state, t)
+        }
+        DutChoice::Serial(o) => {
+            t.runner(format!("open serial device {}", o.port));
+            let mut dut = Dut::open_serial(&o.port, t)?;
+            // Provision first (kept in the board's flash), then reset: the
+            // board boots straight into this scenario's broker.
+            let mut line = format!("!config broker={proxy} mqtt={}", opts.proto);
+            if let Some((ssid, pass)) = &o.wifi {
+                line.push_str(&format!(
+                    " wifi.ssid={} wifi.pass={}",
+                    quote(ssid),
+                    quote(pass)
+                ));
+            }
+            dut.command(&line)
+                .map_err(|e| format!("provisioning failed: {}", e.0))?;
+            dut.reset()?;
+            dut.expect("boot after reset", Duration::from_secs(15), |e| {
+                matches!(e, hil_session::Event::Boot { .. })
+            })
+            .map_err(|e| format!("the board did not boot after reset: {}", e.0))?;
+            Ok(dut)
+        }
+        DutChoice::Wokwi {
+            cli,
+            project,
+            timeout_ms,
+        } => Dut::start_wokwi(cli, project, *timeout_ms, t),
+    }
+}
+
+fn quote(v: &str) -> String {
+    let mut out = String::new();
+    hil_session::console::push_value(&mut out, v);
+    out
+}
+
+/// Runs one scenario on a fresh broker and a fresh (or freshly reset) device.
 pub fn run_one(opts: &RunOptions, s: &Scenario, mac: &str) -> ScenarioResult {
     let t = Transcript::new();
     let started = Instant::now();
+    let caps = match &opts.dut {
+        DutChoice::Sim => crate::dut::SIM_CAPS,
+        DutChoice::Serial(_) => crate::dut::SERIAL_CAPS,
+        DutChoice::Wokwi { .. } => crate::dut::WOKWI_CAPS,
+    };
+    let mut caps = caps;
+    if matches!(opts.broker, BrokerChoice::External(_)) {
+        caps.broker_restart = false;
+    }
+    if let Some(reason) = s.needs.iter().find_map(|n| n.unmet(&caps, opts.dut.name())) {
+        t.runner(format!("not applicable: {reason}"));
+        return ScenarioResult {
+            name: s.name,
+            verdict: Verdict::NotApplicable(reason),
+            duration: started.elapsed(),
+            transcript: t,
+        };
+    }
     let outcome = (|| {
-        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let ip = opts.bind;
         let rig = |e: String| Failure {
             promise: "test rig",
             detail: e,
         };
         t.runner(format!("start broker {}", opts.broker.name()));
         let mut broker = Broker::start(broker_spec(opts), ip).map_err(|e| rig(e.to_string()))?;
-        let state = tempfile_dir().map_err(rig)?;
+        let state = TempDir::new().map_err(rig)?;
         // The device always reaches the broker through the fault proxy.
         let proxy =
             crate::faults::FaultProxy::start(ip, broker.addr(opts.proto), &t).map_err(rig)?;
-        let spec = SimSpec {
-            hil_exe: opts.hil_exe.clone(),
-            broker: proxy.addr(),
-            mac: mac.into(),
-            proto: opts.proto,
-            keepalive_s: s.keepalive_s,
-            backoff_base_ms: BACKOFF_BASE_MS,
-            backoff_cap_ms: BACKOFF_CAP_MS,
-            cmd_qos: 1,
-            bugs: opts.sim_bugs.clone(),
+        let dut = bring_up(opts, s, mac, proxy.addr(), state.path(), &t).map_err(rig)?;
+        let expected_client_id = match &opts.dut {
+            DutChoice::Serial(o) => o.mac.as_deref().and_then(expected_id),
+            DutChoice::Sim => expected_id(mac),
+            DutChoice::Wokwi { .. } => None,
         };
-        t.runner(format!("start sim device mac={mac} mqtt={}", opts.proto));
-        let dut = SimDevice::start(&spec, state.path(), &t).map_err(rig)?;
         let mut ctx = Ctx {
             broker: &mut broker,
             proxy: &proxy,
@@ -128,25 +282,41 @@ pub fn run_one(opts: &RunOptions, s: &Scenario, mac: &str) -> ScenarioResult {
             proto: opts.proto,
             dut,
             t: t.clone(),
-            backoff_cap_ms: BACKOFF_CAP_MS,
+            backoff_cap_ms: matches!(opts.dut, DutChoice::Sim).then_some(BACKOFF_CAP_MS),
+            expected_client_id,
+            nonce: nonce(),
         };
         let r = (s.run)(&mut ctx);
         ctx.dut.drain();
         r
     })();
-    if let Err(f) = &outcome {
-        t.runner(format!("FAILED: {f}"));
-    }
+    let verdict = match outcome {
+        Ok(()) => Verdict::Pass,
+        Err(f) => {
+            t.runner(format!("FAILED: {f}"));
+            Verdict::Fail(f)
+        }
+    };
     ScenarioResult {
         name: s.name,
-        outcome,
+        verdict,
         duration: started.elapsed(),
         transcript: t,
     }
 }
 
-fn tempfile_dir() -> Result<TempDir, String> {
-    TempDir::new()
+/// `n` + 8 hex digits, different for every scenario run.
+fn nonce() -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(
+        "n{:08x}",
+        t ^ std::process::id().rotate_left(16) ^ n.wrapping_mul(0x9e37_79b9)
+    )
 }
 
 /// A state dir removed when the scenario ends.
@@ -170,23 +340,29 @@ impl Drop for TempDir {
     }
 }
 
-pub fn run(opts: &RunOptions) -> Result<Summary, String> {
-    let selected: Vec<&'static Scenario> = if opts.scenarios.is_empty() {
-        scenario::ALL.iter().collect()
-    } else {
-        opts.scenarios
-            .iter()
-            .map(|n| {
-                scenario::find(n).ok_or_else(|| {
-                    let names: Vec<&str> = scenario::ALL.iter().map(|s| s.name).collect();
-                    format!("unknown scenario `{n}`; known: {}", names.join(", "))
-                })
+pub fn select(names: &[String]) -> Result<Vec<&'static Scenario>, String> {
+    if names.is_empty() {
+        return Ok(scenario::ALL.iter().collect());
+    }
+    names
+        .iter()
+        .map(|n| {
+            scenario::find(n).ok_or_else(|| {
+                let names: Vec<&str> = scenario::ALL.iter().map(|s| s.name).collect();
+                format!("unknown scenario `{n}`; known: {}", names.join(", "))
             })
-            .collect::<Result<_, _>>()?
-    };
+        })
+        .collect()
+}
+
+pub fn run(opts: &RunOptions) -> Result<Summary, String> {
+    let selected = select(&opts.scenarios)?;
     for bug in &opts.sim_bugs {
         bug.parse::<hil_session::Bug>()
             .map_err(|e| format!("--sim-bug {bug}: {e}"))?;
+    }
+    if !opts.sim_bugs.is_empty() && !matches!(opts.dut, DutChoice::Sim) {
+        return Err("--sim-bug only applies to --dut sim".into());
     }
     let out_dir = opts.out.clone().unwrap_or_else(|| {
         let ts = std::time::SystemTime::now()
@@ -197,9 +373,23 @@ pub fn run(opts: &RunOptions) -> Result<Summary, String> {
     });
     std::fs::create_dir_all(&out_dir)
         .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
+    if let DutChoice::Serial(SerialOptions {
+        port,
+        elf: Some(elf),
+        chip,
+        ..
+    }) = &opts.dut
+    {
+        eprintln!(
+            "hil: flashing {} to {port} (unchanged regions are skipped)",
+            elf.display()
+        );
+        crate::flash::flash(port, elf, *chip)?;
+    }
     eprintln!(
-        "hil: {} scenario(s) on sim device, broker {}, MQTT {}{}",
+        "hil: {} scenario(s) on {} device, broker {}, MQTT {}{}",
         selected.len(),
+        opts.dut.name(),
         opts.broker.name(),
         opts.proto,
         if opts.sim_bugs.is_empty() {
@@ -222,14 +412,20 @@ pub fn run(opts: &RunOptions) -> Result<Summary, String> {
         let mac = format!("24:0a:c4:00:10:{:02x}", i + 1);
         let r = run_one(opts, s, &mac);
         bar.finish_and_clear();
-        let status = if r.outcome.is_ok() { "PASS" } else { "FAIL" };
+        let status = match &r.verdict {
+            Verdict::Pass => "PASS",
+            Verdict::Fail(_) => "FAIL",
+            Verdict::NotApplicable(_) => "N/A ",
+        };
         eprintln!(
             "  {status} {:<18} {:>6.2}s",
             r.name,
             r.duration.as_secs_f64()
         );
-        if let Err(f) = &r.outcome {
-            eprintln!("       {f}");
+        match &r.verdict {
+            Verdict::Fail(f) => eprintln!("       {f}"),
+            Verdict::NotApplicable(why) => eprintln!("       not applicable: {why}"),
+            Verdict::Pass => {}
         }
         let base = out_dir.join(r.name);
         std::fs::write(base.with_extension("raw.txt"), r.transcript.raw())
@@ -252,9 +448,10 @@ pub fn run(opts: &RunOptions) -> Result<Summary, String> {
 fn print_table(s: &Summary, wall: Duration) {
     println!("\n{:<18} {:<7} {:>8}  detail", "scenario", "result", "time");
     for r in &s.results {
-        let (res, detail) = match &r.outcome {
-            Ok(()) => ("pass", String::new()),
-            Err(f) => ("FAIL", f.to_string()),
+        let (res, detail) = match &r.verdict {
+            Verdict::Pass => ("pass", String::new()),
+            Verdict::Fail(f) => ("FAIL", f.to_string()),
+            Verdict::NotApplicable(why) => ("n/a", why.clone()),
         };
         println!(
             "{:<18} {:<7} {:>7.2}s  {}",
@@ -264,11 +461,13 @@ fn print_table(s: &Summary, wall: Duration) {
             detail
         );
     }
-    let failed = s.results.iter().filter(|r| r.outcome.is_err()).count();
-    let passed = s.results.len() - failed;
+    let count = |f: fn(&Verdict) -> bool| s.results.iter().filter(|r| f(&r.verdict)).count();
+    let failed = count(|v| matches!(v, Verdict::Fail(_)));
+    let passed = count(|v| matches!(v, Verdict::Pass));
+    let na = count(|v| matches!(v, Verdict::NotApplicable(_)));
     println!("\ntranscripts: {}", s.out_dir.display());
     println!(
-        "verdict: {} ({passed} passed, {failed} failed) in {:.1}s",
+        "verdict: {} ({passed} passed, {failed} failed, {na} not applicable) in {:.1}s",
         if failed == 0 { "PASS" } else { "FAIL" },
         wall.as_secs_f64()
     );
@@ -277,13 +476,23 @@ fn print_table(s: &Summary, wall: Duration) {
 fn write_junit(s: &Summary, opts: &RunOptions, path: &std::path::Path) -> Result<(), String> {
     use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
     let mut report = Report::new("hil");
-    let mut suite = TestSuite::new(format!("sim/{}/mqtt-{}", opts.broker.name(), opts.proto));
+    let mut suite = TestSuite::new(format!(
+        "{}/{}/mqtt-{}",
+        opts.dut.name(),
+        opts.broker.name(),
+        opts.proto
+    ));
     for r in &s.results {
-        let status = match &r.outcome {
-            Ok(()) => TestCaseStatus::success(),
-            Err(f) => {
+        let status = match &r.verdict {
+            Verdict::Pass => TestCaseStatus::success(),
+            Verdict::Fail(f) => {
                 let mut st = TestCaseStatus::non_success(NonSuccessKind::Failure);
                 st.set_message(f.to_string());
+                st
+            }
+            Verdict::NotApplicable(why) => {
+                let mut st = TestCaseStatus::skipped();
+                st.set_message(format!("not applicable: {why}"));
                 st
             }
         };

@@ -1,7 +1,7 @@
 //! The scenarios: each drives the device through its console, plays the cloud
 //! through a broker client, and fails with the promise it guards named first.
 
-use crate::dut::{ExpectError, SimDevice};
+use crate::dut::{Capabilities, Dut, ExpectError};
 use crate::transcript::Transcript;
 use crate::wire::{Dir, Packet};
 use hil_broker::client::ConnectOptions;
@@ -30,15 +30,55 @@ pub struct Ctx<'a> {
     pub proxy: &'a crate::faults::FaultProxy,
     pub keepalive_s: u16,
     pub proto: Protocol,
-    pub dut: SimDevice,
+    pub dut: Dut,
     pub t: Transcript,
-    /// The device's backoff cap, for "reconnects within the cap".
-    pub backoff_cap_ms: u64,
+    /// The device's backoff cap when the runner configured it (the sim); a
+    /// board's is learnt from the windows its `backoff` lines report.
+    pub backoff_cap_ms: Option<u64>,
+    /// Makes command ids unique to this run: a board's inbox remembers the
+    /// ids it executed in earlier runs, and rightly ignores them.
+    pub nonce: String,
+    /// From the rig file's expected MAC, when known.
+    pub expected_client_id: Option<String>,
+}
+
+/// What a scenario needs of the backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// The device reaches the runner's broker.
+    Broker,
+    WifiToggle,
+    Reset,
+    BrokerRestart,
+    LinkFaults,
+}
+
+impl Need {
+    /// Why a backend without it cannot serve the scenario, or None if it can.
+    pub fn unmet(&self, caps: &Capabilities, backend: &str) -> Option<String> {
+        let ok = match self {
+            Need::Broker => caps.reaches_broker,
+            Need::WifiToggle => caps.wifi_toggle,
+            Need::Reset => caps.reset,
+            Need::BrokerRestart => caps.broker_restart,
+            Need::LinkFaults => caps.link_faults,
+        };
+        if ok {
+            return None;
+        }
+        Some(match self {
+            Need::Broker | Need::BrokerRestart | Need::LinkFaults if backend == "wokwi" => {
+                "the Wokwi cloud cannot reach a broker or fault proxy on this host (needs the private gateway)".into()
+            }
+            other => format!("the {backend} backend cannot {other:?}"),
+        })
+    }
 }
 
 pub struct Scenario {
     pub name: &'static str,
     pub about: &'static str,
+    pub needs: &'static [Need],
     /// The device's keep-alive for this scenario (seconds).
     pub keepalive_s: u16,
     pub run: fn(&mut Ctx) -> Outcome,
@@ -46,31 +86,43 @@ pub struct Scenario {
 
 pub const ALL: &[Scenario] = &[
     Scenario {
+        name: "boot_identity",
+        needs: &[Need::Reset],
+        about: "the device boots, reports a client ID derived from its MAC, and answers !status with the same ID",
+        keepalive_s: 5,
+        run: boot_identity,
+    },
+    Scenario {
         name: "queued_commands",
+        needs: &[Need::Broker, Need::WifiToggle],
         about: "commands published at QoS 1 and 2 while the device is offline arrive once each, in order",
         keepalive_s: 5,
         run: queued_commands,
     },
     Scenario {
         name: "telemetry_flush",
+        needs: &[Need::Broker, Need::WifiToggle],
         about: "readings taken during a Wi-Fi outage are published in order, contiguous, none lost",
         keepalive_s: 5,
         run: telemetry_flush,
     },
     Scenario {
         name: "stable_client_id",
+        needs: &[Need::Broker, Need::Reset, Need::WifiToggle],
         about: "the client ID is the same after three reboots and an outage; the session survives",
         keepalive_s: 5,
         run: stable_client_id,
     },
     Scenario {
         name: "broker_restart",
+        needs: &[Need::Broker, Need::BrokerRestart],
         about: "after kill -9 of the broker the device backs off with jitter, reconnects, re-subscribes",
         keepalive_s: 5,
         run: broker_restart,
     },
     Scenario {
         name: "link_blackhole",
+        needs: &[Need::Broker, Need::LinkFaults],
         about: "a silent link is noticed within 1.5 x keep-alive; the broker publishes the Will; status is online again after",
         keepalive_s: 2,
         run: link_blackhole,
@@ -152,7 +204,7 @@ fn subscribed(ctx: &mut Ctx) -> Outcome {
     Ok(())
 }
 
-fn executed(dut: &SimDevice) -> Vec<String> {
+fn executed(dut: &Dut) -> Vec<String> {
     dut.seen
         .iter()
         .filter_map(|e| match e {
@@ -165,15 +217,21 @@ fn executed(dut: &SimDevice) -> Vec<String> {
 /// Publishes a sentinel command and waits until the device executes it: every
 /// earlier delivery (or redelivery) has shown up by then.
 fn sentinel(ctx: &mut Ctx, cloud: &mut Client, topic: &str, promise: &'static str) -> Outcome {
+    let nonce = ctx.nonce.clone();
     cloud
-        .publish(topic, b"{\"id\":\"sentinel\"}", 1, false)
+        .publish(
+            topic,
+            format!("{{\"id\":\"sentinel-{}\"}}", ctx.nonce).as_bytes(),
+            1,
+            false,
+        )
         .map_err(|e| fail(promise, format!("cloud publish: {e}")))?;
     ctx.t.cloud("publish sentinel qos=1");
     ctx.dut
         .expect(
             "the sentinel command",
             STEP,
-            |e| matches!(e, Event::Cmd { id, .. } if id == "sentinel"),
+            |e| matches!(e, Event::Cmd { id, .. } if *id == format!("sentinel-{nonce}")),
         )
         .map_err(on(promise))?;
     Ok(())
@@ -188,7 +246,7 @@ fn queued_commands(ctx: &mut Ctx) -> Outcome {
     let topic = format!("devices/{id}/cmd");
     let mut expected = Vec::new();
     for (n, qos) in [(1, 1), (2, 1), (3, 1), (4, 2), (5, 2), (6, 2)] {
-        let cid = format!("c{n}");
+        let cid = format!("c{n}-{}", ctx.nonce);
         let payload = format!("{{\"id\":\"{cid}\",\"do\":\"blink\"}}");
         cloud
             .publish(&topic, payload.as_bytes(), qos, false)
@@ -204,7 +262,7 @@ fn queued_commands(ctx: &mut Ctx) -> Outcome {
         ));
     }
     sentinel(ctx, &mut cloud, &topic, P)?;
-    expected.push("sentinel".into());
+    expected.push(format!("sentinel-{}", ctx.nonce));
     let got = executed(&ctx.dut);
     if got != expected {
         return Err(fail(P, format!("executed {got:?}, expected {expected:?}")));
@@ -314,7 +372,18 @@ fn stable_client_id(ctx: &mut Ctx) -> Outcome {
     let first = client_id(ctx)?;
     subscribed(ctx)?;
     let keeps = ctx.broker.sessions_on_restart() != SessionsOnRestart::Unknown;
-    for boot in 2..=4 {
+    // Boot counts are relative: a board (or a reused sim) has booted before.
+    let first_boot = ctx
+        .dut
+        .seen
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            Event::Boot { count, .. } => Some(*count),
+            _ => None,
+        })
+        .unwrap_or(0);
+    for boot in first_boot + 1..=first_boot + 3 {
         ctx.dut.command("!reboot").map_err(on(P))?;
         ctx.dut
             .expect(
@@ -415,7 +484,18 @@ fn broker_restart(ctx: &mut Ctx) -> Outcome {
     ctx.broker
         .start_again()
         .map_err(|e| fail("test rig: broker restarts", e.to_string()))?;
-    let within = Duration::from_millis(ctx.backoff_cap_ms) + Duration::from_secs(5);
+    let cap = ctx.backoff_cap_ms.unwrap_or_else(|| {
+        ctx.dut
+            .seen
+            .iter()
+            .filter_map(|e| match e {
+                Event::Backoff { hi_ms, .. } => Some(*hi_ms * 2),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(30_000)
+    });
+    let within = Duration::from_millis(cap) + Duration::from_secs(5);
     let sp = connack(ctx, P)?;
     let took = back.elapsed();
     if took > within {
@@ -423,7 +503,7 @@ fn broker_restart(ctx: &mut Ctx) -> Outcome {
             P,
             format!(
                 "reconnected {took:?} after the broker came back; the cap is {} ms",
-                ctx.backoff_cap_ms
+                cap
             ),
         ));
     }
@@ -450,12 +530,12 @@ fn broker_restart(ctx: &mut Ctx) -> Outcome {
         ));
     }
     for (attempt, delay, lo, hi) in &backoffs {
-        if delay < lo || delay > hi || *hi > ctx.backoff_cap_ms {
+        if delay < lo || delay > hi || *hi > cap {
             return Err(fail(
                 P,
                 format!(
                     "attempt {attempt}: delay {delay} ms outside its window {lo}..{hi} (cap {})",
-                    ctx.backoff_cap_ms
+                    cap
                 ),
             ));
         }
@@ -566,7 +646,19 @@ fn link_blackhole(ctx: &mut Ctx) -> Outcome {
     ctx.t.runner("link: blackhole");
     ctx.proxy.blackhole(true);
     let t0 = Instant::now();
-    let ka = Duration::from_secs(ctx.keepalive_s as u64);
+    // The device's own keep-alive, as its CONNECT declared it on the wire.
+    let ka_s = ctx
+        .proxy
+        .wire()
+        .packets(Dir::Up)
+        .iter()
+        .rev()
+        .find_map(|p| match p {
+            Packet::Connect { keepalive, .. } => Some(*keepalive),
+            _ => None,
+        })
+        .unwrap_or(ctx.keepalive_s);
+    let ka = Duration::from_secs(ka_s as u64);
     // 1.5 x keep-alive, plus 0.5 s for the sim's scheduling.
     let limit = ka * 3 / 2 + Duration::from_millis(500);
     ctx.dut
@@ -633,5 +725,59 @@ fn link_blackhole(ctx: &mut Ctx) -> Outcome {
         "verdict: dead link noticed within {:.1} s (1.5 x keep-alive + 0.5 s)",
         limit.as_secs_f32()
     ));
+    Ok(())
+}
+
+fn boot_identity(ctx: &mut Ctx) -> Outcome {
+    const P: &str = "stable client ID (same on every boot, never random)";
+    // A serial board was reset (and its boot line read) while it was brought up.
+    if !ctx.dut.seen.iter().any(|e| matches!(e, Event::Boot { .. })) {
+        ctx.dut
+            .expect("`@hil boot` line", STEP, |e| {
+                matches!(e, Event::Boot { .. })
+            })
+            .map_err(on(P))?;
+    }
+    let id = client_id(ctx)?;
+    let Some(hex) = id.strip_prefix("esp32c3-") else {
+        return Err(fail(
+            P,
+            format!("client ID {id} is not <chip>-<MAC as 12 hex digits>"),
+        ));
+    };
+    if hex.len() != 12
+        || !hex
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+    {
+        return Err(fail(
+            P,
+            format!("client ID {id} is not <chip>-<MAC as 12 lowercase hex digits>"),
+        ));
+    }
+    if let Some(expected) = &ctx.expected_client_id {
+        if *expected != id {
+            return Err(fail(
+                P,
+                format!("client ID {id}, but the board's MAC gives {expected}"),
+            ));
+        }
+    }
+    let status = ctx.dut.command("!status").map_err(on(P))?;
+    let reported = match &status {
+        Event::Ack { fields, .. } => fields
+            .iter()
+            .find(|(k, _)| k == "client_id")
+            .map(|(_, v)| v.clone()),
+        _ => None,
+    };
+    if reported.as_deref() != Some(id.as_str()) {
+        return Err(fail(
+            P,
+            format!("!status reports client ID {reported:?}, the boot said {id}"),
+        ));
+    }
+    ctx.t
+        .runner(format!("verdict: client ID {id} at boot and in !status"));
     Ok(())
 }

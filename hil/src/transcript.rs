@@ -77,6 +77,7 @@ fn filters() -> &'static [(Regex, &'static str)] {
             (Regex::new(r"127\.\d+\.\d+\.\d+:\d+").unwrap(), "<ADDR>"),
             (Regex::new(r"/dev/pts/\d+").unwrap(), "<PTY>"),
             (Regex::new(r"after \d+\.\d+ s").unwrap(), "after <S>"),
+            (Regex::new(r"-n[0-9a-f]{8}\b").unwrap(), "-<NONCE>"),
         ]
     })
 }

@@ -4,28 +4,25 @@
 //! device state dir and MAC.
 
 use hil::run::{run_one, BrokerChoice, RunOptions};
-use hil_broker::Protocol;
 
 fn opts(broker: BrokerChoice, bugs: &[&str]) -> RunOptions {
-    RunOptions {
-        hil_exe: env!("CARGO_BIN_EXE_hil").into(),
-        broker,
-        proto: Protocol::V3_1_1,
-        scenarios: vec![],
-        sim_bugs: bugs.iter().map(|b| b.to_string()).collect(),
-        junit: None,
-        out: None,
-        progress: false,
-    }
+    let mut o = RunOptions::sim(env!("CARGO_BIN_EXE_hil").into(), broker);
+    o.sim_bugs = bugs.iter().map(|b| b.to_string()).collect();
+    o
 }
 
 fn pass(name: &str, broker: BrokerChoice) {
     let s = hil::scenario::find(name).unwrap();
     let label = broker.name();
     let r = run_one(&opts(broker, &[]), s, "24:0a:c4:00:20:01");
-    if let Err(f) = &r.outcome {
+    if let Some(f) = r.failure() {
         panic!("{name} on {label}: {f}\n{}", r.transcript.raw());
     }
+    assert!(
+        matches!(r.verdict, hil::run::Verdict::Pass),
+        "{name}: {:?}",
+        r.verdict
+    );
     insta::assert_snapshot!(format!("{name}__{label}"), r.transcript.normalized());
 }
 
@@ -33,12 +30,12 @@ fn pass(name: &str, broker: BrokerChoice) {
 fn caught(name: &str, bug: &str, promise: &str) {
     let s = hil::scenario::find(name).unwrap();
     let r = run_one(&opts(BrokerChoice::Rumqttd, &[bug]), s, "24:0a:c4:00:30:01");
-    match r.outcome {
-        Ok(()) => panic!(
+    match r.failure() {
+        None => panic!(
             "--bug {bug} passed {name}; it must fail\n{}",
             r.transcript.raw()
         ),
-        Err(f) => assert!(
+        Some(f) => assert!(
             f.promise.contains(promise),
             "--bug {bug}: {name} failed for another reason: {f}\n{}",
             r.transcript.raw()
@@ -54,6 +51,7 @@ macro_rules! scenarios {
 }
 
 scenarios!(
+    boot_identity,
     queued_commands,
     telemetry_flush,
     stable_client_id,

@@ -171,6 +171,17 @@ pub fn run(args: Args) -> Result<(), String> {
     let mut rng = SmallRng::seed_from_u64(seed);
     let start = Instant::now();
     let now = || start.elapsed().as_millis() as u64;
+    // A broker provisioned over the console (`!config broker=...`), kept in
+    // flash like the firmware's settings, overrides --broker.
+    let settings_path = args.state_dir.join("settings.txt");
+    let broker = std::fs::read_to_string(&settings_path)
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("broker=").map(str::to_owned))
+        })
+        .and_then(|b| resolve(&b).ok())
+        .unwrap_or(broker);
     let mut link = Link::new(broker, tx.clone());
     let mut splitter = LineSplitter::default();
 
@@ -224,18 +235,26 @@ pub fn run(args: Args) -> Result<(), String> {
                         continue 'boot;
                     }
                     Output::Config(fields) => {
-                        let keys: Vec<&str> = fields.iter().map(|(k, _)| k.as_str()).collect();
-                        write_line(
-                            &mut out,
-                            &Event::error(
-                                "config",
-                                format!(
-                                    "the sim takes its settings from flags, not !config ({})",
-                                    keys.join(",")
-                                ),
-                            )
-                            .format(),
-                        );
+                        let reply = match apply_config(&fields, &settings_path) {
+                            Ok(Some(addr)) => {
+                                link.set_broker(addr);
+                                Ok(())
+                            }
+                            Ok(None) => Ok(()),
+                            Err(e) => Err(e),
+                        };
+                        let line = match reply {
+                            // Keys only: secrets are never echoed.
+                            Ok(()) => Event::Ack {
+                                cmd: "config".into(),
+                                fields: fields
+                                    .iter()
+                                    .map(|(k, _)| (k.clone(), "set".into()))
+                                    .collect(),
+                            },
+                            Err(e) => Event::error("config", e),
+                        };
+                        write_line(&mut out, &line.format());
                     }
                 }
             }
@@ -318,4 +337,33 @@ fn open_pty_console(tx: mpsc::Sender<Msg>) -> Result<Box<dyn Write + Send>, Stri
     std::mem::forget(slave);
     spawn_reader(Box::new(reader), tx);
     Ok(Box::new(master))
+}
+
+/// `!config` on the sim: `broker=HOST:PORT` takes effect at the next
+/// connection and is kept in the state dir; Wi-Fi credentials are accepted
+/// (the sim has no radio) so a runner provisions it exactly like a board.
+fn apply_config(
+    fields: &[(String, String)],
+    path: &std::path::Path,
+) -> Result<Option<SocketAddr>, String> {
+    let mut broker = None;
+    for (k, v) in fields {
+        match k.as_str() {
+            "broker" => broker = Some((v.clone(), resolve(v)?)),
+            "wifi.ssid" | "wifi.pass" | "mqtt" => {}
+            other => {
+                return Err(format!(
+                    "unknown setting `{other}` (wifi.ssid, wifi.pass, broker, mqtt)"
+                ))
+            }
+        }
+    }
+    if let Some((text, addr)) = broker {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, format!("broker={text}\n"))
+            .and_then(|_| std::fs::rename(&tmp, path))
+            .map_err(|e| format!("cannot store settings: {e}"))?;
+        return Ok(Some(addr));
+    }
+    Ok(None)
 }

@@ -44,6 +44,11 @@ impl Link {
         }
     }
 
+    /// Where the next connection goes.
+    pub fn set_broker(&mut self, broker: SocketAddr) {
+        self.broker = broker;
+    }
+
     pub fn set_wifi(&mut self, on: bool) {
         self.wifi = on;
         if !on {

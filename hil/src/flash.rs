@@ -1,0 +1,72 @@
+//! Flashing a board over its serial port with espflash as a library.
+//! espflash compares each region's MD5 with what the chip holds and skips
+//! what is already there, so re-running on a flashed board costs seconds
+//! (what pytest-embedded does with its SHA-256 check).
+
+use espflash::connection::{Connection, ResetAfterOperation, ResetBeforeOperation};
+use espflash::flasher::{FlashData, FlashSettings, Flasher};
+use espflash::image_format::{idf::IdfBootloaderFormat, ImageFormat};
+use espflash::target::{Chip, DefaultProgressCallback, XtalFrequency};
+use std::path::Path;
+
+/// Why flashing failed, worded for the person at the bench.
+pub fn explain(port: &str, e: &espflash::Error) -> String {
+    let text = e.to_string();
+    let lower = text.to_lowercase();
+    if lower.contains("chip") && (lower.contains("mismatch") || lower.contains("expected")) {
+        format!("wrong chip on {port}: {text}. Check the rig file's `chip` for this board")
+    } else if lower.contains("timed out") || lower.contains("timeout") || lower.contains("connect")
+    {
+        format!(
+            "no ESP ROM bootloader answered on {port} ({text}). Is this an ESP32 board? Hold BOOT while pressing RESET, \
+             check the cable, or pass --no-flash to use the firmware already on it"
+        )
+    } else {
+        format!("flashing {port} failed: {text}")
+    }
+}
+
+/// Flashes `elf` to the board on `port_path`, expecting `chip`.
+pub fn flash(port_path: &str, elf: &Path, chip: Chip) -> Result<(), String> {
+    let elf_data = std::fs::read(elf).map_err(|e| format!("cannot read {}: {e}", elf.display()))?;
+    let port = serialport::new(port_path, 115_200)
+        .timeout(std::time::Duration::from_secs(3))
+        .open_native()
+        .map_err(|e| {
+            format!("cannot open {port_path}: {e} (`hil doctor` lists the serial ports)")
+        })?;
+    let info = serialport::UsbPortInfo {
+        vid: 0x303a,
+        pid: 0x1001,
+        serial_number: None,
+        manufacturer: None,
+        product: None,
+    };
+    let connection = Connection::new(
+        port,
+        info,
+        ResetAfterOperation::HardReset,
+        ResetBeforeOperation::DefaultReset,
+        115_200,
+    );
+    let mut flasher = Flasher::connect(connection, true, true, true, Some(chip), None)
+        .map_err(|e| explain(port_path, &e))?;
+    if flasher.chip() != chip {
+        return Err(format!(
+            "wrong chip on {port_path}: found {}, the rig says {chip}",
+            flasher.chip()
+        ));
+    }
+    let flash_data = FlashData::new(
+        FlashSettings::default(),
+        0,
+        None,
+        chip,
+        XtalFrequency::_40Mhz,
+    );
+    let image = IdfBootloaderFormat::new(&elf_data, &flash_data, None, None, None, None)
+        .map_err(|e| format!("espflash could not make an image of {}: {e}", elf.display()))?;
+    flasher
+        .load_image_to_flash(&mut DefaultProgressCallback, ImageFormat::EspIdf(image))
+        .map_err(|e| explain(port_path, &e))
+}
