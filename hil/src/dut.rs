@@ -120,6 +120,8 @@ impl Console {
 
     /// Sends a command and waits for its ack (or its error).
     pub fn command(&mut self, line: &str) -> Result<Event, ExpectError> {
+        // What the device printed before this command is not its answer.
+        self.drain();
         self.send(line).map_err(ExpectError)?;
         let name = line
             .trim_start_matches('!')
@@ -127,9 +129,19 @@ impl Console {
             .next()
             .unwrap_or("")
             .to_string();
-        let e = self.expect(&format!("ack of `{}`", name), Duration::from_secs(10), |e| {
-            matches!(e, Event::Ack { cmd, .. } if *cmd == name) || matches!(e, Event::Error { kind, .. } if kind == "config" || kind == "command")
-        })?;
+        let refusal = if name == "config" {
+            "config"
+        } else {
+            "command"
+        };
+        let e = self.expect(
+            &format!("ack of `{}`", name),
+            Duration::from_secs(10),
+            |e| {
+                matches!(e, Event::Ack { cmd, .. } if *cmd == name)
+                    || matches!(e, Event::Error { kind, .. } if kind == refusal)
+            },
+        )?;
         if let Event::Error { msg, .. } = &e {
             return Err(ExpectError(format!("the device refused `!{name}`: {msg}")));
         }
