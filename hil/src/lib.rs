@@ -4,6 +4,7 @@
 //! - [`scenario`]: what each scenario does and which promise it guards;
 //! - [`run`]: brokers, devices and scenarios put together; summary, transcripts, JUnit.
 
+pub mod doctor;
 pub mod dut;
 pub mod faults;
 pub mod firmware;

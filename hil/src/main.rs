@@ -75,6 +75,11 @@ enum Cmd {
     },
     /// List the scenarios.
     List,
+    /// Check this host: serial ports, probes, wokwi-cli, and a rig's boards, broker address and Wi-Fi.
+    Doctor {
+        #[arg(long)]
+        rig: Option<PathBuf>,
+    },
     /// Test brokers.
     Broker {
         #[command(subcommand)]
@@ -148,6 +153,15 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Cmd::Doctor { rig } => {
+            let report = hil::doctor::run(rig.as_deref());
+            report.print(&mut std::io::stdout());
+            if report.problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
         Cmd::Sim { args } => {
             let argv = std::iter::once("hil-sim".into()).chain(args);
             ExitCode::from(hil_sim::main_with_args(argv) as u8)
