@@ -132,6 +132,14 @@ pub fn run(rig: Option<&Path>) -> Report {
     for p in &probes {
         r.fact(format!("  {p}"));
     }
+    match crate::probe::list() {
+        Ok(list) => r.fact(format!(
+            "probe-rs sees {} probe(s){}",
+            list.len(),
+            list.iter().map(|p| format!("\n  {p}")).collect::<String>()
+        )),
+        Err(e) => r.fact(format!("probe-rs: {e}")),
+    }
     match on_path("wokwi-cli") {
         Some(p) => r.fact(format!("wokwi-cli: {}", p.display())),
         None => r.fact("wokwi-cli: not found (only needed for --dut wokwi)"),

@@ -9,6 +9,7 @@ pub mod dut;
 pub mod faults;
 pub mod firmware;
 pub mod flash;
+pub mod probe;
 pub mod rig;
 pub mod run;
 pub mod scenario;

@@ -23,8 +23,11 @@ enum Cmd {
     /// Run scenarios (all by default) and print a verdict.
     Run {
         /// Device under test: the host-native sim, a board on a serial port, or Wokwi.
-        #[arg(long, default_value = "sim", value_parser = ["sim", "serial", "wokwi"])]
+        #[arg(long, default_value = "sim", value_parser = ["sim", "serial", "probe", "wokwi"])]
         dut: String,
+        /// Probe backend: the debug probe, VID:PID[:SERIAL] (default: the only one attached).
+        #[arg(long)]
+        probe: Option<String>,
         /// Serial backend: the board's port (or take it from --rig).
         #[arg(long)]
         port: Option<String>,
@@ -177,6 +180,7 @@ fn main() -> ExitCode {
         },
         Cmd::Run {
             dut,
+            probe,
             port,
             rig,
             board,
@@ -216,9 +220,9 @@ fn main() -> ExitCode {
                 opts.bind = ip;
             }
             match dut.as_str() {
-                "serial" => {
-                    let (port, mac, chip, wifi, rig_bind) = match (&port, &rig) {
-                        (Some(p), _) => (p.clone(), None, "esp32c3".to_string(), None, None),
+                "serial" | "probe" => {
+                    let (port, mac, chip, wifi, rig_bind, rig_probe) = match (&port, &rig) {
+                        (Some(p), _) => (p.clone(), None, "esp32c3".to_string(), None, None, None),
                         (None, Some(path)) => {
                             let rig = match hil::rig::Rig::load(path) {
                                 Ok(r) => r,
@@ -242,10 +246,13 @@ fn main() -> ExitCode {
                                 b.chip.clone(),
                                 wifi,
                                 Some(rig.broker.bind),
+                                b.probe.clone(),
                             )
                         }
                         (None, None) => {
-                            return usage("--dut serial needs --port PATH or --rig FILE".into())
+                            return usage(format!(
+                                "--dut {dut} needs --port PATH (the console) or --rig FILE"
+                            ))
                         }
                     };
                     if let (Some(ip), None) = (rig_bind, bind) {
@@ -255,7 +262,10 @@ fn main() -> ExitCode {
                         Ok(c) => c,
                         Err(_) => return usage(format!("unknown chip {chip}")),
                     };
+                    // The rig's probe selector, unless one is given.
+                    let probe = (dut == "probe").then(|| probe.clone().or(rig_probe));
                     opts.dut = DutChoice::Serial(SerialOptions {
+                        probe,
                         port,
                         elf: if no_flash { None } else { Some(elf) },
                         chip,

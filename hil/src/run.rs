@@ -53,6 +53,9 @@ pub enum DutChoice {
 #[derive(Clone, Debug)]
 pub struct SerialOptions {
     pub port: String,
+    /// Flash through a debug probe (probe-rs, selector VID:PID[:SERIAL] or the
+    /// only one attached) instead of the serial ROM bootloader.
+    pub probe: Option<Option<String>>,
     /// Flash this ELF first (None with --no-flash).
     pub elf: Option<PathBuf>,
     pub chip: espflash::target::Chip,
@@ -65,6 +68,7 @@ impl DutChoice {
     pub fn name(&self) -> &'static str {
         match self {
             DutChoice::Sim => "sim",
+            DutChoice::Serial(SerialOptions { probe: Some(_), .. }) => "probe",
             DutChoice::Serial(_) => "serial",
             DutChoice::Wokwi { .. } => "wokwi",
         }

@@ -65,6 +65,7 @@ fn sim_on_pty(tag: &str) -> SimOnPty {
 fn serial(port: &str) -> RunOptions {
     let mut o = RunOptions::sim(env!("CARGO_BIN_EXE_hil").into(), BrokerChoice::Rumqttd);
     o.dut = DutChoice::Serial(SerialOptions {
+        probe: None,
         port: port.into(),
         elf: None,
         chip: espflash::target::Chip::Esp32c3,
@@ -210,4 +211,16 @@ fn wokwi_backend_with_a_stand_in_cli() {
         "{:?}",
         r.verdict
     );
+}
+
+/// No probe on this machine: the probe backend says so and what to do.
+#[test]
+fn probe_backend_without_a_probe() {
+    let err = hil::probe::flash(None, &fake_elf(), espflash::target::Chip::Esp32c3).unwrap_err();
+    if cfg!(feature = "probe") {
+        assert!(err.contains("no debug probe found"), "{err}");
+        assert!(err.contains("303a:1001"), "{err}");
+    } else {
+        assert!(err.contains("cargo build -p hil --features probe"), "{err}");
+    }
 }
