@@ -41,6 +41,7 @@ pub fn flash(port_path: &str, elf: &Path, chip: Chip) -> Result<(), String> {
         serial_number: None,
         manufacturer: None,
         product: None,
+        interface: None,
     };
     let connection = Connection::new(
         port,

@@ -120,6 +120,14 @@ enum FirmwareCmd {
 
 #[derive(Subcommand)]
 enum BrokerCmd {
+    /// Probe what a broker honours of the session semantics the scenarios assert.
+    Check {
+        /// rumqttd (embedded), mosquitto (from PATH), or HOST:PORT of a running broker.
+        #[arg(long, default_value = "rumqttd")]
+        broker: String,
+        #[arg(long, default_value = "3.1.1")]
+        mqtt: Protocol,
+    },
     /// Serve embedded rumqttd in this process (the runner starts this as a child).
     Serve {
         #[arg(long, default_value = "127.0.0.1:1883")]
@@ -168,6 +176,28 @@ fn main() -> ExitCode {
         Cmd::Sim { args } => {
             let argv = std::iter::once("hil-sim".into()).chain(args);
             ExitCode::from(hil_sim::main_with_args(argv) as u8)
+        }
+        Cmd::Broker {
+            cmd: BrokerCmd::Check { broker, mqtt },
+        } => {
+            let choice = match BrokerChoice::parse(&broker) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("hil broker check: error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let exe = std::env::current_exe().unwrap_or_else(|_| "hil".into());
+            match hil::run::check_broker(&RunOptions::sim(exe, choice), mqtt) {
+                Ok(report) => {
+                    print!("{}", report.table());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("hil broker check: error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Cmd::Broker {
             cmd: BrokerCmd::Serve { v4, v5 },

@@ -171,6 +171,15 @@ fn broker_spec(opts: &RunOptions) -> BrokerSpec {
     }
 }
 
+/// Starts the chosen broker and probes its semantics (`hil broker check`).
+pub fn check_broker(
+    opts: &RunOptions,
+    proto: Protocol,
+) -> Result<hil_broker::check::Report, String> {
+    let mut broker = Broker::start(broker_spec(opts), opts.bind).map_err(|e| e.to_string())?;
+    Ok(hil_broker::check::check(&mut broker, proto))
+}
+
 /// The client ID a MAC gives, for checking a board against its rig entry.
 fn expected_id(mac: &str) -> Option<String> {
     mac.parse::<hil_session::Mac>()

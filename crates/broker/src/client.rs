@@ -142,6 +142,11 @@ pub struct ConnectOptions {
     pub keepalive_s: u16,
     /// MQTT 5 only.
     pub session_expiry_s: Option<u32>,
+    /// Last Will: topic, payload, QoS, retain.
+    pub will: Option<(String, Vec<u8>, u8, bool)>,
+    /// Acknowledge received QoS 1/2 publishes (off: leave them unacknowledged,
+    /// so the broker must redeliver them).
+    pub auto_ack: bool,
 }
 
 impl ConnectOptions {
@@ -151,6 +156,8 @@ impl ConnectOptions {
             clean: true,
             keepalive_s: 60,
             session_expiry_s: None,
+            will: None,
+            auto_ack: true,
         }
     }
 }
@@ -193,7 +200,7 @@ impl Client {
             Protocol::V3_1_1 => Version::V3_1_1,
             Protocol::V5 => Version::V5_0,
         });
-        conn.set_auto_pub_response(true);
+        conn.set_auto_pub_response(opts.auto_ack);
         let shared = Arc::new(Mutex::new(Shared { conn, stream }));
         let (tx, rx) = mpsc::channel();
         {
@@ -202,20 +209,30 @@ impl Client {
             std::thread::spawn(move || read_loop(reader, shared, tx));
         }
         let packet: Packet = match proto {
-            Protocol::V3_1_1 => mqtt::packet::v3_1_1::Connect::builder()
-                .client_id(opts.client_id.as_str())
-                .map_err(perr)?
-                .clean_session(opts.clean)
-                .keep_alive(opts.keepalive_s)
-                .build()
-                .map_err(perr)?
-                .into(),
+            Protocol::V3_1_1 => {
+                let mut b = mqtt::packet::v3_1_1::Connect::builder()
+                    .client_id(opts.client_id.as_str())
+                    .map_err(perr)?
+                    .clean_session(opts.clean)
+                    .keep_alive(opts.keepalive_s);
+                if let Some((t, p, q, r)) = &opts.will {
+                    b = b
+                        .will_message(t.as_str(), p.clone(), qos(*q), *r)
+                        .map_err(perr)?;
+                }
+                b.build().map_err(perr)?.into()
+            }
             Protocol::V5 => {
                 let mut b = mqtt::packet::v5_0::Connect::builder()
                     .client_id(opts.client_id.as_str())
                     .map_err(perr)?
                     .clean_start(opts.clean)
                     .keep_alive(opts.keepalive_s);
+                if let Some((t, p, q, r)) = &opts.will {
+                    b = b
+                        .will_message(t.as_str(), p.clone(), qos(*q), *r)
+                        .map_err(perr)?;
+                }
                 if let Some(s) = opts.session_expiry_s {
                     b = b.props(vec![Property::SessionExpiryInterval(
                         mqtt::packet::SessionExpiryInterval::new(s).map_err(perr)?,
@@ -419,6 +436,14 @@ impl Client {
         skipped.extend(self.pending.drain(..));
         self.pending = skipped;
         Ok(found)
+    }
+
+    /// Drops the TCP connection without DISCONNECT (RST): the broker must
+    /// publish the Last Will and keep the session.
+    pub fn drop_abruptly(self) {
+        let s = self.shared.lock().unwrap();
+        let _ = socket2::SockRef::from(&s.stream).set_linger(Some(Duration::ZERO));
+        let _ = s.stream.shutdown(Shutdown::Both);
     }
 
     /// A clean DISCONNECT (no Last Will).

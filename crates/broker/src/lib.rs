@@ -10,6 +10,7 @@
 //!
 //! Readiness is proven by a real CONNECT/CONNACK, never by a sleep.
 
+pub mod check;
 pub mod client;
 mod process;
 pub mod rumqttd;

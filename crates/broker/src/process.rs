@@ -202,6 +202,11 @@ impl Broker {
                 let conf = self.dir.path().join("mosquitto.conf");
                 let store = self.dir.path().join("store");
                 fs::create_dir_all(&store).map_err(|e| BrokerError::Start(e.to_string()))?;
+                // Started as root, mosquitto drops to its own user: it must be
+                // able to reach and write its store, or persistence silently fails.
+                use std::os::unix::fs::PermissionsExt;
+                let _ = fs::set_permissions(self.dir.path(), fs::Permissions::from_mode(0o755));
+                let _ = fs::set_permissions(&store, fs::Permissions::from_mode(0o777));
                 let text = format!(
                     "listener {port} {ip}\nallow_anonymous true\npersistence {p}\npersistence_location {store}/\n\
                      autosave_on_changes true\nautosave_interval 1\nmax_queued_messages 1000\n\
