@@ -235,6 +235,8 @@ pub struct SimSpec {
     pub backoff_base_ms: u64,
     pub backoff_cap_ms: u64,
     pub cmd_qos: u8,
+    pub session_expiry_s: u32,
+    pub outbox_capacity: u64,
     pub bugs: Vec<String>,
 }
 
@@ -288,6 +290,8 @@ impl Dut {
             .args(["--backoff-base-ms", &spec.backoff_base_ms.to_string()])
             .args(["--backoff-cap-ms", &spec.backoff_cap_ms.to_string()])
             .args(["--cmd-qos", &spec.cmd_qos.to_string()])
+            .args(["--session-expiry", &spec.session_expiry_s.to_string()])
+            .args(["--outbox-capacity", &spec.outbox_capacity.to_string()])
             .arg("--state-dir")
             .arg(state_dir);
         for b in &spec.bugs {
@@ -360,6 +364,24 @@ impl Dut {
             backend: "wokwi",
             handle: Handle::Process(child),
         })
+    }
+
+    /// Power cut: kill -9 the device process (sim and wokwi only). Nothing is
+    /// flushed, no FIN is sent by the device's own code.
+    pub fn power_off(&mut self) -> Result<(), String> {
+        match &mut self.handle {
+            Handle::Process(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                self.console
+                    .transcript
+                    .runner("power cut: kill -9 of the device process");
+                Ok(())
+            }
+            Handle::Serial { .. } => {
+                Err("a board on a serial port has no power switch here".into())
+            }
+        }
     }
 
     /// Resets the device: DTR/RTS on a serial port that has them (the

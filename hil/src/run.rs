@@ -207,6 +207,8 @@ fn bring_up(
                 backoff_base_ms: BACKOFF_BASE_MS,
                 backoff_cap_ms: BACKOFF_CAP_MS,
                 cmd_qos: 1,
+                session_expiry_s: s.session_expiry_s,
+                outbox_capacity: s.outbox_capacity,
                 bugs: opts.sim_bugs.clone(),
             };
             t.runner(format!("start sim device mac={mac} mqtt={}", opts.proto));
@@ -261,7 +263,11 @@ pub fn run_one(opts: &RunOptions, s: &Scenario, mac: &str) -> ScenarioResult {
     if matches!(opts.broker, BrokerChoice::External(_)) {
         caps.broker_restart = false;
     }
-    if let Some(reason) = s.needs.iter().find_map(|n| n.unmet(&caps, opts.dut.name())) {
+    if let Some(reason) = s
+        .needs
+        .iter()
+        .find_map(|n| n.unmet(&caps, opts.dut.name(), opts.proto))
+    {
         t.runner(format!("not applicable: {reason}"));
         return ScenarioResult {
             name: s.name,
@@ -278,11 +284,49 @@ pub fn run_one(opts: &RunOptions, s: &Scenario, mac: &str) -> ScenarioResult {
         };
         t.runner(format!("start broker {}", opts.broker.name()));
         let mut broker = Broker::start(broker_spec(opts), ip).map_err(|e| rig(e.to_string()))?;
+        // A scenario whose assertions need a semantic the broker lacks is not
+        // applicable on it: probe just those, now, on this very broker.
+        for need in s.needs {
+            if let scenario::Need::Semantic(sem) = need {
+                let f = hil_broker::check::probe(&mut broker, opts.proto, *sem);
+                t.runner(format!(
+                    "broker check: {}: {:?} ({})",
+                    sem.name(),
+                    f.honoured,
+                    f.detail
+                ));
+                if f.honoured == Some(false) {
+                    return Ok(Some(format!(
+                        "{} does not honour: {} ({})",
+                        broker.name(),
+                        sem.name(),
+                        f.detail
+                    )));
+                }
+            }
+        }
         let state = TempDir::new().map_err(rig)?;
         // The device always reaches the broker through the fault proxy.
         let proxy =
             crate::faults::FaultProxy::start(ip, broker.addr(opts.proto), &t).map_err(rig)?;
         let dut = bring_up(opts, s, mac, proxy.addr(), state.path(), &t).map_err(rig)?;
+        let factory = matches!(opts.dut, DutChoice::Sim).then(|| scenario::SimFactory {
+            spec: SimSpec {
+                hil_exe: opts.hil_exe.clone(),
+                broker: proxy.addr(),
+                mac: mac.into(),
+                proto: opts.proto,
+                keepalive_s: s.keepalive_s,
+                backoff_base_ms: BACKOFF_BASE_MS,
+                backoff_cap_ms: BACKOFF_CAP_MS,
+                cmd_qos: 1,
+                session_expiry_s: s.session_expiry_s,
+                outbox_capacity: s.outbox_capacity,
+                bugs: opts.sim_bugs.clone(),
+            },
+            main_state: state.path().to_path_buf(),
+            transcript: t.clone(),
+        });
         let expected_client_id = match &opts.dut {
             DutChoice::Serial(o) => o.mac.as_deref().and_then(expected_id),
             DutChoice::Sim => expected_id(mac),
@@ -298,13 +342,18 @@ pub fn run_one(opts: &RunOptions, s: &Scenario, mac: &str) -> ScenarioResult {
             backoff_cap_ms: matches!(opts.dut, DutChoice::Sim).then_some(BACKOFF_CAP_MS),
             expected_client_id,
             nonce: nonce(),
+            sims: factory,
         };
         let r = (s.run)(&mut ctx);
         ctx.dut.drain();
-        r
+        r.map(|()| None)
     })();
     let verdict = match outcome {
-        Ok(()) => Verdict::Pass,
+        Ok(None) => Verdict::Pass,
+        Ok(Some(reason)) => {
+            t.runner(format!("not applicable: {reason}"));
+            Verdict::NotApplicable(reason)
+        }
         Err(f) => {
             t.runner(format!("FAILED: {f}"));
             Verdict::Fail(f)
@@ -335,7 +384,7 @@ fn nonce() -> String {
 /// A state dir removed when the scenario ends.
 pub struct TempDir(PathBuf);
 impl TempDir {
-    fn new() -> Result<TempDir, String> {
+    pub fn new() -> Result<TempDir, String> {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let p = std::env::temp_dir().join(format!("hil-state-{}-{n}", std::process::id()));

@@ -38,6 +38,8 @@ pub struct Ctx<'a> {
     /// Makes command ids unique to this run: a board's inbox remembers the
     /// ids it executed in earlier runs, and rightly ignores them.
     pub nonce: String,
+    /// More sim devices on the same proxy (sim backend only).
+    pub sims: Option<SimFactory>,
     /// From the rig file's expected MAC, when known.
     pub expected_client_id: Option<String>,
 }
@@ -51,12 +53,39 @@ pub enum Need {
     Reset,
     BrokerRestart,
     LinkFaults,
+    /// The scenario's assertions need this of the broker (`hil broker check`).
+    Semantic(hil_broker::check::Semantic),
+    /// MQTT 5 features (expiry intervals).
+    Mqtt5,
+    /// More sim devices, or a power cut (kill -9): the sim backend only.
+    Sim,
 }
 
 impl Need {
     /// Why a backend without it cannot serve the scenario, or None if it can.
-    pub fn unmet(&self, caps: &Capabilities, backend: &str) -> Option<String> {
+    pub fn unmet(
+        &self,
+        caps: &Capabilities,
+        backend: &str,
+        proto: hil_broker::Protocol,
+    ) -> Option<String> {
         let ok = match self {
+            Need::Semantic(_) => true,
+            Need::Mqtt5 => {
+                if proto != hil_broker::Protocol::V5 {
+                    return Some(
+                        "needs MQTT 5 (expiry intervals do not exist in 3.1.1): run with --mqtt 5"
+                            .into(),
+                    );
+                }
+                true
+            }
+            Need::Sim => {
+                if backend != "sim" {
+                    return Some(format!("needs extra sim devices or a power cut, which the {backend} backend cannot give"));
+                }
+                true
+            }
             Need::Broker => caps.reaches_broker,
             Need::WifiToggle => caps.wifi_toggle,
             Need::Reset => caps.reset,
@@ -75,12 +104,45 @@ impl Need {
     }
 }
 
+/// Starts extra sim devices for a scenario, on the scenario's proxy.
+pub struct SimFactory {
+    pub spec: crate::dut::SimSpec,
+    /// The main device's state dir (a respawn after a power cut reuses it).
+    pub main_state: std::path::PathBuf,
+    pub transcript: Transcript,
+}
+
+impl SimFactory {
+    /// A device with `mac` and its own flash; `edit` adjusts its flags.
+    pub fn start(
+        &self,
+        mac: &str,
+        edit: impl FnOnce(&mut crate::dut::SimSpec),
+    ) -> Result<(Dut, crate::run::TempDir), String> {
+        let mut spec = self.spec.clone();
+        spec.mac = mac.into();
+        edit(&mut spec);
+        let state = crate::run::TempDir::new()?;
+        let dut = Dut::start_sim(&spec, state.path(), &self.transcript)?;
+        Ok((dut, state))
+    }
+
+    /// The main device again after a power cut: same MAC, same flash.
+    pub fn respawn_main(&self) -> Result<Dut, String> {
+        Dut::start_sim(&self.spec, &self.main_state, &self.transcript)
+    }
+}
+
 pub struct Scenario {
     pub name: &'static str,
     pub about: &'static str,
     pub needs: &'static [Need],
     /// The device's keep-alive for this scenario (seconds).
     pub keepalive_s: u16,
+    /// The sim device's MQTT 5 Session Expiry Interval (seconds).
+    pub session_expiry_s: u32,
+    /// The sim device's telemetry buffer.
+    pub outbox_capacity: u64,
     pub run: fn(&mut Ctx) -> Outcome,
 }
 
@@ -90,6 +152,8 @@ pub const ALL: &[Scenario] = &[
         needs: &[Need::Reset],
         about: "the device boots, reports a client ID derived from its MAC, and answers !status with the same ID",
         keepalive_s: 5,
+        session_expiry_s: 3600,
+        outbox_capacity: 64,
         run: boot_identity,
     },
     Scenario {
@@ -97,6 +161,8 @@ pub const ALL: &[Scenario] = &[
         needs: &[Need::Broker, Need::WifiToggle],
         about: "commands published at QoS 1 and 2 while the device is offline arrive once each, in order",
         keepalive_s: 5,
+        session_expiry_s: 3600,
+        outbox_capacity: 64,
         run: queued_commands,
     },
     Scenario {
@@ -104,6 +170,8 @@ pub const ALL: &[Scenario] = &[
         needs: &[Need::Broker, Need::WifiToggle],
         about: "readings taken during a Wi-Fi outage are published in order, contiguous, none lost",
         keepalive_s: 5,
+        session_expiry_s: 3600,
+        outbox_capacity: 64,
         run: telemetry_flush,
     },
     Scenario {
@@ -111,6 +179,8 @@ pub const ALL: &[Scenario] = &[
         needs: &[Need::Broker, Need::Reset, Need::WifiToggle],
         about: "the client ID is the same after three reboots and an outage; the session survives",
         keepalive_s: 5,
+        session_expiry_s: 3600,
+        outbox_capacity: 64,
         run: stable_client_id,
     },
     Scenario {
@@ -118,6 +188,8 @@ pub const ALL: &[Scenario] = &[
         needs: &[Need::Broker, Need::BrokerRestart],
         about: "after kill -9 of the broker the device backs off with jitter, reconnects, re-subscribes",
         keepalive_s: 5,
+        session_expiry_s: 3600,
+        outbox_capacity: 64,
         run: broker_restart,
     },
     Scenario {
@@ -125,6 +197,8 @@ pub const ALL: &[Scenario] = &[
         needs: &[Need::Broker, Need::LinkFaults],
         about: "a silent link is noticed within 1.5 x keep-alive; the broker publishes the Will; status is online again after",
         keepalive_s: 2,
+        session_expiry_s: 3600,
+        outbox_capacity: 64,
         run: link_blackhole,
     },
 ];

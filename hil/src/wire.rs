@@ -48,6 +48,8 @@ pub enum Packet {
         retain: bool,
         pid: Option<u16>,
         payload: String,
+        /// MQTT 5 Message Expiry Interval, as sent (the remaining time, from a broker).
+        expiry: Option<u32>,
     },
     Puback {
         pid: u16,
@@ -113,13 +115,20 @@ impl fmt::Display for Packet {
                 retain,
                 pid,
                 payload,
-            } => write!(
-                f,
-                "PUBLISH topic={topic} qos={qos} dup={} retain={} pid={} payload={payload}",
-                b(*dup),
-                b(*retain),
-                pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into())
-            ),
+                expiry,
+            } => {
+                write!(
+                    f,
+                    "PUBLISH topic={topic} qos={qos} dup={} retain={} pid={}",
+                    b(*dup),
+                    b(*retain),
+                    pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into())
+                )?;
+                if let Some(e) = expiry {
+                    write!(f, " expiry={e}")?;
+                }
+                write!(f, " payload={payload}")
+            }
             Packet::Puback { pid } => write!(f, "PUBACK pid={pid}"),
             Packet::Pubrec { pid } => write!(f, "PUBREC pid={pid}"),
             Packet::Pubrel { pid } => write!(f, "PUBREL pid={pid}"),
@@ -249,6 +258,10 @@ impl Decoder {
                             retain: p.retain(),
                             pid: p.packet_id(),
                             payload: String::from_utf8_lossy(p.payload().as_slice()).into_owned(),
+                            expiry: p.props().iter().find_map(|pr| match pr {
+                                mqtt_protocol_core::mqtt::packet::Property::MessageExpiryInterval(v) => Some(v.val()),
+                                _ => None,
+                            }),
                         }
                     } else {
                         let (p, _) = v3_1_1::Publish::parse(raw.flags(), arc).map_err(m)?;
@@ -259,6 +272,7 @@ impl Decoder {
                             retain: p.retain(),
                             pid: p.packet_id(),
                             payload: String::from_utf8_lossy(p.payload().as_slice()).into_owned(),
+                            expiry: None,
                         }
                     }
                 }
@@ -381,7 +395,8 @@ mod tests {
                 dup: true,
                 retain: false,
                 pid: Some(5),
-                payload: "hi".into()
+                payload: "hi".into(),
+                expiry: None
             }]
         );
         // garbage: a reserved packet type with a bad length, then a good PINGRESP

@@ -370,8 +370,19 @@ fn survive_restart(b: &mut Broker, p: Protocol) -> R {
 
 /// Runs every probe against `broker` over `proto`.
 pub fn check(broker: &mut Broker, proto: Protocol) -> Report {
-    let mut findings = Vec::new();
-    for s in Semantic::ALL {
+    let findings = Semantic::ALL
+        .iter()
+        .map(|s| probe(broker, proto, *s))
+        .collect();
+    Report {
+        broker: broker.name().to_string(),
+        findings,
+    }
+}
+
+/// Runs one probe.
+pub fn probe(broker: &mut Broker, proto: Protocol, s: Semantic) -> Finding {
+    {
         let r = match s {
             Semantic::QosCapping => qos_capping(broker, proto),
             Semantic::Qos0NotQueued => qos0_not_queued(broker, proto),
@@ -383,7 +394,7 @@ pub fn check(broker: &mut Broker, proto: Protocol) -> Report {
             Semantic::Takeover => takeover(broker, proto),
             Semantic::SessionsSurviveRestart => survive_restart(broker, proto),
         };
-        findings.push(match r {
+        match r {
             Ok((honoured, detail)) => Finding {
                 semantic: s,
                 honoured: Some(honoured),
@@ -394,10 +405,6 @@ pub fn check(broker: &mut Broker, proto: Protocol) -> Report {
                 honoured: None,
                 detail: format!("not probed: {why}"),
             },
-        });
-    }
-    Report {
-        broker: broker.name().to_string(),
-        findings,
+        }
     }
 }
