@@ -201,6 +201,69 @@ pub const ALL: &[Scenario] = &[
         outbox_capacity: 64,
         run: link_blackhole,
     },
+    Scenario {
+        name: "effective_qos",
+        needs: &[Need::Broker, Need::Sim, Need::Semantic(hil_broker::check::Semantic::QosCapping)],
+        about: "QoS 2 commands reach devices subscribed at 0, 1 and 2 at min(publish, subscription); a lower subscription is the QoS mismatch pitfall",
+        keepalive_s: 5,
+        session_expiry_s: 3600,
+        outbox_capacity: 64,
+        run: effective_qos,
+    },
+    Scenario {
+        name: "last_will",
+        needs: &[Need::Broker, Need::LinkFaults, Need::Sim, Need::Semantic(hil_broker::check::Semantic::LastWill)],
+        about: "the Last Will `offline` on a cut link and on a power cut; retained `online` after each recovery",
+        keepalive_s: 5,
+        session_expiry_s: 3600,
+        outbox_capacity: 64,
+        run: last_will,
+    },
+    Scenario {
+        name: "session_expiry",
+        needs: &[Need::Broker, Need::Mqtt5, Need::WifiToggle, Need::Semantic(hil_broker::check::Semantic::SessionExpiry)],
+        about: "offline shorter than the Session Expiry Interval keeps the session; longer loses it, the device re-subscribes and nothing stale runs",
+        keepalive_s: 5,
+        session_expiry_s: 2,
+        outbox_capacity: 64,
+        run: session_expiry,
+    },
+    Scenario {
+        name: "message_expiry",
+        needs: &[Need::Broker, Need::Mqtt5, Need::WifiToggle, Need::Semantic(hil_broker::check::Semantic::MessageExpiry)],
+        about: "a command that expires during the outage is not delivered; a longer-lived one is, with its remaining interval",
+        keepalive_s: 5,
+        session_expiry_s: 3600,
+        outbox_capacity: 64,
+        run: message_expiry,
+    },
+    Scenario {
+        name: "buffer_overflow",
+        needs: &[Need::Broker, Need::WifiToggle, Need::Sim],
+        about: "an outage that overflows the telemetry buffer drops the oldest, counts the drops on the console and in telemetry, flushes the rest in order",
+        keepalive_s: 5,
+        session_expiry_s: 3600,
+        outbox_capacity: 8,
+        run: buffer_overflow,
+    },
+    Scenario {
+        name: "client_id_takeover",
+        needs: &[Need::Broker, Need::Sim, Need::Semantic(hil_broker::check::Semantic::Takeover)],
+        about: "a second device with the same client ID takes the session over; the runner reports the duplicate client ID pitfall",
+        keepalive_s: 5,
+        session_expiry_s: 3600,
+        outbox_capacity: 64,
+        run: client_id_takeover,
+    },
+    Scenario {
+        name: "duplicate_command",
+        needs: &[Need::Broker],
+        about: "a command delivered twice (QoS 1 at-least-once) is acknowledged twice and executed once",
+        keepalive_s: 5,
+        session_expiry_s: 3600,
+        outbox_capacity: 64,
+        run: duplicate_command,
+    },
 ];
 
 pub fn find(name: &str) -> Option<&'static Scenario> {
@@ -853,5 +916,495 @@ fn boot_identity(ctx: &mut Ctx) -> Outcome {
     }
     ctx.t
         .runner(format!("verdict: client ID {id} at boot and in !status"));
+    Ok(())
+}
+
+/// A device of the scenario's fleet: the factory, or a not-applicable failure.
+fn factory<'c>(ctx: &'c Ctx) -> Result<&'c SimFactory, Failure> {
+    ctx.sims
+        .as_ref()
+        .ok_or_else(|| fail("test rig", "this scenario needs sim devices"))
+}
+
+fn cmd_of(e: &Event, want: &str) -> Option<(u8, bool)> {
+    match e {
+        Event::Cmd { id, qos, dup, .. } if id == want => Some((*qos, *dup)),
+        _ => None,
+    }
+}
+
+fn effective_qos(ctx: &mut Ctx) -> Outcome {
+    const P: &str = "delivered QoS = min(publish QoS, subscription QoS)";
+    subscribed(ctx)?;
+    let mut cloud = cloud(ctx, "cloud-qos")?;
+    let mut mismatches = Vec::new();
+    for (n, sub_qos) in [(1u8, 0u8), (2, 1), (3, 2)] {
+        let mac = format!("24:0a:c4:00:40:{n:02x}");
+        let f = factory(ctx)?;
+        let (mut dev, _state) = f
+            .start(&mac, |s| s.cmd_qos = sub_qos)
+            .map_err(|e| fail("test rig", e))?;
+        let id = match dev
+            .expect("id", STEP, |e| matches!(e, Event::Id { .. }))
+            .map_err(on(P))?
+        {
+            Event::Id { client_id } => client_id,
+            _ => unreachable!(),
+        };
+        let granted = match dev
+            .expect("subscription", STEP, |e| {
+                matches!(e, Event::MqttSubscribed { .. })
+            })
+            .map_err(on(P))?
+        {
+            Event::MqttSubscribed { qos, .. } => qos,
+            _ => unreachable!(),
+        };
+        let cid = format!("q{n}-{}", ctx.nonce);
+        cloud
+            .publish(
+                &format!("devices/{id}/cmd"),
+                format!("{{\"id\":\"{cid}\"}}").as_bytes(),
+                2,
+                false,
+            )
+            .map_err(|e| fail(P, format!("cloud publish: {e}")))?;
+        ctx.t.cloud(format!(
+            "publish {cid} qos=2 to a device subscribed at qos={sub_qos} (granted {granted})"
+        ));
+        let got = dev
+            .expect("the command", STEP, |e| cmd_of(e, &cid).is_some())
+            .map_err(on(P))?;
+        let (qos, _) = cmd_of(&got, &cid).unwrap();
+        let want = 2.min(granted);
+        if qos != want {
+            return Err(fail(P, format!("subscription QoS {granted}, publish QoS 2: delivered at QoS {qos}, expected {want}")));
+        }
+        ctx.t.runner(format!(
+            "subscription qos={sub_qos}: delivered at qos={qos}"
+        ));
+        if granted < 2 {
+            mismatches.push(format!(
+                "subscription QoS {granted} < publish QoS 2 -> delivered at QoS {qos}"
+            ));
+        }
+    }
+    for m in &mismatches {
+        // The report's pitfall line: not a failure of the device, a warning to its designers.
+        ctx.t.runner(format!(
+            "pitfall: QoS mismatch: {m}: no end-to-end exactly-once guarantee"
+        ));
+    }
+    Ok(())
+}
+
+fn status_is(
+    cloud: &mut Client,
+    topic: &str,
+    want: &str,
+    within: Duration,
+) -> Result<bool, Failure> {
+    status(cloud, topic, want, within)
+}
+
+fn last_will(ctx: &mut Ctx) -> Outcome {
+    const P: &str = "Last Will `offline` on an ungraceful loss, retained `online` after recovery";
+    let id = client_id(ctx)?;
+    subscribed(ctx)?;
+    let topic = format!("devices/{id}/status");
+    let mut cloud = cloud(ctx, "cloud-will")?;
+    cloud
+        .subscribe(&topic, 1)
+        .map_err(|e| fail("test rig: cloud client", e.to_string()))?;
+    if !status_is(&mut cloud, &topic, "online", STEP)? {
+        return Err(fail(P, "no retained `online` while connected"));
+    }
+    ctx.t.cloud("status online (retained)");
+    // 1. The link is cut (RST both ways).
+    ctx.t.runner("link: cut");
+    ctx.proxy.cut();
+    if !status_is(&mut cloud, &topic, "offline", STEP)? {
+        return Err(fail(P, "no Last Will `offline` after the link was cut"));
+    }
+    ctx.t.cloud("status offline (Last Will after the cut)");
+    connack(ctx, P)?;
+    if !status_is(&mut cloud, &topic, "online", STEP)? {
+        return Err(fail(P, "no `online` after reconnecting"));
+    }
+    ctx.t.cloud("status online");
+    // 2. Power cut: kill -9 of the device.
+    ctx.dut.power_off().map_err(|e| fail("test rig", e))?;
+    // The broker sees the socket close without DISCONNECT.
+    if !status_is(&mut cloud, &topic, "offline", STEP)? {
+        return Err(fail(P, "no Last Will `offline` after a power cut"));
+    }
+    ctx.t
+        .cloud("status offline (Last Will after the power cut)");
+    let f = factory(ctx)?;
+    ctx.dut = f.respawn_main().map_err(|e| fail("test rig", e))?;
+    ctx.t
+        .runner("power restored: the device boots from its flash");
+    connack(ctx, P)?;
+    if !status_is(&mut cloud, &topic, "online", STEP)? {
+        return Err(fail(P, "no `online` after the power came back"));
+    }
+    ctx.t.cloud("status online");
+    let mut late = Client::connect(
+        ctx.broker.addr(ctx.proto),
+        ctx.proto,
+        &ConnectOptions::new("cloud-late-will"),
+    )
+    .map_err(|e| fail("test rig: cloud client", e.to_string()))?;
+    late.subscribe(&topic, 1)
+        .map_err(|e| fail("test rig: cloud client", e.to_string()))?;
+    match late
+        .recv(Instant::now() + STEP)
+        .map_err(|e| fail("test rig", e.to_string()))?
+    {
+        Some(m) if m.retain && m.text() == "online" => {
+            ctx.t.cloud("retained status for a new subscriber: online")
+        }
+        other => {
+            return Err(fail(
+                P,
+                format!(
+                    "retained status for a new subscriber: {:?}",
+                    other.map(|m| m.text())
+                ),
+            ))
+        }
+    }
+    ctx.t
+        .runner("verdict: Will on cut and on power cut, online after each recovery");
+    Ok(())
+}
+
+fn session_expiry(ctx: &mut Ctx) -> Outcome {
+    const P: &str = "session kept within the Session Expiry Interval, lost after it";
+    let id = client_id(ctx)?;
+    subscribed(ctx)?;
+    let topic = format!("devices/{id}/cmd");
+    let mut cloud = cloud(ctx, "cloud-expiry")?;
+    // Short outage: well inside the device's 2 s interval.
+    ctx.dut.command("!wifi off").map_err(on(P))?;
+    let kept = format!("kept-{}", ctx.nonce);
+    cloud
+        .publish(
+            &topic,
+            format!("{{\"id\":\"{kept}\"}}").as_bytes(),
+            1,
+            false,
+        )
+        .map_err(|e| fail(P, e.to_string()))?;
+    ctx.t
+        .cloud(format!("publish {kept} qos=1 during a short outage"));
+    ctx.dut.command("!wifi on").map_err(on(P))?;
+    if !connack(ctx, P)? {
+        return Err(fail(
+            P,
+            "session_present=0 after an outage shorter than the Session Expiry Interval",
+        ));
+    }
+    ctx.dut
+        .expect("the queued command", STEP, |e| cmd_of(e, &kept).is_some())
+        .map_err(on(P))?;
+    // Long outage: past the interval (the interval is the scenario's parameter).
+    ctx.dut.command("!wifi off").map_err(on(P))?;
+    let stale = format!("stale-{}", ctx.nonce);
+    cloud
+        .publish(
+            &topic,
+            format!("{{\"id\":\"{stale}\"}}").as_bytes(),
+            1,
+            false,
+        )
+        .map_err(|e| fail(P, e.to_string()))?;
+    ctx.t.cloud(format!(
+        "publish {stale} qos=1, then stay offline past the 2 s interval"
+    ));
+    let until = Instant::now() + Duration::from_millis(3500);
+    let _ = ctx
+        .dut
+        .expect("", Duration::from_millis(3500), |_| Instant::now() >= until);
+    ctx.dut.command("!wifi on").map_err(on(P))?;
+    if connack(ctx, P)? {
+        return Err(fail(
+            P,
+            "session_present=1 after an outage longer than the Session Expiry Interval",
+        ));
+    }
+    subscribed(ctx)?;
+    sentinel(ctx, &mut cloud, &topic, P)?;
+    if ctx.dut.seen.iter().any(|e| cmd_of(e, &stale).is_some()) {
+        return Err(fail(P, "a command from the expired session was executed"));
+    }
+    ctx.t.runner("verdict: kept within the interval, expired after it, re-subscribed, nothing stale executed");
+    Ok(())
+}
+
+fn message_expiry(ctx: &mut Ctx) -> Outcome {
+    const P: &str =
+        "expired commands are not delivered; live ones arrive with their remaining interval";
+    let id = client_id(ctx)?;
+    subscribed(ctx)?;
+    let topic = format!("devices/{id}/cmd");
+    let mut cloud = cloud(ctx, "cloud-msg-expiry")?;
+    ctx.dut.command("!wifi off").map_err(on(P))?;
+    let (short, long) = (
+        format!("short-{}", ctx.nonce),
+        format!("long-{}", ctx.nonce),
+    );
+    cloud
+        .publish_with_expiry(
+            &topic,
+            format!("{{\"id\":\"{short}\"}}").as_bytes(),
+            1,
+            false,
+            Some(1),
+        )
+        .map_err(|e| fail(P, e.to_string()))?;
+    cloud
+        .publish_with_expiry(
+            &topic,
+            format!("{{\"id\":\"{long}\"}}").as_bytes(),
+            1,
+            false,
+            Some(300),
+        )
+        .map_err(|e| fail(P, e.to_string()))?;
+    ctx.t.cloud(format!(
+        "publish {short} (expiry 1 s) and {long} (expiry 300 s) while the device is offline"
+    ));
+    let until = Instant::now() + Duration::from_millis(2500);
+    let _ = ctx
+        .dut
+        .expect("", Duration::from_millis(2500), |_| Instant::now() >= until);
+    ctx.dut.command("!wifi on").map_err(on(P))?;
+    connack(ctx, P)?;
+    ctx.dut
+        .expect("the long-lived command", STEP, |e| {
+            cmd_of(e, &long).is_some()
+        })
+        .map_err(on(P))?;
+    sentinel(ctx, &mut cloud, &topic, P)?;
+    if ctx.dut.seen.iter().any(|e| cmd_of(e, &short).is_some()) {
+        return Err(fail(
+            P,
+            "the command whose 1 s expiry passed during the outage was delivered",
+        ));
+    }
+    let remaining = ctx
+        .proxy
+        .wire()
+        .packets(Dir::Down)
+        .into_iter()
+        .find_map(|p| match p {
+            Packet::Publish {
+                payload, expiry, ..
+            } if payload.contains(&long) => Some(expiry),
+            _ => None,
+        });
+    match remaining {
+        Some(Some(e)) if e < 300 && e >= 290 => ctx.t.runner("the long-lived command arrived with its remaining interval"),
+        other => return Err(fail(P, format!("the long-lived command arrived with expiry {other:?}, expected the remaining part of 300 s"))),
+    }
+    ctx.t
+        .note(format!("remaining interval on delivery: {remaining:?}"));
+    Ok(())
+}
+
+fn buffer_overflow(ctx: &mut Ctx) -> Outcome {
+    const P: &str = "a bounded telemetry buffer drops the oldest and counts every drop";
+    let id = client_id(ctx)?;
+    subscribed(ctx)?;
+    let mut cloud = cloud(ctx, "cloud-overflow")?;
+    cloud
+        .subscribe(&format!("devices/{id}/telemetry"), 1)
+        .map_err(|e| fail(P, e.to_string()))?;
+    let cap = 8u32;
+    let taken = 20u32;
+    ctx.dut.command("!wifi off").map_err(on(P))?;
+    ctx.dut
+        .command(&format!("!telemetry {taken}"))
+        .map_err(on(P))?;
+    ctx.dut.drain();
+    let depth_max = ctx
+        .dut
+        .seen
+        .iter()
+        .filter_map(|e| match e {
+            Event::TelemetryBuffered { depth, .. } => Some(*depth),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    if depth_max > cap {
+        return Err(fail("bounded buffer (drop oldest)", format!("the buffer grew to {depth_max} readings; its capacity is {cap}: memory is unbounded")));
+    }
+    let dropped: Vec<u32> = ctx
+        .dut
+        .seen
+        .iter()
+        .filter_map(|e| match e {
+            Event::TelemetryDropped { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .collect();
+    if dropped.len() as u32 != taken - cap {
+        return Err(fail(
+            P,
+            format!(
+                "{} drops reported on the console, expected {}",
+                dropped.len(),
+                taken - cap
+            ),
+        ));
+    }
+    if dropped.windows(2).any(|w| w[1] <= w[0]) {
+        return Err(fail(P, format!("drops not oldest-first: {dropped:?}")));
+    }
+    ctx.dut.command("!wifi on").map_err(on(P))?;
+    let deadline = Instant::now() + STEP;
+    let mut got: Vec<(u32, u32)> = Vec::new();
+    let mut new_reading_taken = false;
+    while got.len() < (cap + 1) as usize {
+        if got.len() == cap as usize && !new_reading_taken {
+            // The buffer has flushed: one more reading, which reports the drops.
+            ctx.dut.command("!telemetry 1").map_err(on(P))?;
+            new_reading_taken = true;
+        }
+        let Some(m) = cloud.recv(deadline).map_err(|e| fail(P, e.to_string()))? else {
+            return Err(fail(
+                P,
+                format!(
+                    "only {} readings arrived after the outage: {got:?}",
+                    got.len()
+                ),
+            ));
+        };
+        let text = m.text();
+        let seq = telemetry_seq(&text).ok_or_else(|| fail(P, format!("no seq in {text}")))?;
+        let d = text
+            .split("\"dropped\":")
+            .nth(1)
+            .and_then(|r| {
+                r.chars()
+                    .take_while(|c| c.is_ascii_digit())
+                    .collect::<String>()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0);
+        if !got.iter().any(|(s, _)| *s == seq) {
+            got.push((seq, d));
+        }
+        ctx.t.cloud(format!("telemetry {text}"));
+    }
+    let seqs: Vec<u32> = got.iter().map(|(s, _)| *s).collect();
+    let first_kept = dropped.last().map(|s| s + 1).unwrap_or(1);
+    let want: Vec<u32> = (first_kept..=first_kept + cap).collect();
+    if seqs != want {
+        return Err(fail(P, format!("after the outage the cloud got seq {seqs:?}, expected the newest {cap} then the new reading: {want:?}")));
+    }
+    let reported = got.last().map(|(_, d)| *d).unwrap_or(0);
+    if reported != taken - cap {
+        return Err(fail(
+            P,
+            format!(
+                "the next reading reports {reported} drops, the device dropped {}",
+                taken - cap
+            ),
+        ));
+    }
+    ctx.t.runner(format!("verdict: {} dropped oldest-first, counted on the console and in telemetry; the newest {cap} flushed in order", taken - cap));
+    Ok(())
+}
+
+fn client_id_takeover(ctx: &mut Ctx) -> Outcome {
+    const P: &str = "the runner detects a duplicate client ID";
+    let id = client_id(ctx)?;
+    subscribed(ctx)?;
+    // A second device with the same MAC: a cloned board, or a random-ID fallback gone wrong.
+    let mac = ctx
+        .sims
+        .as_ref()
+        .map(|f| f.spec.mac.clone())
+        .unwrap_or_default();
+    let f = factory(ctx)?;
+    let (mut twin, _state) = f.start(&mac, |_| {}).map_err(|e| fail("test rig", e))?;
+    twin.expect("the twin's CONNACK", STEP, |e| {
+        matches!(e, Event::MqttConnack { .. })
+    })
+    .map_err(on(P))?;
+    ctx.t.runner(format!("a second device connected as {id}"));
+    let dropped = ctx
+        .dut
+        .expect("the first device to be dropped", STEP, |e| {
+            matches!(e, Event::MqttDisconnected { .. })
+        })
+        .map_err(|_| fail(P, "the broker did not drop the first connection"))?;
+    ctx.t.runner(format!("first device: {dropped:?}"));
+    // Seen from the wire: two live connections announced the same client ID.
+    let connects = ctx
+        .proxy
+        .wire()
+        .packets(Dir::Up)
+        .into_iter()
+        .filter(|p| matches!(p, Packet::Connect { client_id, .. } if *client_id == id))
+        .count();
+    if connects < 2 {
+        return Err(fail(
+            P,
+            format!("expected two CONNECTs with {id} on the wire, saw {connects}"),
+        ));
+    }
+    ctx.t.runner(format!(
+        "pitfall: random/duplicate client ID: two devices share {id}; the broker hands the session to whichever connected last, and they take it from each other on every reconnect"
+    ));
+    drop(twin);
+    Ok(())
+}
+
+fn duplicate_command(ctx: &mut Ctx) -> Outcome {
+    const P: &str = "a redelivered command is executed once (de-duplication by command id)";
+    let id = client_id(ctx)?;
+    subscribed(ctx)?;
+    let topic = format!("devices/{id}/cmd");
+    let mut cloud = cloud(ctx, "cloud-dup")?;
+    let cid = format!("d1-{}", ctx.nonce);
+    // What a device sees when its PUBACK was lost: the same command again.
+    for n in 1..=2 {
+        cloud
+            .publish(
+                &topic,
+                format!("{{\"id\":\"{cid}\",\"do\":\"open-valve\"}}").as_bytes(),
+                1,
+                false,
+            )
+            .map_err(|e| fail(P, e.to_string()))?;
+        ctx.t.cloud(format!("publish {cid} qos=1 (delivery {n})"));
+    }
+    sentinel(ctx, &mut cloud, &topic, P)?;
+    let executed = executed(&ctx.dut).iter().filter(|i| **i == cid).count();
+    let duplicates = ctx
+        .dut
+        .seen
+        .iter()
+        .filter(|e| matches!(e, Event::CmdDuplicate { id, .. } if *id == cid))
+        .count();
+    if executed != 1 {
+        return Err(fail(
+            P,
+            format!("{cid} executed {executed} times: QoS 1 duplicates must not run twice"),
+        ));
+    }
+    if duplicates != 1 {
+        return Err(fail(
+            P,
+            format!("the second delivery of {cid} was not reported as a duplicate"),
+        ));
+    }
+    ctx.t
+        .runner("verdict: executed once, the redelivery acknowledged and reported as a duplicate");
     Ok(())
 }

@@ -26,7 +26,6 @@ pub struct Entry {
 pub struct OutboxSnapshot {
     pub next_seq: u32,
     pub dropped_total: u32,
-    pub dropped_unreported: u32,
     pub entries: Vec<Entry>,
 }
 
@@ -36,8 +35,6 @@ pub struct Outbox {
     queue: VecDeque<Entry>,
     next_seq: u32,
     dropped_total: u32,
-    /// Drops not yet reported in a telemetry payload.
-    dropped_unreported: u32,
 }
 
 /// Result of [`Outbox::push`].
@@ -57,7 +54,6 @@ impl Outbox {
             queue: VecDeque::new(),
             next_seq: 1,
             dropped_total: 0,
-            dropped_unreported: 0,
         }
     }
 
@@ -65,7 +61,6 @@ impl Outbox {
         let mut o = Outbox::new(capacity);
         o.next_seq = snap.next_seq.max(1);
         o.dropped_total = snap.dropped_total;
-        o.dropped_unreported = snap.dropped_unreported;
         o.queue = snap.entries.into();
         if let Some(cap) = o.capacity {
             while o.queue.len() > cap {
@@ -79,7 +74,6 @@ impl Outbox {
         OutboxSnapshot {
             next_seq: self.next_seq,
             dropped_total: self.dropped_total,
-            dropped_unreported: self.dropped_unreported,
             entries: self.queue.iter().cloned().collect(),
         }
     }
@@ -100,18 +94,18 @@ impl Outbox {
         self.next_seq
     }
 
-    /// Queues a reading; `make` builds the payload from (seq, drops to report).
+    /// Queues a reading; `make` builds the payload from (seq, drops so far).
+    /// Every reading carries the running total: a count carried only by the
+    /// next reading would vanish whenever that reading is dropped too.
     pub fn push(&mut self, make: impl FnOnce(u32, u32) -> String) -> Pushed {
         let seq = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(1).max(1);
-        let payload = make(seq, self.dropped_unreported);
-        self.dropped_unreported = 0;
+        let payload = make(seq, self.dropped_total);
         let mut dropped = None;
         if let Some(cap) = self.capacity {
             if self.queue.len() >= cap {
                 dropped = self.queue.pop_front();
                 self.dropped_total = self.dropped_total.saturating_add(1);
-                self.dropped_unreported = self.dropped_unreported.saturating_add(1);
             }
         }
         self.queue.push_back(Entry {
@@ -179,7 +173,7 @@ mod tests {
         assert_eq!(r.depth, 3);
         let r = o.push(p);
         assert_eq!(r.dropped.unwrap().seq, 2);
-        // each drop is reported once, by the reading after it
+        // every reading carries the running total of drops before it
         o.push(p);
         let payloads: Vec<&str> = o.entries().map(|e| e.payload.as_str()).collect();
         assert_eq!(
@@ -187,7 +181,7 @@ mod tests {
             [
                 "{\"seq\":4,\"dropped\":0}",
                 "{\"seq\":5,\"dropped\":1}",
-                "{\"seq\":6,\"dropped\":1}"
+                "{\"seq\":6,\"dropped\":2}"
             ]
         );
         assert_eq!(o.dropped_total(), 3);

@@ -87,7 +87,6 @@ mod tests {
         let r = Record::Outbox(OutboxSnapshot {
             next_seq: 9,
             dropped_total: 1,
-            dropped_unreported: 1,
             entries: vec![Entry {
                 seq: 8,
                 payload: "{}".into(),
