@@ -1205,7 +1205,7 @@ fn message_expiry(ctx: &mut Ctx) -> Outcome {
             _ => None,
         });
     match remaining {
-        Some(Some(e)) if e < 300 && e >= 290 => ctx.t.runner("the long-lived command arrived with its remaining interval"),
+        Some(Some(e)) if (290..300).contains(&e) => ctx.t.runner("the long-lived command arrived with its remaining interval"),
         other => return Err(fail(P, format!("the long-lived command arrived with expiry {other:?}, expected the remaining part of 300 s"))),
     }
     ctx.t
