@@ -264,6 +264,15 @@ pub const ALL: &[Scenario] = &[
         outbox_capacity: 64,
         run: duplicate_command,
     },
+    Scenario {
+        name: "reconnect_storm",
+        needs: &[Need::Broker, Need::Sim, Need::BrokerRestart],
+        about: "50 devices lose the broker at once: jittered backoff spreads their reconnects; every device reconnects and gets its command",
+        keepalive_s: 10,
+        session_expiry_s: 3600,
+        outbox_capacity: 64,
+        run: reconnect_storm,
+    },
 ];
 
 pub fn find(name: &str) -> Option<&'static Scenario> {
@@ -1406,5 +1415,149 @@ fn duplicate_command(ctx: &mut Ctx) -> Outcome {
     }
     ctx.t
         .runner("verdict: executed once, the redelivery acknowledged and reported as a duplicate");
+    Ok(())
+}
+
+/// A text histogram of instants, in `bucket` slots from `start`.
+fn histogram(times: &[Instant], start: Instant, bucket: Duration) -> (Vec<usize>, String) {
+    let slot = |t: &Instant| {
+        (t.saturating_duration_since(start).as_millis() / bucket.as_millis()) as usize
+    };
+    let n = times.iter().map(slot).max().unwrap_or(0) + 1;
+    let mut counts = vec![0usize; n];
+    for t in times {
+        counts[slot(t)] += 1;
+    }
+    let mut text = String::new();
+    for (i, c) in counts.iter().enumerate() {
+        let from = i as u128 * bucket.as_millis();
+        text.push_str(&format!(
+            "{:>6}-{:<6} ms {:>3} {}\n",
+            from,
+            from + bucket.as_millis(),
+            c,
+            "#".repeat(*c)
+        ));
+    }
+    (counts, text)
+}
+
+fn reconnect_storm(ctx: &mut Ctx) -> Outcome {
+    const P: &str = "jitter spreads reconnects (no thundering herd)";
+    const FLEET: usize = 50;
+    subscribed(ctx)?;
+    let f = factory(ctx)?;
+    let mut fleet = Vec::new();
+    for n in 0..FLEET {
+        let mac = format!("24:0a:c4:00:{:02x}:{:02x}", 0x50 + n / 256, n % 256);
+        let (dev, state) = f
+            .start(&mac, |s| {
+                s.backoff_base_ms = 1000;
+                s.backoff_cap_ms = 8000;
+            })
+            .map_err(|e| fail("test rig", e))?;
+        fleet.push((dev, state, String::new()));
+    }
+    for (dev, _, id) in fleet.iter_mut() {
+        *id = match dev
+            .expect("id", STEP, |e| matches!(e, Event::Id { .. }))
+            .map_err(on(P))?
+        {
+            Event::Id { client_id } => client_id,
+            _ => unreachable!(),
+        };
+        dev.expect("subscription", STEP, |e| {
+            matches!(e, Event::MqttSubscribed { .. })
+        })
+        .map_err(on(P))?;
+    }
+    ctx.t.runner(format!("{FLEET} devices online"));
+    let killed = Instant::now();
+    ctx.t.runner("broker: kill -9");
+    ctx.broker.stop(Restart::Kill);
+    let down = Duration::from_millis(1500);
+    let until = Instant::now() + down;
+    let _ = ctx.dut.expect("", down, |_| Instant::now() >= until);
+    ctx.t.runner("broker: start again");
+    ctx.broker
+        .start_again()
+        .map_err(|e| fail("test rig: broker restarts", e.to_string()))?;
+    let mut cloud = cloud(ctx, "cloud-storm")?;
+    let cid = format!("storm-{}", ctx.nonce);
+    for (dev, _, id) in fleet.iter_mut() {
+        let sp = match dev
+            .expect("reconnect", STEP, |e| {
+                matches!(e, Event::MqttConnack { .. })
+            })
+            .map_err(on(P))?
+        {
+            Event::MqttConnack {
+                session_present, ..
+            } => session_present,
+            _ => unreachable!(),
+        };
+        if !sp {
+            dev.expect("re-subscription", STEP, |e| {
+                matches!(e, Event::MqttSubscribed { .. })
+            })
+            .map_err(on(
+                "re-subscribe when the broker lost the session (session_present=0)",
+            ))?;
+        }
+        cloud
+            .publish(
+                &format!("devices/{id}/cmd"),
+                format!("{{\"id\":\"{cid}\"}}").as_bytes(),
+                1,
+                false,
+            )
+            .map_err(|e| fail(P, e.to_string()))?;
+        dev.expect("its command after the restart", STEP, |e| {
+            cmd_of(e, &cid).is_some()
+        })
+        .map_err(on(P))?;
+    }
+    ctx.t.runner(format!(
+        "all {FLEET} devices reconnected and executed their command"
+    ));
+    // Connection attempts after the loss, as the wire tap saw them; the main
+    // device's first one is among them, so take the first FLEET + 1.
+    let attempts: Vec<Instant> = ctx
+        .proxy
+        .wire()
+        .records()
+        .into_iter()
+        .filter(|r| r.at > killed && matches!(r.event, crate::faults::WireEvent::Attempt { .. }))
+        .map(|r| r.at)
+        .collect();
+    let firsts: Vec<Instant> = attempts.iter().take(FLEET + 1).copied().collect();
+    let (counts, text) = histogram(&firsts, killed, Duration::from_millis(100));
+    ctx.t.note(format!(
+        "first reconnect attempts after the kill (100 ms buckets):\n{text}"
+    ));
+    let (_, all) = histogram(&attempts, killed, Duration::from_millis(250));
+    ctx.t.note(format!(
+        "all connection attempts after the kill (250 ms buckets):\n{all}"
+    ));
+    if firsts.len() < FLEET {
+        return Err(fail(
+            P,
+            format!(
+                "only {} of {FLEET} devices tried to reconnect",
+                firsts.len()
+            ),
+        ));
+    }
+    let peak = counts.iter().copied().max().unwrap_or(0);
+    if peak * 2 > FLEET {
+        return Err(fail(
+            P,
+            format!(
+                "{peak} of {} first reconnects fell in the same 100 ms: a thundering herd\n{text}",
+                firsts.len()
+            ),
+        ));
+    }
+    ctx.t.runner(format!("verdict: first reconnects spread: no 100 ms slot holds more than half of the {FLEET} devices"));
     Ok(())
 }

@@ -84,7 +84,8 @@ scenarios!(
     message_expiry,
     buffer_overflow,
     client_id_takeover,
-    duplicate_command
+    duplicate_command,
+    reconnect_storm
 );
 
 mod negative_control {
@@ -112,6 +113,11 @@ mod negative_control {
     #[test]
     fn no_jitter() {
         caught("broker_restart", "no-jitter", "jitter");
+    }
+
+    #[test]
+    fn no_jitter_in_a_fleet() {
+        caught("reconnect_storm", "no-jitter", "thundering herd");
     }
 
     #[test]
