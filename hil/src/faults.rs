@@ -91,6 +91,9 @@ struct State {
     next_conn: u32,
     /// (device side, broker side) of every live connection.
     conns: Vec<(TcpStream, TcpStream)>,
+    /// Cut the link right after forwarding a broker-to-device PUBLISH whose
+    /// payload contains one of these markers (each marker once).
+    cut_after: Vec<String>,
 }
 
 pub struct FaultProxy {
@@ -193,6 +196,13 @@ impl FaultProxy {
         self.state.lock().unwrap().refuse = on;
     }
 
+    /// Cuts the link (RST both ways) right after the broker's PUBLISH carrying
+    /// each marker has been forwarded to the device: the message may or may
+    /// not be processed, and its acknowledgement is lost.
+    pub fn cut_after_publishes(&self, markers: Vec<String>) {
+        self.state.lock().unwrap().cut_after = markers;
+    }
+
     /// Delays every forwarded chunk by `d` (each direction).
     pub fn latency(&self, d: Duration) {
         self.state.lock().unwrap().latency = d;
@@ -237,7 +247,19 @@ fn pump(
                     if blackhole {
                         continue;
                     }
+                    let mut cut = false;
                     for packet in dec.feed(&buf[..n]) {
+                        if let (Dir::Down, Packet::Publish { payload, .. }) = (dec.dir(), &packet) {
+                            let mut s = st.lock().unwrap();
+                            if let Some(i) = s
+                                .cut_after
+                                .iter()
+                                .position(|m| payload.contains(m.as_str()))
+                            {
+                                s.cut_after.swap_remove(i);
+                                cut = true;
+                            }
+                        }
                         log.push(WireEvent::Packet {
                             conn,
                             dir: dec.dir(),
@@ -249,6 +271,15 @@ fn pump(
                         std::thread::sleep(latency);
                     }
                     if to.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                    if cut {
+                        log.transcript.push(
+                            Source::Note,
+                            format!("#{conn} link cut after a marked PUBLISH"),
+                        );
+                        reset(&to);
+                        reset(&from);
                         return;
                     }
                 }

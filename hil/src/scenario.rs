@@ -273,6 +273,21 @@ pub const ALL: &[Scenario] = &[
         outbox_capacity: 64,
         run: reconnect_storm,
     },
+    Scenario {
+        name: "qos_lab",
+        needs: &[
+            Need::Broker,
+            Need::Sim,
+            Need::LinkFaults,
+            Need::Semantic(hil_broker::check::Semantic::QosCapping),
+            Need::Semantic(hil_broker::check::Semantic::DupOnRedelivery),
+        ],
+        about: "100 commands per QoS over a link cut at seeded random points (20 %): a table of delivered, lost and duplicated per QoS",
+        keepalive_s: 10,
+        session_expiry_s: 3600,
+        outbox_capacity: 64,
+        run: qos_lab,
+    },
 ];
 
 pub fn find(name: &str) -> Option<&'static Scenario> {
@@ -1559,5 +1574,164 @@ fn reconnect_storm(ctx: &mut Ctx) -> Outcome {
         ));
     }
     ctx.t.runner(format!("verdict: first reconnects spread: no 100 ms slot holds more than half of the {FLEET} devices"));
+    Ok(())
+}
+
+fn qos_lab(ctx: &mut Ctx) -> Outcome {
+    const P: &str = "QoS 0 may lose, QoS 1 duplicates only with DUP, QoS 2 exactly once";
+    const N: usize = 100;
+    subscribed(ctx)?;
+    let f = factory(ctx)?;
+    // The lab device subscribes at QoS 2, so the delivered QoS is the publisher's.
+    let (mut dev, _state) = f
+        .start("24:0a:c4:00:60:01", |s| s.cmd_qos = 2)
+        .map_err(|e| fail("test rig", e))?;
+    let id = match dev
+        .expect("id", STEP, |e| matches!(e, Event::Id { .. }))
+        .map_err(on(P))?
+    {
+        Event::Id { client_id } => client_id,
+        _ => unreachable!(),
+    };
+    dev.expect("subscription", STEP, |e| {
+        matches!(e, Event::MqttSubscribed { qos: 2, .. })
+    })
+    .map_err(on(P))?;
+    let topic = format!("devices/{id}/cmd");
+    let mut cloud = cloud(ctx, "cloud-lab")?;
+    let mut table = String::from("qos  sent  delivered  lost  duplicated  duplicates-with-DUP\n");
+    let mut verdicts = Vec::new();
+    for qos in [0u8, 1, 2] {
+        let ids: Vec<String> = (0..N)
+            .map(|k| format!("lab-q{qos}-{k}-{}", ctx.nonce))
+            .collect();
+        // Seeded: the same 20 % of messages are hit on every run.
+        let mut rng = hil_session::backoff::SplitMix64(0x1ab + qos as u64);
+        let mut hit: Vec<usize> = (0..N).collect();
+        for i in (1..N).rev() {
+            let j = (hil_session::RandomSource::next_u32(&mut rng) as usize) % (i + 1);
+            hit.swap(i, j);
+        }
+        let markers: Vec<String> = hit[..N / 5]
+            .iter()
+            .map(|k| format!("\"{}\"", ids[*k]))
+            .collect();
+        ctx.proxy.cut_after_publishes(markers);
+        // Paced like the reference lab: one message at a time; after a cut the
+        // next waits until the device is back, so a cut hits only its message.
+        let wait = if qos == 0 {
+            Duration::from_millis(300)
+        } else {
+            Duration::from_secs(5)
+        };
+        for cid in &ids {
+            let mark = dev.seen.len();
+            cloud
+                .publish(
+                    &topic,
+                    format!("{{\"id\":\"{cid}\"}}").as_bytes(),
+                    qos,
+                    false,
+                )
+                .map_err(|e| fail(P, format!("cloud publish: {e}")))?;
+            let _ = dev.expect("the message", wait, |e| {
+                cmd_of(e, cid).is_some() || matches!(e, Event::CmdDuplicate { id, .. } if id == cid)
+            });
+            let cut = dev.seen[mark..]
+                .iter()
+                .any(|e| matches!(e, Event::MqttDisconnected { .. }));
+            let back = dev.seen[mark..]
+                .iter()
+                .rev()
+                .take_while(|e| !matches!(e, Event::MqttDisconnected { .. }))
+                .any(|e| matches!(e, Event::MqttConnack { .. }));
+            if cut && !back {
+                dev.expect(
+                    "the device back after the cut",
+                    Duration::from_secs(10),
+                    |e| matches!(e, Event::MqttConnack { .. }),
+                )
+                .map_err(on(P))?;
+            }
+        }
+        // A QoS 1 sentinel after the 100: every delivery or redelivery before it has happened.
+        let end = format!("lab-end-q{qos}-{}", ctx.nonce);
+        cloud
+            .publish(&topic, format!("{{\"id\":\"{end}\"}}").as_bytes(), 1, false)
+            .map_err(|e| fail(P, e.to_string()))?;
+        dev.expect("the end of the batch", Duration::from_secs(60), |e| {
+            cmd_of(e, &end).is_some()
+        })
+        .map_err(on(P))?;
+        ctx.proxy.cut_after_publishes(Vec::new());
+        let deliveries = |cid: &str| {
+            dev.seen
+                .iter()
+                .filter(|e| matches!(e, Event::Cmd { id, .. } | Event::CmdDuplicate { id, .. } if id == cid))
+                .count()
+        };
+        let counts: Vec<usize> = ids.iter().map(|c| deliveries(c)).collect();
+        let delivered = counts.iter().filter(|c| **c > 0).count();
+        let lost = N - delivered;
+        let duplicated: usize = counts.iter().map(|c| c.saturating_sub(1)).sum();
+        // Duplicates seen on the wire: broker-to-device PUBLISHes of an id after its first.
+        let wire = ctx.proxy.wire().packets(Dir::Down);
+        let mut dup_flagged = 0;
+        let mut dup_unflagged = 0;
+        for cid in &ids {
+            let marker = format!("\"{cid}\"");
+            let sends: Vec<bool> = wire
+                .iter()
+                .filter_map(|p| match p {
+                    Packet::Publish { payload, dup, .. } if payload.contains(&marker) => Some(*dup),
+                    _ => None,
+                })
+                .collect();
+            for d in sends.iter().skip(1) {
+                if *d {
+                    dup_flagged += 1;
+                } else {
+                    dup_unflagged += 1;
+                }
+            }
+        }
+        table.push_str(&format!(
+            "{qos:>3}  {N:>4}  {delivered:>9}  {lost:>4}  {duplicated:>10}  {dup_flagged}/{}\n",
+            dup_flagged + dup_unflagged
+        ));
+        let verdict = match qos {
+            0 if duplicated > 0 => Err(format!("QoS 0 delivered {duplicated} duplicates")),
+            0 => Ok(format!(
+                "QoS 0: at most once ({} lost is expected)",
+                if lost > 0 { "some" } else { "none" }
+            )),
+            1 if lost > 0 => Err(format!("QoS 1 lost {lost} of {N}")),
+            1 if dup_unflagged > 0 => {
+                Err(format!("QoS 1 resent {dup_unflagged} messages without DUP"))
+            }
+            1 => Ok("QoS 1: none lost; every resend carried DUP".to_string()),
+            _ if lost > 0 => Err(format!("QoS 2 lost {lost} of {N}")),
+            _ if duplicated > 0 => Err(format!(
+                "QoS 2 delivered {duplicated} duplicates to the application"
+            )),
+            _ => Ok("QoS 2: exactly once".to_string()),
+        };
+        match verdict {
+            Ok(v) => verdicts.push(v),
+            Err(e) => {
+                ctx.t.note(format!(
+                    "QoS lab ({}% of messages hit by a cut):\n{table}",
+                    20
+                ));
+                return Err(fail(P, format!("{e}\n{table}")));
+            }
+        }
+    }
+    ctx.t.note(format!(
+        "QoS lab, 20 % of messages hit by a link cut (seeded):\n{table}"
+    ));
+    for v in verdicts {
+        ctx.t.runner(v);
+    }
     Ok(())
 }

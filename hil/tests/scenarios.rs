@@ -85,7 +85,8 @@ scenarios!(
     buffer_overflow,
     client_id_takeover,
     duplicate_command,
-    reconnect_storm
+    reconnect_storm,
+    qos_lab
 );
 
 mod negative_control {
