@@ -52,9 +52,20 @@ impl Console {
         writer: Box<dyn Write + Send>,
         transcript: &Transcript,
     ) -> Console {
+        Console::tagged(reader, writer, transcript, Source::Device)
+    }
+
+    /// A console whose lines are recorded under `source` (extra fleet devices
+    /// use `Source::Fleet`, kept out of the normalised transcript).
+    pub fn tagged(
+        reader: Box<dyn Read + Send>,
+        writer: Box<dyn Write + Send>,
+        transcript: &Transcript,
+        source: Source,
+    ) -> Console {
         let (tx, events) = mpsc::channel();
         let t = transcript.clone();
-        std::thread::spawn(move || read_console(reader, t, tx));
+        std::thread::spawn(move || read_console(reader, t, tx, source));
         Console {
             writer,
             events,
@@ -156,7 +167,12 @@ impl Console {
     }
 }
 
-fn read_console(mut reader: Box<dyn Read + Send>, t: Transcript, tx: mpsc::Sender<Event>) {
+fn read_console(
+    mut reader: Box<dyn Read + Send>,
+    t: Transcript,
+    tx: mpsc::Sender<Event>,
+    source: Source,
+) {
     let mut splitter = LineSplitter::new(MAX_LINE);
     let mut buf = [0u8; 4096];
     loop {
@@ -166,13 +182,13 @@ fn read_console(mut reader: Box<dyn Read + Send>, t: Transcript, tx: mpsc::Sende
                 let mut closed = false;
                 splitter.feed(&buf[..n], &mut |line| match line {
                     Ok(line) => {
-                        t.push(Source::Device, line.clone());
+                        t.push(source, line.clone());
                         if let Ok(e) = Event::parse(&line) {
                             closed |= tx.send(e).is_err();
                         }
                     }
                     // Garbage on the line is recorded and skipped, never fatal.
-                    Err(e) => t.push(Source::Device, format!("<unreadable line: {e}>")),
+                    Err(e) => t.push(source, format!("<unreadable line: {e}>")),
                 });
                 if closed {
                     return;
@@ -271,6 +287,16 @@ impl Dut {
         state_dir: &Path,
         transcript: &Transcript,
     ) -> Result<Dut, String> {
+        Dut::start_sim_as(spec, state_dir, transcript, Source::Device)
+    }
+
+    /// A sim device whose console lines are recorded under `source`.
+    pub fn start_sim_as(
+        spec: &SimSpec,
+        state_dir: &Path,
+        transcript: &Transcript,
+        source: Source,
+    ) -> Result<Dut, String> {
         let mut cmd = Process::new(&spec.hil_exe);
         cmd.arg("sim")
             .args([
@@ -298,13 +324,17 @@ impl Dut {
             cmd.args(["--bug", b]);
         }
         let (child, path) = spawn_pty_device(cmd, &spec.hil_exe)?;
-        transcript.runner(format!("sim device console on {path}"));
+        if source == Source::Device {
+            transcript.runner(format!("sim device console on {path}"));
+        } else {
+            transcript.note(format!("fleet device {} console on {path}", spec.mac));
+        }
         let port = open_port(&path, transcript)?;
         let reader = port
             .try_clone()
             .map_err(|e| format!("cannot clone {path}: {e}"))?;
         Ok(Dut {
-            console: Console::new(Box::new(reader), Box::new(port), transcript),
+            console: Console::tagged(Box::new(reader), Box::new(port), transcript, source),
             caps: SIM_CAPS,
             backend: "sim",
             handle: Handle::Process(child),
@@ -422,7 +452,7 @@ fn spawn_pty_device(mut cmd: Process, exe: &Path) -> Result<(Child, String), Str
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| format!("cannot start the sim device ({}): {e}", exe.display()))?;
     let mut stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?);

@@ -123,7 +123,12 @@ impl SimFactory {
         spec.mac = mac.into();
         edit(&mut spec);
         let state = crate::run::TempDir::new()?;
-        let dut = Dut::start_sim(&spec, state.path(), &self.transcript)?;
+        let dut = Dut::start_sim_as(
+            &spec,
+            state.path(),
+            &self.transcript,
+            crate::transcript::Source::Fleet,
+        )?;
         Ok((dut, state))
     }
 
@@ -938,6 +943,10 @@ fn boot_identity(ctx: &mut Ctx) -> Outcome {
             format!("!status reports client ID {reported:?}, the boot said {id}"),
         ));
     }
+    if ctx.dut.caps.reaches_broker {
+        // Let the connection settle so the transcript is the same every run.
+        connack(ctx, P)?;
+    }
     ctx.t
         .runner(format!("verdict: client ID {id} at boot and in !status"));
     Ok(())
@@ -1293,7 +1302,15 @@ fn buffer_overflow(ctx: &mut Ctx) -> Outcome {
     let mut new_reading_taken = false;
     while got.len() < (cap + 1) as usize {
         if got.len() == cap as usize && !new_reading_taken {
-            // The buffer has flushed: one more reading, which reports the drops.
+            // The buffer has flushed (the device has its PUBACKs, so the new
+            // reading drops nothing): one more reading, which reports the drops.
+            let last = dropped.last().map(|s| s + cap).unwrap_or(cap);
+            let acked = |e: &Event| matches!(e, Event::TelemetryAcked { seq } if *seq == last);
+            if !ctx.dut.seen.iter().any(acked) {
+                ctx.dut
+                    .expect("the flush acknowledged", STEP, acked)
+                    .map_err(on(P))?;
+            }
             ctx.dut.command("!telemetry 1").map_err(on(P))?;
             new_reading_taken = true;
         }

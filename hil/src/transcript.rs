@@ -15,6 +15,9 @@ pub enum Source {
     Wire,
     /// Measurements for humans (times, counts): raw transcript only.
     Note,
+    /// Consoles of a scenario's extra devices: raw transcript only (their
+    /// lines interleave with each other by timing).
+    Fleet,
 }
 
 impl Source {
@@ -25,6 +28,7 @@ impl Source {
             Source::Runner => "runner",
             Source::Wire => "wire  ",
             Source::Note => "note  ",
+            Source::Fleet => "fleet ",
         }
     }
 }

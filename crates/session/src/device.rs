@@ -529,9 +529,10 @@ impl<R: RandomSource> Device<R> {
                 Err(e) => self.console(Event::error("mqtt", e)),
             }
         }
-        if !session_present {
-            // The broker forgot our in-flight publishes and so did the engine:
-            // send them again (with DUP, as they were sent before).
+        if !session_present || !self.engine.resends_stored() {
+            // The broker forgot our in-flight publishes and so did the engine
+            // (or the engine does not resend them): send them again, with DUP
+            // as they were sent before.
             self.outbox.forget_in_flight();
         }
         self.pump(now);

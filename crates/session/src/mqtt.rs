@@ -279,6 +279,31 @@ impl Engine {
 
     pub fn closed(&mut self) -> Vec<EngineEvent> {
         let events = self.conn.notify_closed();
-        self.map(events)
+        let mut out = self.map(events);
+        if !self.resends_stored() {
+            // Workaround for mqtt-protocol-core 0.7.9 on MQTT 5: publishes it
+            // resends after session_present=1 are not counted against Receive
+            // Maximum, so their PUBACKs underflow its send counter (a panic in
+            // debug builds, a stalled send window in release). Forget them
+            // here, before the next CONNECT; the outbox resends them itself,
+            // with DUP. The releases this causes are not acknowledgements.
+            let pids: Vec<u16> = self
+                .conn
+                .get_stored_packets()
+                .iter()
+                .map(|p| p.packet_id())
+                .collect();
+            for pid in pids {
+                let _ = self.conn.erase_stored_publish(pid);
+            }
+            out.retain(|e| !matches!(e, EngineEvent::Released(_)));
+        }
+        out
+    }
+
+    /// Whether the engine itself resends unacknowledged publishes after a
+    /// CONNACK with session_present=1 (not on MQTT 5: see `closed`).
+    pub fn resends_stored(&self) -> bool {
+        self.version == MqttVersion::V3_1_1
     }
 }
