@@ -332,6 +332,9 @@ pub fn run_one(opts: &RunOptions, s: &Scenario, mac: &str) -> ScenarioResult {
             DutChoice::Sim => expected_id(mac),
             DutChoice::Wokwi { .. } => None,
         };
+        if let Some(id) = &expected_client_id {
+            t.focus_on(id);
+        }
         let mut ctx = Ctx {
             broker: &mut broker,
             proxy: &proxy,

@@ -945,7 +945,7 @@ fn boot_identity(ctx: &mut Ctx) -> Outcome {
     }
     if ctx.dut.caps.reaches_broker {
         // Let the connection settle so the transcript is the same every run.
-        connack(ctx, P)?;
+        subscribed(ctx)?;
     }
     ctx.t
         .runner(format!("verdict: client ID {id} at boot and in !status"));

@@ -44,6 +44,9 @@ pub struct Entry {
 pub struct Transcript {
     start: Instant,
     entries: Arc<Mutex<Vec<Entry>>>,
+    /// The device under test's client ID: the normalised wire section keeps
+    /// only its packets (a fleet's interleave by timing).
+    focus: Arc<Mutex<Option<String>>>,
 }
 
 impl Default for Transcript {
@@ -91,7 +94,13 @@ impl Transcript {
         Transcript {
             start: Instant::now(),
             entries: Arc::new(Mutex::new(Vec::new())),
+            focus: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// Keeps the normalised wire section to this client's packets.
+    pub fn focus_on(&self, client_id: &str) {
+        *self.focus.lock().unwrap() = Some(client_id.to_string());
     }
 
     pub fn push(&self, source: Source, text: impl Into<String>) {
@@ -154,9 +163,14 @@ impl Transcript {
         // Device-to-broker CONNECT and SUBSCRIBE: the device sends them in its
         // own order; everything else on the wire interleaves with network timing.
         out.push_str("## wire (device -> broker CONNECT, SUBSCRIBE)\n");
+        let focus = self.focus.lock().unwrap().clone();
         for e in entries.iter().filter(|e| e.source == Source::Wire) {
-            if e.text.contains("device -> broker CONNECT ")
-                || e.text.contains("device -> broker SUBSCRIBE ")
+            let mine = focus.as_ref().is_none_or(|id| {
+                e.text.contains(&format!("client_id={id} ")) || e.text.contains(&format!("/{id}/"))
+            });
+            if mine
+                && (e.text.contains("device -> broker CONNECT ")
+                    || e.text.contains("device -> broker SUBSCRIBE "))
             {
                 let text = e
                     .text
