@@ -61,8 +61,10 @@ enum Cmd {
         /// rumqttd (embedded, default), mosquitto (from PATH), or HOST:PORT of an external broker.
         #[arg(long, default_value = "rumqttd")]
         broker: String,
-        #[arg(long, default_value = "3.1.1")]
-        mqtt: Protocol,
+        /// MQTT version for every scenario. Default: 3.1.1, and 5 for the
+        /// scenarios that need it (session and message expiry).
+        #[arg(long)]
+        mqtt: Option<Protocol>,
         /// Run only these scenarios (repeatable); see `hil list`.
         #[arg(long = "scenario")]
         scenarios: Vec<String>,
@@ -240,7 +242,10 @@ fn main() -> ExitCode {
                 Err(e) => return usage(format!("cannot find my own executable: {e}")),
             };
             let mut opts = RunOptions::sim(exe, broker);
-            opts.proto = mqtt;
+            match mqtt {
+                Some(p) => opts.proto = p,
+                None => opts.auto_v5 = true,
+            }
             opts.scenarios = scenarios;
             opts.sim_bugs = sim_bugs;
             opts.junit = junit;

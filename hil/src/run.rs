@@ -82,6 +82,8 @@ pub struct RunOptions {
     pub dut: DutChoice,
     pub broker: BrokerChoice,
     pub proto: Protocol,
+    /// Run the scenarios that need MQTT 5 on MQTT 5 (`hil run` without --mqtt).
+    pub auto_v5: bool,
     /// Where the broker and fault proxy listen: loopback for the sim, the
     /// rig's LAN address for boards.
     pub bind: IpAddr,
@@ -100,6 +102,7 @@ impl RunOptions {
             dut: DutChoice::Sim,
             broker,
             proto: Protocol::V3_1_1,
+            auto_v5: false,
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             scenarios: vec![],
             sim_bugs: vec![],
@@ -252,6 +255,15 @@ fn quote(v: &str) -> String {
 
 /// Runs one scenario on a fresh broker and a fresh (or freshly reset) device.
 pub fn run_one(opts: &RunOptions, s: &Scenario, mac: &str) -> ScenarioResult {
+    if opts.auto_v5 && opts.proto != Protocol::V5 && s.needs.contains(&scenario::Need::Mqtt5) {
+        let mut o = opts.clone();
+        o.proto = Protocol::V5;
+        o.auto_v5 = false;
+        let r = run_one(&o, s, mac);
+        r.transcript
+            .runner("this scenario needs MQTT 5: run on MQTT 5");
+        return r;
+    }
     let t = Transcript::new();
     let started = Instant::now();
     let caps = match &opts.dut {
@@ -452,11 +464,16 @@ pub fn run(opts: &RunOptions) -> Result<Summary, String> {
         crate::flash::flash(port, elf, *chip)?;
     }
     eprintln!(
-        "hil: {} scenario(s) on {} device, broker {}, MQTT {}{}",
+        "hil: {} scenario(s) on {} device, broker {}, MQTT {}{}{}",
         selected.len(),
         opts.dut.name(),
         opts.broker.name(),
         opts.proto,
+        if opts.auto_v5 {
+            " (5 where a scenario needs it)"
+        } else {
+            ""
+        },
         if opts.sim_bugs.is_empty() {
             String::new()
         } else {

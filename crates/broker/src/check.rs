@@ -26,10 +26,12 @@ pub enum Semantic {
     Takeover,
     /// Persistent sessions survive a broker restart.
     SessionsSurviveRestart,
+    /// An offline session's queue is bounded; the detail says which end it drops.
+    QueueLimit,
 }
 
 impl Semantic {
-    pub const ALL: [Semantic; 9] = [
+    pub const ALL: [Semantic; 10] = [
         Semantic::QosCapping,
         Semantic::Qos0NotQueued,
         Semantic::SessionExpiry,
@@ -39,6 +41,7 @@ impl Semantic {
         Semantic::Retained,
         Semantic::Takeover,
         Semantic::SessionsSurviveRestart,
+        Semantic::QueueLimit,
     ];
 
     pub fn name(&self) -> &'static str {
@@ -52,6 +55,7 @@ impl Semantic {
             Semantic::Retained => "retained message to a new subscriber",
             Semantic::Takeover => "same client ID drops the first connection",
             Semantic::SessionsSurviveRestart => "sessions kept across a graceful restart",
+            Semantic::QueueLimit => "offline queue bounded (policy in detail)",
         }
     }
 }
@@ -370,6 +374,47 @@ fn survive_restart(b: &mut Broker, p: Protocol) -> R {
     ))
 }
 
+fn queue_limit(b: &Broker, p: Protocol) -> R {
+    const SENT: usize = 3000;
+    let addr = b.addr(p);
+    let (id, topic) = (unique("queue"), unique("queuetopic"));
+    let o = ConnectOptions {
+        session_expiry_s: Some(300),
+        ..opts(&id, false)
+    };
+    let mut sub = Client::connect(addr, p, &o).map_err(e)?;
+    sub.subscribe(&topic, 1).map_err(e)?;
+    sub.disconnect();
+    let mut publ = Client::connect(addr, p, &opts(&unique("pub"), true)).map_err(e)?;
+    for i in 0..SENT {
+        // 100-byte payloads: enough to pass mosquitto's 1000-message limit and
+        // rumqttd's 4 × 64 KiB segments configured here.
+        publ.publish(&topic, format!("{i:0>100}").as_bytes(), 1, false)
+            .map_err(e)?;
+    }
+    let mut sub = Client::connect(addr, p, &o).map_err(e)?;
+    let mut got = Vec::new();
+    while let Some(m) = sub.recv(Instant::now() + WAIT).map_err(e)? {
+        if let Ok(i) = m.text().trim_start_matches('0').parse::<usize>() {
+            got.push(i);
+        } else if m.text().chars().all(|c| c == '0') {
+            got.push(0);
+        }
+    }
+    let (first, last) = (got.first().copied(), got.last().copied());
+    let policy = match (got.len(), first, last) {
+        (n, _, _) if n >= SENT => "no limit reached".to_string(),
+        (0, _, _) => "nothing kept".to_string(),
+        (_, Some(0), Some(l)) => format!("drops the newest (kept 0..={l})"),
+        (_, Some(f), Some(l)) if l == SENT - 1 => format!("drops the oldest (kept {f}..={l})"),
+        (_, f, l) => format!("kept {f:?}..{l:?}"),
+    };
+    Ok((
+        got.len() < SENT,
+        format!("{} of {SENT} queued messages kept: {policy}", got.len()),
+    ))
+}
+
 /// Runs every probe against `broker` over `proto`.
 pub fn check(broker: &mut Broker, proto: Protocol) -> Report {
     let findings = Semantic::ALL
@@ -395,6 +440,7 @@ pub fn probe(broker: &mut Broker, proto: Protocol, s: Semantic) -> Finding {
             Semantic::Retained => retained(broker, proto),
             Semantic::Takeover => takeover(broker, proto),
             Semantic::SessionsSurviveRestart => survive_restart(broker, proto),
+            Semantic::QueueLimit => queue_limit(broker, proto),
         };
         match r {
             Ok((honoured, detail)) => Finding {
