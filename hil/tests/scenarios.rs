@@ -43,8 +43,19 @@ fn pass(name: &str, broker: BrokerChoice, proto: hil_broker::Protocol) {
 
 /// A negative control must fail its scenario, naming the promise it breaks.
 fn caught(name: &str, bug: &str, promise: &str) {
+    caught_on(name, bug, promise, opts(BrokerChoice::Rumqttd, &[bug]))
+}
+
+/// The same on MQTT 5 and mosquitto (expiry needs both to be observable).
+fn caught_v5(name: &str, bug: &str, promise: &str) {
+    let mut o = opts(BrokerChoice::Mosquitto, &[bug]);
+    o.proto = hil_broker::Protocol::V5;
+    caught_on(name, bug, promise, o)
+}
+
+fn caught_on(name: &str, bug: &str, promise: &str, o: RunOptions) {
     let s = hil::scenario::find(name).unwrap();
-    let r = run_one(&opts(BrokerChoice::Rumqttd, &[bug]), s, "24:0a:c4:00:30:01");
+    let r = run_one(&o, s, "24:0a:c4:00:30:01");
     match r.failure() {
         None => panic!(
             "--bug {bug} passed {name}; it must fail\n{}",
@@ -90,7 +101,7 @@ scenarios!(
 );
 
 mod negative_control {
-    use super::caught;
+    use super::{caught, caught_v5};
 
     #[test]
     fn random_client_id() {
@@ -119,6 +130,11 @@ mod negative_control {
     #[test]
     fn no_jitter_in_a_fleet() {
         caught("reconnect_storm", "no-jitter", "thundering herd");
+    }
+
+    #[test]
+    fn ignore_expiry_mosquitto() {
+        caught_v5("session_expiry", "ignore-expiry", "Session Expiry");
     }
 
     #[test]

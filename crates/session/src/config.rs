@@ -49,9 +49,12 @@ pub enum Bug {
     NoDedupe,
     /// The telemetry buffer never drops: memory grows without bound.
     UnboundedBuffer,
+    /// MQTT 5: asks for a session that never expires (0xFFFFFFFF), whatever
+    /// was configured: the "no session expiry" pitfall, orphaned sessions forever.
+    IgnoreExpiry,
 }
 
-pub const ALL_BUGS: [Bug; 7] = [
+pub const ALL_BUGS: [Bug; 8] = [
     Bug::RandomClientId,
     Bug::CleanSession,
     Bug::NoOutbox,
@@ -59,6 +62,7 @@ pub const ALL_BUGS: [Bug; 7] = [
     Bug::NoResubscribe,
     Bug::NoDedupe,
     Bug::UnboundedBuffer,
+    Bug::IgnoreExpiry,
 ];
 
 impl Bug {
@@ -71,6 +75,7 @@ impl Bug {
             Bug::NoResubscribe => "no-resubscribe",
             Bug::NoDedupe => "no-dedupe",
             Bug::UnboundedBuffer => "unbounded-buffer",
+            Bug::IgnoreExpiry => "ignore-expiry",
         }
     }
 }
@@ -82,7 +87,7 @@ impl FromStr for Bug {
             .iter()
             .copied()
             .find(|b| b.name() == s)
-            .ok_or("unknown bug: random-client-id, clean-session, no-outbox, no-jitter, no-resubscribe, no-dedupe, unbounded-buffer")
+            .ok_or("unknown bug: random-client-id, clean-session, no-outbox, no-jitter, no-resubscribe, no-dedupe, unbounded-buffer, ignore-expiry")
     }
 }
 

@@ -255,7 +255,13 @@ impl<R: RandomSource> Device<R> {
             clean,
             keepalive_s: self.cfg.keepalive_s,
             will_topic: &will,
-            session_expiry_s: if clean { 0 } else { self.cfg.session_expiry_s },
+            session_expiry_s: if clean {
+                0
+            } else if self.cfg.bugs.has(Bug::IgnoreExpiry) {
+                u32::MAX
+            } else {
+                self.cfg.session_expiry_s
+            },
         };
         match self.engine.connect(&params) {
             Ok(events) => {
