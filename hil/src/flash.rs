@@ -11,12 +11,15 @@ use std::path::Path;
 
 /// Why flashing failed, worded for the person at the bench.
 pub fn explain(port: &str, e: &espflash::Error) -> String {
+    if let espflash::Error::ChipMismatch(wanted, found) = e {
+        return format!(
+            "wrong chip on {port}: the board is an {found}, the rig file says {wanted}. \
+             Check the rig file's `chip` for this board, or whether the right board is on this port"
+        );
+    }
     let text = e.to_string();
     let lower = text.to_lowercase();
-    if lower.contains("chip") && (lower.contains("mismatch") || lower.contains("expected")) {
-        format!("wrong chip on {port}: {text}. Check the rig file's `chip` for this board")
-    } else if lower.contains("timed out") || lower.contains("timeout") || lower.contains("connect")
-    {
+    if lower.contains("timed out") || lower.contains("timeout") || lower.contains("connect") {
         format!(
             "no ESP ROM bootloader answered on {port} ({text}). Is this an ESP32 board? Hold BOOT while pressing RESET, \
              check the cable, or pass --no-flash to use the firmware already on it"
@@ -26,8 +29,20 @@ pub fn explain(port: &str, e: &espflash::Error) -> String {
     }
 }
 
-/// Flashes `elf` to the board on `port_path`, expecting `chip`.
+/// Flashes `elf` to the board on `port_path`, expecting `chip`; resets it
+/// into the ROM bootloader with DTR/RTS first.
 pub fn flash(port_path: &str, elf: &Path, chip: Chip) -> Result<(), String> {
+    flash_with(port_path, elf, chip, ResetBeforeOperation::DefaultReset)
+}
+
+/// As [`flash`], with espflash's choice of reset before connecting
+/// (`NoReset` for a board already held in download mode).
+pub fn flash_with(
+    port_path: &str,
+    elf: &Path,
+    chip: Chip,
+    before: ResetBeforeOperation,
+) -> Result<(), String> {
     let elf_data = std::fs::read(elf).map_err(|e| format!("cannot read {}: {e}", elf.display()))?;
     let port = serialport::new(port_path, 115_200)
         .timeout(std::time::Duration::from_secs(3))
@@ -43,13 +58,7 @@ pub fn flash(port_path: &str, elf: &Path, chip: Chip) -> Result<(), String> {
         product: None,
         interface: None,
     };
-    let connection = Connection::new(
-        port,
-        info,
-        ResetAfterOperation::HardReset,
-        ResetBeforeOperation::DefaultReset,
-        115_200,
-    );
+    let connection = Connection::new(port, info, ResetAfterOperation::HardReset, before, 115_200);
     let mut flasher = Flasher::connect(connection, true, true, true, Some(chip), None)
         .map_err(|e| explain(port_path, &e))?;
     if flasher.chip() != chip {

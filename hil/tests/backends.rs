@@ -248,3 +248,88 @@ fn probe_backend_without_a_probe() {
         assert!(err.contains("cargo build -p hil --features probe"), "{err}");
     }
 }
+
+/// A fake ROM bootloader on a pty: answers SYNC, fails GET_SECURITY_INFO (as
+/// older ROMs do) and reports `magic` for the chip-detect register. Enough of
+/// the serial protocol (SLIP frames, 12-byte ROM responses) for espflash to
+/// detect a chip.
+fn fake_rom(mut master: serialport::TTYPort, magic: u32) {
+    use std::io::{Read, Write};
+    std::thread::spawn(move || {
+        let mut frame: Vec<u8> = Vec::new();
+        let mut in_frame = false;
+        let mut escape = false;
+        let mut buf = [0u8; 512];
+        let reply = |op: u8, value: u32, ok: bool| -> Vec<u8> {
+            let mut r = vec![0x01, op, 4, 0];
+            r.extend_from_slice(&value.to_le_bytes());
+            r.extend_from_slice(&[if ok { 0 } else { 1 }, if ok { 0 } else { 5 }, 0, 0]);
+            let mut out = vec![0xC0];
+            for b in r {
+                match b {
+                    0xC0 => out.extend_from_slice(&[0xDB, 0xDC]),
+                    0xDB => out.extend_from_slice(&[0xDB, 0xDD]),
+                    b => out.push(b),
+                }
+            }
+            out.push(0xC0);
+            out
+        };
+        loop {
+            let n = match master.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => continue,
+                Err(_) => return,
+            };
+            for &b in &buf[..n] {
+                match (b, in_frame, escape) {
+                    (0xC0, false, _) => in_frame = true,
+                    (0xC0, true, _) => {
+                        in_frame = false;
+                        if frame.len() >= 2 && frame[0] == 0x00 {
+                            let op = frame[1];
+                            let out: Vec<u8> = match op {
+                                // The ROM answers SYNC eight times.
+                                0x08 => (0..8).flat_map(|_| reply(op, 0, true)).collect(),
+                                0x14 => reply(op, 0, false),
+                                0x0a => reply(op, magic, true),
+                                _ => reply(op, 0, true),
+                            };
+                            if master.write_all(&out).is_err() {
+                                return;
+                            }
+                        }
+                        frame.clear();
+                    }
+                    (0xDB, true, false) => escape = true,
+                    (b, true, true) => {
+                        frame.push(if b == 0xDC { 0xC0 } else { 0xDB });
+                        escape = false;
+                    }
+                    (b, true, false) => frame.push(b),
+                    _ => {}
+                }
+            }
+        }
+    });
+}
+
+/// An ESP32 (magic 0x00f01d83) where the rig says ESP32-C3: a clear error
+/// naming both chips and the rig's `chip` key, before anything is written.
+#[test]
+fn flashing_the_wrong_chip_is_a_clear_error() {
+    let (master, slave) = serialport::TTYPort::pair().unwrap();
+    let path = serialport::SerialPort::name(&slave).unwrap();
+    fake_rom(master, 0x00f0_1d83);
+    let err = hil::flash::flash_with(
+        &path,
+        &fake_elf(),
+        espflash::target::Chip::Esp32c3,
+        espflash::connection::ResetBeforeOperation::NoReset,
+    )
+    .unwrap_err();
+    assert!(err.contains("wrong chip"), "{err}");
+    assert!(err.to_lowercase().contains("esp32"), "{err}");
+    assert!(err.contains("rig file"), "{err}");
+}
