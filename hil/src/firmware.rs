@@ -42,20 +42,7 @@ pub fn app_image(elf_path: &Path, chip: Chip) -> Result<AppImage, String> {
     if elf.get(..4) != Some(b"\x7fELF") {
         return Err(format!("{} is not an ELF file", elf_path.display()));
     }
-    let flash_data = FlashData::new(
-        FlashSettings::default(),
-        0,
-        None,
-        chip,
-        XtalFrequency::_40Mhz,
-    );
-    let image =
-        IdfBootloaderFormat::new(&elf, &flash_data, None, None, None, None).map_err(|e| {
-            format!(
-                "espflash could not make an image of {}: {e}",
-                elf_path.display()
-            )
-        })?;
+    let image = idf_image(&elf, elf_path, chip)?;
     let partition_size = image
         .partition_table()
         .partitions()
@@ -73,6 +60,28 @@ pub fn app_image(elf_path: &Path, chip: Chip) -> Result<AppImage, String> {
         bytes,
         chip,
         partition_size,
+    })
+}
+
+/// The ESP-IDF image (bootloader, partition table, app) of an ELF, as
+/// espflash makes it; shared by `hil firmware image`, serial and probe flashing.
+pub fn idf_image<'a>(
+    elf: &'a [u8],
+    elf_path: &Path,
+    chip: Chip,
+) -> Result<IdfBootloaderFormat<'a>, String> {
+    let flash_data = FlashData::new(
+        FlashSettings::default(),
+        0,
+        None,
+        chip,
+        XtalFrequency::_40Mhz,
+    );
+    IdfBootloaderFormat::new(elf, &flash_data, None, None, None, None).map_err(|e| {
+        format!(
+            "espflash could not make an image of {}: {e}",
+            elf_path.display()
+        )
     })
 }
 

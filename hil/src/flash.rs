@@ -4,9 +4,9 @@
 //! (what pytest-embedded does with its SHA-256 check).
 
 use espflash::connection::{Connection, ResetAfterOperation, ResetBeforeOperation};
-use espflash::flasher::{FlashData, FlashSettings, Flasher};
-use espflash::image_format::{idf::IdfBootloaderFormat, ImageFormat};
-use espflash::target::{Chip, DefaultProgressCallback, XtalFrequency};
+use espflash::flasher::Flasher;
+use espflash::image_format::ImageFormat;
+use espflash::target::{Chip, DefaultProgressCallback};
 use std::path::Path;
 
 /// Why flashing failed, worded for the person at the bench.
@@ -67,15 +67,7 @@ pub fn flash_with(
             flasher.chip()
         ));
     }
-    let flash_data = FlashData::new(
-        FlashSettings::default(),
-        0,
-        None,
-        chip,
-        XtalFrequency::_40Mhz,
-    );
-    let image = IdfBootloaderFormat::new(&elf_data, &flash_data, None, None, None, None)
-        .map_err(|e| format!("espflash could not make an image of {}: {e}", elf.display()))?;
+    let image = crate::firmware::idf_image(&elf_data, elf, chip)?;
     flasher
         .load_image_to_flash(&mut DefaultProgressCallback, ImageFormat::EspIdf(image))
         .map_err(|e| explain(port_path, &e))

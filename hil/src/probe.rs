@@ -45,9 +45,6 @@ pub fn flash(
 ) -> Result<(), String> {
     #[cfg(feature = "probe")]
     {
-        use espflash::flasher::{FlashData, FlashSettings};
-        use espflash::image_format::idf::IdfBootloaderFormat;
-        use espflash::target::XtalFrequency;
         use probe_rs::flashing::DownloadOptions;
         use probe_rs::Permissions;
 
@@ -87,15 +84,7 @@ pub fn flash(
                 "cannot attach to the {target}: {e} (wrong chip, or the board is held in reset?)"
             )
         })?;
-        let flash_data = FlashData::new(
-            FlashSettings::default(),
-            0,
-            None,
-            chip,
-            XtalFrequency::_40Mhz,
-        );
-        let image = IdfBootloaderFormat::new(&elf_data, &flash_data, None, None, None, None)
-            .map_err(|e| format!("espflash could not make an image of {}: {e}", elf.display()))?;
+        let image = crate::firmware::idf_image(&elf_data, elf, chip)?;
         let mut loader = session.target().flash_loader();
         for segment in image.flash_segments() {
             loader

@@ -190,6 +190,23 @@ fn expected_id(mac: &str) -> Option<String> {
         .map(|m| hil_session::client_id("esp32c3", &m))
 }
 
+/// The sim device a scenario runs: its flags from the scenario and the run.
+fn sim_spec(opts: &RunOptions, s: &Scenario, mac: &str, proxy: SocketAddr) -> SimSpec {
+    SimSpec {
+        hil_exe: opts.hil_exe.clone(),
+        broker: proxy,
+        mac: mac.into(),
+        proto: opts.proto,
+        keepalive_s: s.keepalive_s,
+        backoff_base_ms: BACKOFF_BASE_MS,
+        backoff_cap_ms: BACKOFF_CAP_MS,
+        cmd_qos: 1,
+        session_expiry_s: s.session_expiry_s,
+        outbox_capacity: s.outbox_capacity,
+        bugs: opts.sim_bugs.clone(),
+    }
+}
+
 /// Brings the device up for one scenario, connected through `proxy`.
 fn bring_up(
     opts: &RunOptions,
@@ -201,19 +218,7 @@ fn bring_up(
 ) -> Result<Dut, String> {
     match &opts.dut {
         DutChoice::Sim => {
-            let spec = SimSpec {
-                hil_exe: opts.hil_exe.clone(),
-                broker: proxy,
-                mac: mac.into(),
-                proto: opts.proto,
-                keepalive_s: s.keepalive_s,
-                backoff_base_ms: BACKOFF_BASE_MS,
-                backoff_cap_ms: BACKOFF_CAP_MS,
-                cmd_qos: 1,
-                session_expiry_s: s.session_expiry_s,
-                outbox_capacity: s.outbox_capacity,
-                bugs: opts.sim_bugs.clone(),
-            };
+            let spec = sim_spec(opts, s, mac, proxy);
             t.runner(format!("start sim device mac={mac} mqtt={}", opts.proto));
             Dut::start_sim(&spec, state, t)
         }
@@ -324,19 +329,7 @@ pub fn run_one(opts: &RunOptions, s: &Scenario, mac: &str) -> ScenarioResult {
             crate::faults::FaultProxy::start(ip, broker.addr(opts.proto), &t).map_err(rig)?;
         let dut = bring_up(opts, s, mac, proxy.addr(), state.path(), &t).map_err(rig)?;
         let factory = matches!(opts.dut, DutChoice::Sim).then(|| scenario::SimFactory {
-            spec: SimSpec {
-                hil_exe: opts.hil_exe.clone(),
-                broker: proxy.addr(),
-                mac: mac.into(),
-                proto: opts.proto,
-                keepalive_s: s.keepalive_s,
-                backoff_base_ms: BACKOFF_BASE_MS,
-                backoff_cap_ms: BACKOFF_CAP_MS,
-                cmd_qos: 1,
-                session_expiry_s: s.session_expiry_s,
-                outbox_capacity: s.outbox_capacity,
-                bugs: opts.sim_bugs.clone(),
-            },
+            spec: sim_spec(opts, s, mac, proxy.addr()),
             main_state: state.path().to_path_buf(),
             transcript: t.clone(),
         });
