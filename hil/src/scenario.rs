@@ -637,6 +637,15 @@ fn broker_restart(ctx: &mut Ctx) -> Outcome {
     const P: &str = "reconnect with capped, jittered backoff after a broker restart";
     let id = client_id(ctx)?;
     subscribed(ctx)?;
+    // A persisting broker must have stored the subscription before it dies,
+    // or it restores a session without it and still says session_present=1.
+    if !ctx
+        .broker
+        .wait_persisted(&[format!("devices/{id}/cmd")], Duration::from_secs(5))
+    {
+        ctx.t
+            .note("the broker did not store the subscription within 5 s");
+    }
     ctx.t.runner("broker: kill -9");
     ctx.broker.stop(Restart::Kill);
     // The outage itself is the scenario's parameter: the device must keep
@@ -1504,6 +1513,14 @@ fn reconnect_storm(ctx: &mut Ctx) -> Outcome {
         .map_err(on(P))?;
     }
     ctx.t.runner(format!("{FLEET} devices online"));
+    let topics: Vec<String> = fleet
+        .iter()
+        .map(|(_, _, id)| format!("devices/{id}/cmd"))
+        .collect();
+    if !ctx.broker.wait_persisted(&topics, Duration::from_secs(10)) {
+        ctx.t
+            .note("the broker did not store every subscription within 10 s");
+    }
     let killed = Instant::now();
     ctx.t.runner("broker: kill -9");
     ctx.broker.stop(Restart::Kill);

@@ -85,6 +85,13 @@ fn filters() -> &'static [(Regex, &'static str)] {
             (Regex::new(r"/dev/pts/\d+").unwrap(), "<PTY>"),
             (Regex::new(r"after \d+\.\d+ s").unwrap(), "after <S>"),
             (Regex::new(r"-n[0-9a-f]{8}\b").unwrap(), "-<NONCE>"),
+            // Whether a command arrives as a first delivery or a DUP resend
+            // depends on when the broker noticed the outage; scenarios that
+            // care assert on DUP themselves.
+            (
+                Regex::new(r"^(@hil cmd(?:\.duplicate)? id=\S+ qos=\d) dup=[01]").unwrap(),
+                "$1 dup=<D>",
+            ),
         ]
     })
 }

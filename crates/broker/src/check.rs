@@ -133,17 +133,19 @@ fn qos_capping(b: &Broker, p: Protocol) -> R {
     let mut sub = Client::connect(addr, p, &opts(&unique("sub"), true)).map_err(e)?;
     sub.subscribe(&topic, 1).map_err(e)?;
     let mut publ = Client::connect(addr, p, &opts(&unique("pub"), true)).map_err(e)?;
-    publ.publish(&topic, b"q0", 0, false).map_err(e)?;
-    let got = sub
-        .recv(Instant::now() + WAIT)
-        .map_err(e)?
-        .ok_or("nothing delivered")?;
+    // Several samples: one delivery above the publish QoS is enough to fail.
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        publ.publish(&topic, b"q0", 0, false).map_err(e)?;
+        let got = sub
+            .recv(Instant::now() + WAIT)
+            .map_err(e)?
+            .ok_or("nothing delivered")?;
+        seen.push(got.qos);
+    }
     Ok((
-        got.qos == 0,
-        format!(
-            "published QoS 0 to a QoS 1 subscription: delivered at QoS {}",
-            got.qos
-        ),
+        seen.iter().all(|q| *q == 0),
+        format!("published QoS 0 to a QoS 1 subscription: delivered at QoS {seen:?}"),
     ))
 }
 

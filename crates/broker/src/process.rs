@@ -78,22 +78,39 @@ const READY: Duration = Duration::from_secs(15);
 
 impl Broker {
     /// Starts the broker on free ports of `ip` (use a 127.0.0.0/8 address).
+    /// A free port can be taken by someone else between our pick and the
+    /// broker's bind (parallel tests open client connections all the time):
+    /// such a start is retried on fresh ports.
     pub fn start(spec: BrokerSpec, ip: IpAddr) -> Result<Broker, BrokerError> {
-        let port = |_| {
-            crate::free_port(ip)
-                .map_err(|e| BrokerError::PortTaken(format!("no free port on {ip}: {e}")))
-        };
-        let (v4, v5) = match &spec {
-            BrokerSpec::Rumqttd { .. } => {
-                (SocketAddr::new(ip, port(0)?), SocketAddr::new(ip, port(1)?))
+        let mut last = None;
+        for _ in 0..4 {
+            let port = || {
+                crate::free_port(ip)
+                    .map_err(|e| BrokerError::PortTaken(format!("no free port on {ip}: {e}")))
+            };
+            let (v4, v5) = match &spec {
+                BrokerSpec::Rumqttd { .. } => {
+                    (SocketAddr::new(ip, port()?), SocketAddr::new(ip, port()?))
+                }
+                BrokerSpec::Mosquitto { .. } => {
+                    let a = SocketAddr::new(ip, port()?);
+                    (a, a)
+                }
+                BrokerSpec::External { addr, .. } => {
+                    return Self::start_on(spec.clone(), *addr, *addr)
+                }
+            };
+            match Self::start_on(spec.clone(), v4, v5) {
+                Err(e)
+                    if e.to_string().contains("Address already in use")
+                        || matches!(e, BrokerError::PortTaken(_)) =>
+                {
+                    last = Some(e)
+                }
+                other => return other,
             }
-            BrokerSpec::Mosquitto { .. } => {
-                let a = SocketAddr::new(ip, port(0)?);
-                (a, a)
-            }
-            BrokerSpec::External { addr, .. } => (*addr, *addr),
-        };
-        Self::start_on(spec, v4, v5)
+        }
+        Err(last.unwrap_or_else(|| BrokerError::PortTaken(format!("no free port on {ip}"))))
     }
 
     /// Starts the broker on given addresses (`v5` is only used by rumqttd).
@@ -303,6 +320,29 @@ impl Broker {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Waits until a persisting broker (mosquitto with `persistence true`) has
+    /// written every one of `needles` (e.g. subscription topics) to its store,
+    /// so a kill -9 now keeps them. Returns at once for brokers that do not persist.
+    pub fn wait_persisted(&self, needles: &[String], deadline: Duration) -> bool {
+        if !matches!(self.spec, BrokerSpec::Mosquitto { persistence: true }) {
+            return true;
+        }
+        let db = self.dir.path().join("store").join("mosquitto.db");
+        let until = Instant::now() + deadline;
+        while Instant::now() < until {
+            if let Ok(bytes) = fs::read(&db) {
+                let has = |n: &String| bytes.windows(n.len()).any(|w| w == n.as_bytes());
+                if needles.iter().all(has) {
+                    return true;
+                }
+            }
+            // Polling a file for an event the broker gives no other sign of,
+            // bounded by the deadline.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
     }
 
     /// Whether an external broker can be restarted at all.
