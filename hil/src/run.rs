@@ -212,10 +212,11 @@ fn bring_up(
     opts: &RunOptions,
     s: &Scenario,
     mac: &str,
-    proxy: SocketAddr,
+    fault_proxy: &crate::faults::FaultProxy,
     state: &std::path::Path,
     t: &Transcript,
 ) -> Result<Dut, String> {
+    let proxy = fault_proxy.addr();
     match &opts.dut {
         DutChoice::Sim => {
             let spec = sim_spec(opts, s, mac, proxy);
@@ -235,13 +236,21 @@ fn bring_up(
                     quote(pass)
                 ));
             }
+            // No connection until the board has rebooted: a session the board
+            // opened between provisioning and reset (CONNACK, then reset before
+            // its SUBACK) would come back as session_present=1 without the
+            // subscription.
+            fault_proxy.refuse(true);
             dut.command(&line)
                 .map_err(|e| format!("provisioning failed: {}", e.0))?;
             dut.reset()?;
-            dut.expect("boot after reset", Duration::from_secs(15), |e| {
-                matches!(e, hil_session::Event::Boot { .. })
-            })
-            .map_err(|e| format!("the board did not boot after reset: {}", e.0))?;
+            let booted = dut
+                .expect("boot after reset", Duration::from_secs(15), |e| {
+                    matches!(e, hil_session::Event::Boot { .. })
+                })
+                .map_err(|e| format!("the board did not boot after reset: {}", e.0));
+            fault_proxy.refuse(false);
+            booted?;
             Ok(dut)
         }
         DutChoice::Wokwi {
@@ -327,7 +336,7 @@ pub fn run_one(opts: &RunOptions, s: &Scenario, mac: &str) -> ScenarioResult {
         // The device always reaches the broker through the fault proxy.
         let proxy =
             crate::faults::FaultProxy::start(ip, broker.addr(opts.proto), &t).map_err(rig)?;
-        let dut = bring_up(opts, s, mac, proxy.addr(), state.path(), &t).map_err(rig)?;
+        let dut = bring_up(opts, s, mac, &proxy, state.path(), &t).map_err(rig)?;
         let factory = matches!(opts.dut, DutChoice::Sim).then(|| scenario::SimFactory {
             spec: sim_spec(opts, s, mac, proxy.addr()),
             main_state: state.path().to_path_buf(),
