@@ -1040,15 +1040,6 @@ fn effective_qos(ctx: &mut Ctx) -> Outcome {
     Ok(())
 }
 
-fn status_is(
-    cloud: &mut Client,
-    topic: &str,
-    want: &str,
-    within: Duration,
-) -> Result<bool, Failure> {
-    status(cloud, topic, want, within)
-}
-
 fn last_will(ctx: &mut Ctx) -> Outcome {
     const P: &str = "Last Will `offline` on an ungraceful loss, retained `online` after recovery";
     let id = client_id(ctx)?;
@@ -1058,26 +1049,26 @@ fn last_will(ctx: &mut Ctx) -> Outcome {
     cloud
         .subscribe(&topic, 1)
         .map_err(|e| fail("test rig: cloud client", e.to_string()))?;
-    if !status_is(&mut cloud, &topic, "online", STEP)? {
+    if !status(&mut cloud, &topic, "online", STEP)? {
         return Err(fail(P, "no retained `online` while connected"));
     }
     ctx.t.cloud("status online (retained)");
     // 1. The link is cut (RST both ways).
     ctx.t.runner("link: cut");
     ctx.proxy.cut();
-    if !status_is(&mut cloud, &topic, "offline", STEP)? {
+    if !status(&mut cloud, &topic, "offline", STEP)? {
         return Err(fail(P, "no Last Will `offline` after the link was cut"));
     }
     ctx.t.cloud("status offline (Last Will after the cut)");
     connack(ctx, P)?;
-    if !status_is(&mut cloud, &topic, "online", STEP)? {
+    if !status(&mut cloud, &topic, "online", STEP)? {
         return Err(fail(P, "no `online` after reconnecting"));
     }
     ctx.t.cloud("status online");
     // 2. Power cut: kill -9 of the device.
     ctx.dut.power_off().map_err(|e| fail("test rig", e))?;
     // The broker sees the socket close without DISCONNECT.
-    if !status_is(&mut cloud, &topic, "offline", STEP)? {
+    if !status(&mut cloud, &topic, "offline", STEP)? {
         return Err(fail(P, "no Last Will `offline` after a power cut"));
     }
     ctx.t
@@ -1087,7 +1078,7 @@ fn last_will(ctx: &mut Ctx) -> Outcome {
     ctx.t
         .runner("power restored: the device boots from its flash");
     connack(ctx, P)?;
-    if !status_is(&mut cloud, &topic, "online", STEP)? {
+    if !status(&mut cloud, &topic, "online", STEP)? {
         return Err(fail(P, "no `online` after the power came back"));
     }
     ctx.t.cloud("status online");
