@@ -203,13 +203,24 @@ fn main() -> ExitCode {
         }
         Cmd::Broker {
             cmd: BrokerCmd::Serve { v4, v5 },
-        } => match hil_broker::rumqttd::serve(v4, v5) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("hil broker serve: error: {e}");
-                ExitCode::FAILURE
+        } => {
+            // rumqttd reports why it drops a connection only through tracing:
+            // send its warnings and errors to stderr, which is the broker log.
+            let filter = tracing_subscriber::EnvFilter::try_from_env("HIL_BROKER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_ansi(false)
+                .with_writer(std::io::stderr)
+                .init();
+            match hil_broker::rumqttd::serve(v4, v5) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("hil broker serve: error: {e}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
         Cmd::Run {
             dut,
             probe,

@@ -95,6 +95,21 @@ pub struct RunOptions {
 }
 
 impl RunOptions {
+    /// Where this scenario's broker and proxy listen. On 127.0.0.1 each
+    /// scenario gets a loopback address of its own (see
+    /// [`hil_broker::private_loopback`]), so parallel runs never race for a
+    /// port, not even for the one a killed broker must bind again. Wokwi keeps
+    /// the given address: its gateway forwards to the host's 127.0.0.1.
+    fn listen_ip(&self) -> IpAddr {
+        if self.bind == IpAddr::V4(Ipv4Addr::LOCALHOST)
+            && !matches!(self.dut, DutChoice::Wokwi { .. })
+        {
+            hil_broker::private_loopback()
+        } else {
+            self.bind
+        }
+    }
+
     /// The sim device on embedded rumqttd, 3.1.1, loopback.
     pub fn sim(hil_exe: PathBuf, broker: BrokerChoice) -> RunOptions {
         RunOptions {
@@ -179,7 +194,8 @@ pub fn check_broker(
     opts: &RunOptions,
     proto: Protocol,
 ) -> Result<hil_broker::check::Report, String> {
-    let mut broker = Broker::start(broker_spec(opts), opts.bind).map_err(|e| e.to_string())?;
+    let mut broker =
+        Broker::start(broker_spec(opts), opts.listen_ip()).map_err(|e| e.to_string())?;
     Ok(hil_broker::check::check(&mut broker, proto))
 }
 
@@ -303,7 +319,7 @@ pub fn run_one(opts: &RunOptions, s: &Scenario, mac: &str) -> ScenarioResult {
         };
     }
     let outcome = (|| {
-        let ip = opts.bind;
+        let ip = opts.listen_ip();
         let rig = |e: String| Failure {
             promise: "test rig",
             detail: e,
@@ -364,6 +380,13 @@ pub fn run_one(opts: &RunOptions, s: &Scenario, mac: &str) -> ScenarioResult {
         };
         let r = (s.run)(&mut ctx);
         ctx.dut.drain();
+        if r.is_err() {
+            // What the broker said about it: often the reason for a dropped connection.
+            let log = ctx.broker.log_lines(20);
+            if !log.is_empty() {
+                ctx.t.note(format!("broker log, last lines:\n{log}"));
+            }
+        }
         r.map(|()| None)
     })();
     let verdict = match outcome {

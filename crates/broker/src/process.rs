@@ -169,9 +169,14 @@ impl Broker {
     }
 
     fn log_tail(&self) -> String {
+        self.log_lines(8)
+    }
+
+    /// The last `n` lines of the broker's own log (its stdout and stderr).
+    pub fn log_lines(&self, n: usize) -> String {
         let text = fs::read_to_string(self.log_path()).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(8)..].join("\n")
+        lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
     /// Starts the broker (again) on the same addresses and waits until it

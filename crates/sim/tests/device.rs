@@ -7,7 +7,7 @@ use hil_broker::client::ConnectOptions;
 use hil_broker::{Broker, BrokerSpec, Client, Protocol};
 use hil_session::Event;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
@@ -20,7 +20,7 @@ enum TestBroker {
 
 impl TestBroker {
     fn start(kind: &str) -> TestBroker {
-        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let ip = hil_broker::private_loopback();
         match kind {
             "rumqttd" => {
                 let v4 = SocketAddr::new(ip, hil_broker::free_port(ip).unwrap());

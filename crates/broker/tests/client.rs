@@ -1,0 +1,87 @@
+//! The cloud-side client against real brokers: a backend whose connection the
+//! broker closes reconnects and publishes again. Runs on embedded rumqttd and
+//! on Debian's mosquitto (the `ci` nextest profile; the default profile skips
+//! the mosquitto variants).
+
+use hil_broker::client::ConnectOptions;
+use hil_broker::{Broker, BrokerSpec, Client, ClientError, Protocol};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// The broker's address for `proto`; the mosquitto handle must outlive the test.
+fn start(kind: &str, proto: Protocol) -> (SocketAddr, Option<Broker>) {
+    let ip = hil_broker::private_loopback();
+    if kind == "rumqttd" {
+        // rumqttd's own account of a closed connection, in the test's output.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+            .with_test_writer()
+            .try_init();
+        let v4 = SocketAddr::new(ip, hil_broker::free_port(ip).unwrap());
+        let v5 = SocketAddr::new(ip, hil_broker::free_port(ip).unwrap());
+        hil_broker::rumqttd::spawn_in_thread(v4, v5).expect("rumqttd starts");
+        let addr = if proto == Protocol::V5 { v5 } else { v4 };
+        (addr, None)
+    } else {
+        let b = Broker::start(BrokerSpec::Mosquitto { persistence: false }, ip)
+            .unwrap_or_else(|e| panic!("{e}"));
+        (b.addr(proto), Some(b))
+    }
+}
+
+/// A second connection with the backend's client ID makes the broker close
+/// the first (takeover); `reconnect` brings the backend back with the same
+/// options, and its next publish is delivered.
+fn reconnects_after_the_broker_closed_it(kind: &str, proto: Protocol) {
+    let (addr, _broker) = start(kind, proto);
+    let id = format!("backend-{kind}-{proto}");
+    let mut watcher =
+        Client::connect(addr, proto, &ConnectOptions::new(&format!("watch-{id}"))).unwrap();
+    assert!(watcher.subscribe("fleet/#", 1).unwrap() <= 1);
+    let mut backend = Client::connect(addr, proto, &ConnectOptions::new(&id)).unwrap();
+    backend.publish("fleet/a", b"before", 1, false).unwrap();
+
+    let _usurper = Client::connect(addr, proto, &ConnectOptions::new(&id)).unwrap();
+    match backend.recv(Instant::now() + DEADLINE) {
+        Err(ClientError::Closed) => {}
+        other => panic!("the broker should close the first connection of {id}: {other:?}"),
+    }
+    assert!(matches!(
+        backend.publish("fleet/a", b"lost", 1, false),
+        Err(ClientError::Closed)
+    ));
+
+    backend.reconnect().expect("the backend reconnects");
+    backend.publish("fleet/a", b"after", 1, false).unwrap();
+
+    let mut got = Vec::new();
+    while got.last().map(Vec::as_slice) != Some(b"after".as_slice()) {
+        match watcher.recv(Instant::now() + DEADLINE).unwrap() {
+            Some(m) => got.push(m.payload),
+            None => panic!("`after` was not delivered; got {got:?}"),
+        }
+    }
+    assert_eq!(got, vec![b"before".to_vec(), b"after".to_vec()]);
+}
+
+#[test]
+fn rumqttd_v3_reconnects_after_the_broker_closed_it() {
+    reconnects_after_the_broker_closed_it("rumqttd", Protocol::V3_1_1);
+}
+
+#[test]
+fn rumqttd_v5_reconnects_after_the_broker_closed_it() {
+    reconnects_after_the_broker_closed_it("rumqttd", Protocol::V5);
+}
+
+#[test]
+fn mosquitto_v3_reconnects_after_the_broker_closed_it() {
+    reconnects_after_the_broker_closed_it("mosquitto", Protocol::V3_1_1);
+}
+
+#[test]
+fn mosquitto_v5_reconnects_after_the_broker_closed_it() {
+    reconnects_after_the_broker_closed_it("mosquitto", Protocol::V5);
+}
