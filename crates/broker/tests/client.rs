@@ -85,3 +85,44 @@ fn mosquitto_v3_reconnects_after_the_broker_closed_it() {
 fn mosquitto_v5_reconnects_after_the_broker_closed_it() {
     reconnects_after_the_broker_closed_it("mosquitto", Protocol::V5);
 }
+
+/// rumqttd 0.20 reuses connection ids; a client that closed right after its
+/// DISCONNECT made it drop the next connection to take the id. `disconnect`
+/// waits for the broker to close first: 300 disconnect-then-connect rounds,
+/// each new client must stay connected through a subscribe and a publish.
+fn next_client_survives_a_disconnect(kind: &str, proto: Protocol) {
+    let (addr, _broker) = start(kind, proto);
+    for round in 0..300 {
+        let gone = Client::connect(addr, proto, &ConnectOptions::new(&format!("gone-{round}")))
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        gone.disconnect();
+        let mut next = Client::connect(addr, proto, &ConnectOptions::new(&format!("next-{round}")))
+            .unwrap_or_else(|e| panic!("round {round}: the next client could not connect: {e}"));
+        next.subscribe(&format!("echo/{round}"), 1)
+            .unwrap_or_else(|e| panic!("round {round}: the next client was dropped: {e}"));
+        next.publish(&format!("echo/{round}"), b"x", 1, false)
+            .unwrap_or_else(|e| panic!("round {round}: the next client was dropped: {e}"));
+        let echo = next.recv(Instant::now() + DEADLINE).unwrap();
+        assert_eq!(
+            echo.map(|m| m.payload),
+            Some(b"x".to_vec()),
+            "round {round}"
+        );
+        next.disconnect();
+    }
+}
+
+#[test]
+fn rumqttd_v3_next_client_survives_a_disconnect() {
+    next_client_survives_a_disconnect("rumqttd", Protocol::V3_1_1);
+}
+
+#[test]
+fn rumqttd_v5_next_client_survives_a_disconnect() {
+    next_client_survives_a_disconnect("rumqttd", Protocol::V5);
+}
+
+#[test]
+fn mosquitto_v3_next_client_survives_a_disconnect() {
+    next_client_survives_a_disconnect("mosquitto", Protocol::V3_1_1);
+}
