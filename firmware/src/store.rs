@@ -26,6 +26,7 @@ fn key_of(k: RecordKey) -> u8 {
         RecordKey::Boot => 1,
         RecordKey::Outbox => 2,
         RecordKey::Inbox => 3,
+        RecordKey::Subscription => 4,
     }
 }
 

@@ -9,7 +9,7 @@ use crate::wire::{Decoder, Dir, Packet};
 use socket2::SockRef;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// What the tap saw: a decoded packet, or a connection attempt.
@@ -90,15 +90,21 @@ struct State {
     latency: Duration,
     next_conn: u32,
     /// (device side, broker side) of every live connection.
-    conns: Vec<(TcpStream, TcpStream)>,
+    conns: Vec<(u32, TcpStream, TcpStream)>,
     /// Cut the link right after forwarding a broker-to-device PUBLISH whose
     /// payload contains one of these markers (each marker once).
     cut_after: Vec<String>,
+    /// Armed: the next device SUBSCRIBE stalls its connection (see
+    /// `stall_next_subscribe`); then the connections stalled so far.
+    stall_subscribe: bool,
+    stalled: Vec<u32>,
 }
 
 pub struct FaultProxy {
     addr: SocketAddr,
     state: Arc<Mutex<State>>,
+    /// Signalled when a connection stalls at its SUBSCRIBE.
+    stalls: Arc<Condvar>,
     log: WireLog,
 }
 
@@ -122,8 +128,10 @@ impl FaultProxy {
             records: Arc::new(Mutex::new(Vec::new())),
             transcript: transcript.clone(),
         };
+        let stalls = Arc::new(Condvar::new());
         let st = state.clone();
         let lg = log.clone();
+        let cv = stalls.clone();
         std::thread::spawn(move || {
             for dev in listener.incoming() {
                 let Ok(dev) = dev else { continue };
@@ -155,13 +163,18 @@ impl FaultProxy {
                 ) else {
                     continue;
                 };
-                st.lock().unwrap().conns.push((d2, u2));
+                st.lock().unwrap().conns.push((conn, d2, u2));
                 let (dec_up, dec_down) = Decoder::pair();
-                pump(d3, u3, dec_up, conn, st.clone(), lg.clone());
-                pump(up, dev, dec_down, conn, st.clone(), lg.clone());
+                pump(d3, u3, dec_up, conn, st.clone(), lg.clone(), cv.clone());
+                pump(up, dev, dec_down, conn, st.clone(), lg.clone(), cv.clone());
             }
         });
-        Ok(FaultProxy { addr, state, log })
+        Ok(FaultProxy {
+            addr,
+            state,
+            stalls,
+            log,
+        })
     }
 
     /// Where the device connects.
@@ -172,10 +185,26 @@ impl FaultProxy {
     /// Resets every live connection, both sides.
     pub fn cut(&self) {
         let mut st = self.state.lock().unwrap();
-        for (d, u) in st.conns.drain(..) {
+        for (_, d, u) in st.conns.drain(..) {
             reset(&d);
             reset(&u);
         }
+    }
+
+    /// Resets only the connections stalled at their SUBSCRIBE: the other
+    /// devices on this proxy keep their link.
+    pub fn cut_stalled(&self) {
+        let mut st = self.state.lock().unwrap();
+        let stalled = std::mem::take(&mut st.stalled);
+        st.conns.retain(|(conn, d, u)| {
+            if stalled.contains(conn) {
+                reset(d);
+                reset(u);
+                false
+            } else {
+                true
+            }
+        });
     }
 
     /// Drops all bytes both ways while on; connections stay open.
@@ -185,7 +214,7 @@ impl FaultProxy {
         if !on {
             // Connections that lived through the blackhole are dead to both
             // ends by now; new ones pass.
-            for (d, u) in st.conns.drain(..) {
+            for (_, d, u) in st.conns.drain(..) {
                 reset(&d);
                 reset(&u);
             }
@@ -201,6 +230,29 @@ impl FaultProxy {
     /// not be processed, and its acknowledgement is lost.
     pub fn cut_after_publishes(&self, markers: Vec<String>) {
         self.state.lock().unwrap().cut_after = markers;
+    }
+
+    /// The next SUBSCRIBE a device sends never reaches the broker: from it on,
+    /// nothing that connection sends is forwarded (the broker's side stays
+    /// open, so no SUBACK ever comes). One connection only; the proxy disarms.
+    /// This is the moment between CONNACK and SUBACK, held open for the
+    /// runner to cut the link or the power there.
+    pub fn stall_next_subscribe(&self) {
+        self.state.lock().unwrap().stall_subscribe = true;
+    }
+
+    /// Waits until a connection has stalled at its SUBSCRIBE (armed by
+    /// `stall_next_subscribe`); false at the deadline.
+    pub fn wait_stalled(&self, deadline: Instant) -> bool {
+        let mut st = self.state.lock().unwrap();
+        while st.stall_subscribe {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            st = self.stalls.wait_timeout(st, left).unwrap().0;
+        }
+        true
     }
 
     /// Delays every forwarded chunk by `d` (each direction).
@@ -227,6 +279,7 @@ fn pump(
     conn: u32,
     st: Arc<Mutex<State>>,
     log: WireLog,
+    stalls: Arc<Condvar>,
 ) {
     std::thread::spawn(move || {
         let mut buf = [0u8; 16 * 1024];
@@ -248,7 +301,22 @@ fn pump(
                         continue;
                     }
                     let mut cut = false;
+                    let mut stall =
+                        dec.dir() == Dir::Up && st.lock().unwrap().stalled.contains(&conn);
                     for packet in dec.feed(&buf[..n]) {
+                        if let (Dir::Up, Packet::Subscribe { .. }) = (dec.dir(), &packet) {
+                            let mut s = st.lock().unwrap();
+                            if s.stall_subscribe {
+                                s.stall_subscribe = false;
+                                s.stalled.push(conn);
+                                stall = true;
+                                log.transcript.push(
+                                    Source::Note,
+                                    format!("#{conn} stalled: this SUBSCRIBE and all after it are held back"),
+                                );
+                                stalls.notify_all();
+                            }
+                        }
                         if let (Dir::Down, Packet::Publish { payload, .. }) = (dec.dir(), &packet) {
                             let mut s = st.lock().unwrap();
                             if let Some(i) = s
@@ -265,6 +333,11 @@ fn pump(
                             dir: dec.dir(),
                             packet,
                         });
+                    }
+                    if stall {
+                        // The whole chunk stays back, with any packet before
+                        // the SUBSCRIBE in it: the stream never desynchronises.
+                        continue;
                     }
                     if !latency.is_zero() {
                         // The latency fault itself: this chunk is late by design.

@@ -105,6 +105,7 @@ impl Need {
 }
 
 /// Starts extra sim devices for a scenario, on the scenario's proxy.
+#[derive(Clone)]
 pub struct SimFactory {
     pub spec: crate::dut::SimSpec,
     /// The main device's state dir (a respawn after a power cut reuses it).
@@ -135,6 +136,18 @@ impl SimFactory {
     /// The main device again after a power cut: same MAC, same flash.
     pub fn respawn_main(&self) -> Result<Dut, String> {
         Dut::start_sim(&self.spec, &self.main_state, &self.transcript)
+    }
+
+    /// An extra device again after a power cut: same MAC, same flash.
+    pub fn restart(&self, mac: &str, state: &crate::run::TempDir) -> Result<Dut, String> {
+        let mut spec = self.spec.clone();
+        spec.mac = mac.into();
+        Dut::start_sim_as(
+            &spec,
+            state.path(),
+            &self.transcript,
+            crate::transcript::Source::Fleet,
+        )
     }
 }
 
@@ -268,6 +281,15 @@ pub const ALL: &[Scenario] = &[
         session_expiry_s: 3600,
         outbox_capacity: 64,
         run: duplicate_command,
+    },
+    Scenario {
+        name: "interrupted_subscribe",
+        needs: &[Need::Broker, Need::Sim, Need::LinkFaults],
+        about: "a link loss and a power cut between CONNACK and SUBACK: session_present=1 comes back without the subscription; the device subscribes again and gets its command",
+        keepalive_s: 5,
+        session_expiry_s: 3600,
+        outbox_capacity: 64,
+        run: interrupted_subscribe,
     },
     Scenario {
         name: "reconnect_storm",
@@ -1481,6 +1503,113 @@ fn duplicate_command(ctx: &mut Ctx) -> Outcome {
     }
     ctx.t
         .runner("verdict: executed once, the redelivery acknowledged and reported as a duplicate");
+    Ok(())
+}
+
+/// A fresh device's client ID and its first CONNACK's session_present.
+fn fleet_online(dev: &mut Dut, promise: &'static str) -> Result<(String, bool), Failure> {
+    let id = match dev
+        .expect("id", STEP, |e| matches!(e, Event::Id { .. }))
+        .map_err(on(promise))?
+    {
+        Event::Id { client_id } => client_id,
+        _ => unreachable!(),
+    };
+    let sp = fleet_connack(dev, "CONNACK", promise)?;
+    Ok((id, sp))
+}
+
+fn fleet_connack(dev: &mut Dut, what: &str, promise: &'static str) -> Result<bool, Failure> {
+    match dev
+        .expect(what, STEP, |e| matches!(e, Event::MqttConnack { .. }))
+        .map_err(on(promise))?
+    {
+        Event::MqttConnack {
+            session_present, ..
+        } => Ok(session_present),
+        _ => unreachable!(),
+    }
+}
+
+/// After a SUBSCRIBE that never reached the broker, the device reconnects;
+/// the broker must answer session_present=1 (its session outlived the link)
+/// and the device must subscribe again and get a command.
+fn resubscribes_and_gets_a_command(
+    ctx: &mut Ctx,
+    dev: &mut Dut,
+    id: &str,
+    cloud: &mut Client,
+    tag: &str,
+    promise: &'static str,
+) -> Outcome {
+    if !fleet_connack(dev, "CONNACK after the interruption", promise)? {
+        return Err(fail(
+            "test rig: the broker keeps a persistent session",
+            format!("{id}: session_present=0 after the interruption; the broker dropped the session, so the pitfall cannot show"),
+        ));
+    }
+    ctx.t.runner(format!(
+        "{id}: session_present=1, yet the broker never saw its SUBSCRIBE"
+    ));
+    dev.expect("SUBSCRIBE again and its SUBACK", STEP, |e| {
+        matches!(e, Event::MqttSubscribed { .. })
+    })
+    .map_err(on(promise))?;
+    let cid = format!("{tag}-{}", ctx.nonce);
+    cloud
+        .publish(
+            &format!("devices/{id}/cmd"),
+            format!("{{\"id\":\"{cid}\"}}").as_bytes(),
+            1,
+            false,
+        )
+        .map_err(|e| fail(promise, e.to_string()))?;
+    ctx.t.cloud(format!("publish {tag} to the device"));
+    dev.expect("the command", STEP, |e| cmd_of(e, &cid).is_some())
+        .map_err(on(promise))?;
+    ctx.t
+        .runner(format!("{id}: subscribed again and executed {tag}"));
+    Ok(())
+}
+
+fn interrupted_subscribe(ctx: &mut Ctx) -> Outcome {
+    const P: &str =
+        "session_present=1 does not mean subscribed: subscribe until a SUBACK confirms it";
+    subscribed(ctx)?;
+    let f = factory(ctx)?.clone();
+    let mut cloud = cloud(ctx, "cloud-sub")?;
+
+    // 1. Link loss between CONNACK and SUBACK.
+    ctx.proxy.stall_next_subscribe();
+    let (mut dev, _state) = f
+        .start("24:0a:c4:00:70:01", |_| {})
+        .map_err(|e| fail("test rig", e))?;
+    let (id, _) = fleet_online(&mut dev, P)?;
+    if !ctx.proxy.wait_stalled(Instant::now() + STEP) {
+        return Err(fail(P, format!("{id} never sent its SUBSCRIBE")));
+    }
+    ctx.t
+        .runner("its link is cut while the SUBSCRIBE is held back");
+    ctx.proxy.cut_stalled();
+    resubscribes_and_gets_a_command(ctx, &mut dev, &id, &mut cloud, "after-cut", P)?;
+
+    // 2. Power cut between CONNACK and SUBACK: what the device knows after
+    // the reboot is only what it stored.
+    let mac = "24:0a:c4:00:70:02";
+    ctx.proxy.stall_next_subscribe();
+    let (mut dev, state) = f.start(mac, |_| {}).map_err(|e| fail("test rig", e))?;
+    let (id, _) = fleet_online(&mut dev, P)?;
+    if !ctx.proxy.wait_stalled(Instant::now() + STEP) {
+        return Err(fail(P, format!("{id} never sent its SUBSCRIBE")));
+    }
+    dev.power_off().map_err(|e| fail("test rig", e))?;
+    let mut dev = f.restart(mac, &state).map_err(|e| fail("test rig", e))?;
+    ctx.t
+        .runner("power restored while the broker still holds a session without the subscription");
+    resubscribes_and_gets_a_command(ctx, &mut dev, &id, &mut cloud, "after-power-cut", P)?;
+    ctx.t.runner(
+        "verdict: after a link loss and after a power cut before SUBACK the device subscribed again",
+    );
     Ok(())
 }
 

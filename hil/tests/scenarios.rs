@@ -103,6 +103,7 @@ scenarios!(
     buffer_overflow,
     client_id_takeover,
     duplicate_command,
+    interrupted_subscribe,
     reconnect_storm,
     qos_lab
 );
@@ -152,6 +153,30 @@ mod negative_control {
     #[test]
     fn no_dedupe() {
         caught("duplicate_command", "no-dedupe", "executed once");
+    }
+
+    #[test]
+    fn trust_session_present() {
+        caught(
+            "interrupted_subscribe",
+            "trust-session-present",
+            "session_present=1 does not mean subscribed",
+        );
+    }
+
+    #[test]
+    fn trust_session_present_mosquitto() {
+        let mut o = super::opts(
+            hil::run::BrokerChoice::Mosquitto,
+            &["trust-session-present"],
+        );
+        o.proto = hil_broker::Protocol::V5;
+        super::caught_on(
+            "interrupted_subscribe",
+            "trust-session-present",
+            "session_present=1 does not mean subscribed",
+            o,
+        );
     }
 
     #[test]

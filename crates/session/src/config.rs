@@ -52,9 +52,12 @@ pub enum Bug {
     /// MQTT 5: asks for a session that never expires (0xFFFFFFFF), whatever
     /// was configured: the "no session expiry" pitfall, orphaned sessions forever.
     IgnoreExpiry,
+    /// Trusts session_present=1 to mean "subscribed": a link or power loss
+    /// between CONNECT and SUBACK leaves a session without the subscription.
+    TrustSessionPresent,
 }
 
-pub const ALL_BUGS: [Bug; 8] = [
+pub const ALL_BUGS: [Bug; 9] = [
     Bug::RandomClientId,
     Bug::CleanSession,
     Bug::NoOutbox,
@@ -63,6 +66,7 @@ pub const ALL_BUGS: [Bug; 8] = [
     Bug::NoDedupe,
     Bug::UnboundedBuffer,
     Bug::IgnoreExpiry,
+    Bug::TrustSessionPresent,
 ];
 
 impl Bug {
@@ -76,6 +80,7 @@ impl Bug {
             Bug::NoDedupe => "no-dedupe",
             Bug::UnboundedBuffer => "unbounded-buffer",
             Bug::IgnoreExpiry => "ignore-expiry",
+            Bug::TrustSessionPresent => "trust-session-present",
         }
     }
 }
@@ -87,7 +92,7 @@ impl FromStr for Bug {
             .iter()
             .copied()
             .find(|b| b.name() == s)
-            .ok_or("unknown bug: random-client-id, clean-session, no-outbox, no-jitter, no-resubscribe, no-dedupe, unbounded-buffer, ignore-expiry")
+            .ok_or("unknown bug: random-client-id, clean-session, no-outbox, no-jitter, no-resubscribe, no-dedupe, unbounded-buffer, ignore-expiry, trust-session-present")
     }
 }
 

@@ -92,6 +92,9 @@ pub struct Device<R: RandomSource> {
     inbox: Inbox,
     subscribed_once: bool,
     sub_pid: Option<u16>,
+    /// The command subscription the broker confirmed (filter, requested QoS),
+    /// persisted: session_present=1 alone does not prove it exists.
+    subscription: Option<(String, u8)>,
     out: VecDeque<Output>,
     /// Network outputs of the handler in progress, released after its records.
     net: Vec<Output>,
@@ -114,11 +117,13 @@ impl<R: RandomSource> Device<R> {
         let mut outbox = Outbox::new(cap);
         let mut inbox = Inbox::new(cfg.inbox_capacity);
         let mut boot_count = 0;
+        let mut subscription = None;
         for r in records {
             match r {
                 Record::Boot { count } => boot_count = count,
                 Record::Outbox(s) => outbox = Outbox::restore(cap, s),
                 Record::Inbox(s) => inbox = Inbox::restore(cfg.inbox_capacity, s),
+                Record::Subscription(s) => subscription = s,
             }
         }
         boot_count += 1;
@@ -142,6 +147,7 @@ impl<R: RandomSource> Device<R> {
             inbox,
             subscribed_once: false,
             sub_pid: None,
+            subscription,
             out: VecDeque::new(),
             net: Vec::new(),
             cfg,
@@ -479,6 +485,12 @@ impl<R: RandomSource> Device<R> {
                     if Some(packet_id) == self.sub_pid {
                         self.sub_pid = None;
                         let t = topic(&self.cfg, &self.client_id, "cmd");
+                        if codes.iter().all(|c| *c < 0x80) {
+                            self.subscription = Some((t.clone(), self.cfg.cmd_qos));
+                            self.out.push_back(Output::Persist(Record::Subscription(
+                                self.subscription.clone(),
+                            )));
+                        }
                         for qos in codes {
                             self.console(Event::MqttSubscribed {
                                 topic: t.clone(),
@@ -522,10 +534,20 @@ impl<R: RandomSource> Device<R> {
             Ok((_, events)) => self.apply(now, events),
             Err(e) => self.console(Event::error("mqtt", e)),
         }
+        let t = topic(&self.cfg, &self.client_id, "cmd");
         let skip_for_bug = self.cfg.bugs.has(Bug::NoResubscribe) && self.subscribed_once;
-        let resubscribe = !session_present && !skip_for_bug;
+        // A session without a confirmed subscription (lost between an earlier
+        // CONNECT and its SUBACK) needs the SUBSCRIBE as much as no session.
+        let confirmed = self.cfg.bugs.has(Bug::TrustSessionPresent)
+            || self.subscription.as_ref() == Some(&(t.clone(), self.cfg.cmd_qos));
+        let resubscribe = (!session_present || !confirmed) && !skip_for_bug;
         if resubscribe {
-            let t = topic(&self.cfg, &self.client_id, "cmd");
+            if self.subscription.take().is_some() {
+                // Forget the old confirmation before asking again: a reboot
+                // before this SUBACK must not find it.
+                self.out
+                    .push_back(Output::Persist(Record::Subscription(None)));
+            }
             match self.engine.subscribe(&t, self.cfg.cmd_qos) {
                 Ok((pid, events)) => {
                     self.sub_pid = Some(pid);
@@ -809,5 +831,106 @@ mod tests {
         d.handle_command(1_000_001, Command::Wifi(true));
         d.handle_timeout(1_000_001);
         assert!(drain(&mut d).contains(&Output::Open));
+    }
+
+    /// The packet id of the SUBSCRIBE among `out`, if one was sent.
+    fn subscribe_pid(out: &[Output]) -> Option<u16> {
+        out.iter().find_map(|o| match o {
+            Output::Transmit(b) if b.first() == Some(&0x82) => {
+                Some(u16::from_be_bytes([b[2], b[3]]))
+            }
+            _ => None,
+        })
+    }
+
+    fn suback(pid: u16, granted: u8) -> Vec<u8> {
+        let [hi, lo] = pid.to_be_bytes();
+        vec![0x90, 3, hi, lo, granted]
+    }
+
+    fn records(out: &[Output]) -> Vec<Record> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Persist(r) => Some(r.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn link_lost_before_suback_subscribes_again_though_session_present() {
+        let mut d = device();
+        let out = online(&mut d, false);
+        assert!(subscribe_pid(&out).is_some());
+        // No SUBACK: the link drops, the broker kept a session without it.
+        d.handle_link_down(10, LinkDownReason::Closed);
+        drain(&mut d);
+        d.handle_timeout(100_000);
+        d.handle_link_up(100_001);
+        drain(&mut d);
+        d.handle_bytes(100_002, &[0x20, 2, 1, 0]);
+        let out = drain(&mut d);
+        let pid = subscribe_pid(&out).expect("SUBSCRIBE again after session_present=1");
+        d.handle_bytes(100_003, &suback(pid, 1));
+        let out = drain(&mut d);
+        assert_eq!(
+            records(&out),
+            vec![Record::Subscription(Some((
+                "devices/esp32c3-240ac4123456/cmd".into(),
+                1
+            )))]
+        );
+    }
+
+    #[test]
+    fn confirmed_subscription_survives_a_reboot_an_unconfirmed_one_does_not() {
+        let cfg = Config::new("esp32c3", "24:0a:c4:12:34:56".parse().unwrap());
+        // Confirmed: after a reboot, session_present=1 needs no SUBSCRIBE.
+        let mut d = device();
+        let out = online(&mut d, false);
+        d.handle_bytes(3, &suback(subscribe_pid(&out).unwrap(), 1));
+        let stored = records(&drain(&mut d));
+        let mut d = Device::boot(cfg.clone(), SplitMix64(8), stored.clone());
+        assert_eq!(subscribe_pid(&online(&mut d, true)), None);
+        // The broker lost the session: the record is cleared before asking
+        // again, so a power cut before this SUBACK cannot leave it behind.
+        let mut d = Device::boot(cfg.clone(), SplitMix64(9), stored);
+        let out = online(&mut d, false);
+        let cleared = out
+            .iter()
+            .position(|o| *o == Output::Persist(Record::Subscription(None)))
+            .expect("record cleared");
+        let sent = out
+            .iter()
+            .position(|o| matches!(o, Output::Transmit(b) if b.first() == Some(&0x82)))
+            .expect("SUBSCRIBE");
+        assert!(cleared < sent, "cleared before SUBSCRIBE: {out:?}");
+        // Power cut before the SUBACK: the next boot subscribes despite session_present=1.
+        let mut d = Device::boot(cfg.clone(), SplitMix64(10), records(&out));
+        assert!(subscribe_pid(&online(&mut d, true)).is_some());
+        // A different QoS is a different subscription.
+        let mut other = cfg;
+        other.cmd_qos = 2;
+        let stored = vec![Record::Subscription(Some((
+            "devices/esp32c3-240ac4123456/cmd".into(),
+            1,
+        )))];
+        let mut d = Device::boot(other, SplitMix64(11), stored);
+        assert!(subscribe_pid(&online(&mut d, true)).is_some());
+    }
+
+    #[test]
+    fn trust_session_present_bug_skips_the_subscribe() {
+        let mut cfg = Config::new("esp32c3", "24:0a:c4:12:34:56".parse().unwrap());
+        cfg.bugs = cfg.bugs.with(Bug::TrustSessionPresent);
+        let mut d = Device::boot(cfg, SplitMix64(7), vec![]);
+        assert!(subscribe_pid(&online(&mut d, false)).is_some());
+        d.handle_link_down(10, LinkDownReason::Closed);
+        drain(&mut d);
+        d.handle_timeout(100_000);
+        d.handle_link_up(100_001);
+        drain(&mut d);
+        d.handle_bytes(100_002, &[0x20, 2, 1, 0]);
+        assert_eq!(subscribe_pid(&drain(&mut d)), None);
     }
 }

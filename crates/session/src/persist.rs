@@ -8,6 +8,7 @@
 
 use crate::inbox::InboxSnapshot;
 use crate::outbox::OutboxSnapshot;
+use alloc::string::String;
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
@@ -16,10 +17,16 @@ pub enum RecordKey {
     Boot,
     Outbox,
     Inbox,
+    Subscription,
 }
 
 impl RecordKey {
-    pub const ALL: [RecordKey; 3] = [RecordKey::Boot, RecordKey::Outbox, RecordKey::Inbox];
+    pub const ALL: [RecordKey; 4] = [
+        RecordKey::Boot,
+        RecordKey::Outbox,
+        RecordKey::Inbox,
+        RecordKey::Subscription,
+    ];
 
     /// A stable short name (file name in the sim, key in flash).
     pub fn name(&self) -> &'static str {
@@ -27,15 +34,24 @@ impl RecordKey {
             RecordKey::Boot => "boot",
             RecordKey::Outbox => "outbox",
             RecordKey::Inbox => "inbox",
+            RecordKey::Subscription => "subscription",
         }
     }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Record {
-    Boot { count: u32 },
+    Boot {
+        count: u32,
+    },
     Outbox(OutboxSnapshot),
     Inbox(InboxSnapshot),
+    /// The command subscription the broker confirmed with a SUBACK (filter,
+    /// granted QoS), or None while one is requested but not yet confirmed.
+    /// Why: session_present=1 only says the broker has a session, not that it
+    /// holds our subscription; a link or power loss between CONNECT and SUBACK
+    /// leaves a session without it. New variants go last (postcard indexes).
+    Subscription(Option<(String, u8)>),
 }
 
 /// A stored record that could not be read back.
@@ -57,6 +73,7 @@ impl Record {
             Record::Boot { .. } => RecordKey::Boot,
             Record::Outbox(_) => RecordKey::Outbox,
             Record::Inbox(_) => RecordKey::Inbox,
+            Record::Subscription(_) => RecordKey::Subscription,
         }
     }
 
