@@ -144,7 +144,12 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::List => {
             for s in hil::scenario::ALL {
-                println!("{:<18} {}", s.name, s.about);
+                println!(
+                    "{:<w$} {}",
+                    s.name,
+                    s.about,
+                    w = hil::scenario::name_width()
+                );
             }
             ExitCode::SUCCESS
         }

@@ -526,9 +526,10 @@ pub fn run(opts: &RunOptions) -> Result<Summary, String> {
             Verdict::NotApplicable(_) => "N/A ",
         };
         eprintln!(
-            "  {status} {:<18} {:>6.2}s",
+            "  {status} {:<w$} {:>6.2}s",
             r.name,
-            r.duration.as_secs_f64()
+            r.duration.as_secs_f64(),
+            w = scenario::name_width()
         );
         match &r.verdict {
             Verdict::Fail(f) => eprintln!("       {f}"),
@@ -554,20 +555,22 @@ pub fn run(opts: &RunOptions) -> Result<Summary, String> {
 }
 
 fn print_table(s: &Summary, wall: Duration) {
-    println!("\n{:<18} {:<7} {:>8}  detail", "scenario", "result", "time");
+    let w = scenario::name_width();
+    println!("\n{:<w$} {:<7} {:>8}  detail", "scenario", "result", "time");
     for r in &s.results {
         let (res, detail) = match &r.verdict {
             Verdict::Pass => ("pass", String::new()),
             Verdict::Fail(f) => ("FAIL", f.to_string()),
             Verdict::NotApplicable(why) => ("n/a", why.clone()),
         };
-        println!(
-            "{:<18} {:<7} {:>7.2}s  {}",
+        let line = format!(
+            "{:<w$} {:<7} {:>7.2}s  {}",
             r.name,
             res,
             r.duration.as_secs_f64(),
             detail
         );
+        println!("{}", line.trim_end());
     }
     let count = |f: fn(&Verdict) -> bool| s.results.iter().filter(|r| f(&r.verdict)).count();
     let failed = count(|v| matches!(v, Verdict::Fail(_)));

@@ -317,6 +317,11 @@ pub const ALL: &[Scenario] = &[
     },
 ];
 
+/// The width of the name column in tables: the longest scenario name.
+pub fn name_width() -> usize {
+    ALL.iter().map(|s| s.name.len()).max().unwrap_or(8)
+}
+
 pub fn find(name: &str) -> Option<&'static Scenario> {
     ALL.iter().find(|s| s.name == name)
 }
