@@ -1438,6 +1438,12 @@ fn client_id_takeover(ctx: &mut Ctx) -> Outcome {
         matches!(e, Event::MqttConnack { .. })
     })
     .map_err(on(P))?;
+    // Its flash holds no confirmed subscription, so it subscribes whatever
+    // session_present says; wait for it, so the wire log is complete.
+    twin.expect("the twin's subscription", STEP, |e| {
+        matches!(e, Event::MqttSubscribed { .. })
+    })
+    .map_err(on(P))?;
     ctx.t.runner(format!("a second device connected as {id}"));
     let dropped = ctx
         .dut
