@@ -1562,7 +1562,7 @@ fn resubscribes_and_gets_a_command(
     ctx.t.runner(format!(
         "{id}: session_present=1, yet the broker never saw its SUBSCRIBE"
     ));
-    dev.expect("SUBSCRIBE again and its SUBACK", STEP, |e| {
+    dev.expect("re-subscription (SUBSCRIBE and SUBACK)", STEP, |e| {
         matches!(e, Event::MqttSubscribed { .. })
     })
     .map_err(on(promise))?;
