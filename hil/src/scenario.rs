@@ -349,14 +349,7 @@ fn client_id(ctx: &mut Ctx) -> Result<String, Failure> {
     }) {
         return Ok(id);
     }
-    match ctx
-        .dut
-        .expect("`id` line", STEP, |e| matches!(e, Event::Id { .. }))
-        .map_err(on("device reports its identity"))?
-    {
-        Event::Id { client_id } => Ok(client_id),
-        _ => unreachable!(),
-    }
+    device_id(&mut ctx.dut, "device reports its identity")
 }
 
 fn cloud(ctx: &mut Ctx, name: &str) -> Result<Client, Failure> {
@@ -1047,13 +1040,7 @@ fn effective_qos(ctx: &mut Ctx) -> Outcome {
         let (mut dev, _state) = f
             .start(&mac, |s| s.cmd_qos = sub_qos)
             .map_err(|e| fail("test rig", e))?;
-        let id = match dev
-            .expect("id", STEP, |e| matches!(e, Event::Id { .. }))
-            .map_err(on(P))?
-        {
-            Event::Id { client_id } => client_id,
-            _ => unreachable!(),
-        };
+        let id = device_id(&mut dev, P)?;
         let granted = match dev
             .expect("subscription", STEP, |e| {
                 matches!(e, Event::MqttSubscribed { .. })
@@ -1517,15 +1504,20 @@ fn duplicate_command(ctx: &mut Ctx) -> Outcome {
     Ok(())
 }
 
-/// A fresh device's client ID and its first CONNACK's session_present.
-fn fleet_online(dev: &mut Dut, promise: &'static str) -> Result<(String, bool), Failure> {
-    let id = match dev
-        .expect("id", STEP, |e| matches!(e, Event::Id { .. }))
+/// The client ID a device reports when it boots.
+fn device_id(dev: &mut Dut, promise: &'static str) -> Result<String, Failure> {
+    match dev
+        .expect("`id` line", STEP, |e| matches!(e, Event::Id { .. }))
         .map_err(on(promise))?
     {
-        Event::Id { client_id } => client_id,
+        Event::Id { client_id } => Ok(client_id),
         _ => unreachable!(),
-    };
+    }
+}
+
+/// A fresh device's client ID and its first CONNACK's session_present.
+fn fleet_online(dev: &mut Dut, promise: &'static str) -> Result<(String, bool), Failure> {
+    let id = device_id(dev, promise)?;
     let sp = fleet_connack(dev, "CONNACK", promise)?;
     Ok((id, sp))
 }
@@ -1665,13 +1657,7 @@ fn reconnect_storm(ctx: &mut Ctx) -> Outcome {
         fleet.push((dev, state, String::new()));
     }
     for (dev, _, id) in fleet.iter_mut() {
-        *id = match dev
-            .expect("id", STEP, |e| matches!(e, Event::Id { .. }))
-            .map_err(on(P))?
-        {
-            Event::Id { client_id } => client_id,
-            _ => unreachable!(),
-        };
+        *id = device_id(dev, P)?;
         dev.expect("subscription", STEP, |e| {
             matches!(e, Event::MqttSubscribed { .. })
         })
@@ -1781,13 +1767,7 @@ fn qos_lab(ctx: &mut Ctx) -> Outcome {
     let (mut dev, _state) = f
         .start("24:0a:c4:00:60:01", |s| s.cmd_qos = 2)
         .map_err(|e| fail("test rig", e))?;
-    let id = match dev
-        .expect("id", STEP, |e| matches!(e, Event::Id { .. }))
-        .map_err(on(P))?
-    {
-        Event::Id { client_id } => client_id,
-        _ => unreachable!(),
-    };
+    let id = device_id(&mut dev, P)?;
     dev.expect("subscription", STEP, |e| {
         matches!(e, Event::MqttSubscribed { qos: 2, .. })
     })
