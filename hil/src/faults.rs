@@ -89,7 +89,7 @@ struct State {
     refuse: bool,
     latency: Duration,
     next_conn: u32,
-    /// (device side, broker side) of every live connection.
+    /// (connection number, device side, broker side) of every live connection.
     conns: Vec<(u32, TcpStream, TcpStream)>,
     /// Cut the link right after forwarding a broker-to-device PUBLISH whose
     /// payload contains one of these markers (each marker once).
