@@ -166,16 +166,10 @@ mod negative_control {
 
     #[test]
     fn trust_session_present_mosquitto() {
-        let mut o = super::opts(
-            hil::run::BrokerChoice::Mosquitto,
-            &["trust-session-present"],
-        );
-        o.proto = hil_broker::Protocol::V5;
-        super::caught_on(
+        caught_v5(
             "interrupted_subscribe",
             "trust-session-present",
             "session_present=1 does not mean subscribed",
-            o,
         );
     }
 
