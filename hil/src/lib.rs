@@ -1,17 +1,21 @@
-//! The HIL runner. Modules mirror its concepts:
-//! - [`transcript`]: every console line, cloud observation and runner action, time-ordered;
-//! - [`dut`]: the device under test, driven only through its console and the network;
-//! - [`scenario`]: what each scenario does and which promise it guards;
-//! - [`run`]: brokers, devices and scenarios put together; summary, transcripts, JUnit.
+//! The HIL runner. Read it top-down:
+//! - [`scenarios`]: one file per scenario: its promise, needs, device spec,
+//!   negative controls and steps; the registry;
+//! - [`testbed`]: what a scenario acts on: broker, fault proxy and wire tap
+//!   (packet rules), cloud clients, the device; plain verbs;
+//! - [`dut`]: the device under test, seen only as a console and a network
+//!   connection; one file per backend (sim, serial/probe, wokwi);
+//! - [`runner`]: puts a testbed together per scenario, decides the verdict,
+//!   emits events; never prints;
+//! - [`report`]: renders the events (terminal, transcripts, JUnit);
+//! - [`transcript`]: every console line, wire packet, cloud observation and
+//!   runner step of a scenario, time-ordered;
+//! - [`bench`]: boards on a bench (rig file, doctor, flashing, images).
 
-pub mod doctor;
+pub mod bench;
 pub mod dut;
-pub mod faults;
-pub mod firmware;
-pub mod flash;
-pub mod probe;
-pub mod rig;
-pub mod run;
-pub mod scenario;
+pub mod report;
+pub mod runner;
+pub mod scenarios;
+pub mod testbed;
 pub mod transcript;
-pub mod wire;

@@ -1,6 +1,10 @@
 use clap::{Parser, Subcommand};
-use hil::run::{BrokerChoice, DutChoice, RunOptions, SerialOptions};
-use hil_broker::Protocol;
+use hil::dut::{SerialBackend, SerialOptions, WokwiBackend};
+use hil::report::{Fanout, JunitReporter, Reporter, TerminalReporter, TranscriptWriter};
+use hil::runner::RunOptions;
+use hil::testbed::BrokerChoice;
+use hil_broker::MqttVersion;
+use hil_session::Bug;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +13,10 @@ use std::process::ExitCode;
 #[command(
     name = "hil",
     version,
-    about = "Hardware-in-the-loop tests for MQTT devices: session, outbox, identity, reconnects"
+    about = "Hardware-in-the-loop tests for MQTT devices: session, outbox, identity, reconnects",
+    after_help = "Exit codes of `hil run`: 0 every judged scenario passed (one at least was judged), \
+                  1 a device failed a promise, 2 usage error, 3 rig error (broker, port, flash) and \
+                  no device failure, 4 nothing was judged (every scenario n/a)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -60,17 +67,17 @@ enum Cmd {
         wokwi_timeout_ms: u64,
         /// rumqttd (embedded, default), mosquitto (from PATH), or HOST:PORT of an external broker.
         #[arg(long, default_value = "rumqttd")]
-        broker: String,
+        broker: BrokerChoice,
         /// MQTT version for every scenario. Default: 3.1.1, and 5 for the
         /// scenarios that need it (session and message expiry).
         #[arg(long)]
-        mqtt: Option<Protocol>,
+        mqtt: Option<MqttVersion>,
         /// Run only these scenarios (repeatable); see `hil list`.
         #[arg(long = "scenario")]
         scenarios: Vec<String>,
         /// Pass a negative control to the sim device (repeatable): the run should fail.
-        #[arg(long = "sim-bug")]
-        sim_bugs: Vec<String>,
+        #[arg(long = "sim-bug", value_parser = parse_bug)]
+        sim_bugs: Vec<Bug>,
         /// JUnit XML report.
         #[arg(long)]
         junit: Option<PathBuf>,
@@ -126,9 +133,9 @@ enum BrokerCmd {
     Check {
         /// rumqttd (embedded), mosquitto (from PATH), or HOST:PORT of a running broker.
         #[arg(long, default_value = "rumqttd")]
-        broker: String,
+        broker: BrokerChoice,
         #[arg(long, default_value = "3.1.1")]
-        mqtt: Protocol,
+        mqtt: MqttVersion,
     },
     /// Serve embedded rumqttd in this process (the runner starts this as a child).
     Serve {
@@ -139,17 +146,31 @@ enum BrokerCmd {
     },
 }
 
+// clap reports value-parser errors as strings; the session's own error says what is expected.
+fn parse_bug(s: &str) -> Result<Bug, String> {
+    s.parse().map_err(|e: &str| e.to_string())
+}
+
+fn usage(cmd: &str, e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("hil {cmd}: error: {e}");
+    ExitCode::from(2)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::List => {
-            for s in hil::scenario::ALL {
-                println!(
-                    "{:<w$} {}",
-                    s.name,
-                    s.about,
-                    w = hil::scenario::name_width()
-                );
+            let w = hil::scenarios::name_width();
+            for s in hil::scenarios::ALL {
+                println!("{:<w$} {}", s.name, s.about);
+                for c in s.catches {
+                    println!(
+                        "{:<w$}   caught: --sim-bug {} breaks \"{}\"",
+                        "",
+                        c.bug.name(),
+                        c.breaks
+                    );
+                }
             }
             ExitCode::SUCCESS
         }
@@ -172,7 +193,7 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Doctor { rig } => {
-            let report = hil::doctor::run(rig.as_deref());
+            let report = hil::bench::doctor::run(rig.as_deref());
             report.print(&mut std::io::stdout());
             if report.problems.is_empty() {
                 ExitCode::SUCCESS
@@ -187,22 +208,15 @@ fn main() -> ExitCode {
         Cmd::Broker {
             cmd: BrokerCmd::Check { broker, mqtt },
         } => {
-            let choice = match BrokerChoice::parse(&broker) {
-                Ok(b) => b,
-                Err(e) => {
-                    eprintln!("hil broker check: error: {e}");
-                    return ExitCode::from(2);
-                }
-            };
             let exe = std::env::current_exe().unwrap_or_else(|_| "hil".into());
-            match hil::run::check_broker(&RunOptions::sim(exe, choice), mqtt) {
+            match hil::runner::check_broker(&RunOptions::sim(exe, broker), mqtt) {
                 Ok(report) => {
                     print!("{}", report.table());
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
                     eprintln!("hil broker check: error: {e}");
-                    ExitCode::FAILURE
+                    ExitCode::from(3)
                 }
             }
         }
@@ -222,7 +236,12 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("hil broker serve: error: {e}");
-                    ExitCode::FAILURE
+                    // A taken port has its own exit code: the parent retries on fresh ports.
+                    if matches!(e, hil_broker::rumqttd::ServeError::PortTaken { .. }) {
+                        ExitCode::from(hil_broker::EXIT_PORT_TAKEN as u8)
+                    } else {
+                        ExitCode::FAILURE
+                    }
                 }
             }
         }
@@ -245,28 +264,17 @@ fn main() -> ExitCode {
             junit,
             out,
         } => {
-            let usage = |e: String| {
-                eprintln!("hil run: error: {e}");
-                ExitCode::from(2)
-            };
-            let broker = match BrokerChoice::parse(&broker) {
-                Ok(b) => b,
-                Err(e) => return usage(e),
-            };
             let exe = match std::env::current_exe() {
                 Ok(p) => p,
-                Err(e) => return usage(format!("cannot find my own executable: {e}")),
+                Err(e) => return usage("run", format!("cannot find my own executable: {e}")),
             };
             let mut opts = RunOptions::sim(exe, broker);
             match mqtt {
-                Some(p) => opts.proto = p,
+                Some(p) => opts.mqtt = p,
                 None => opts.auto_v5 = true,
             }
             opts.scenarios = scenarios;
-            opts.sim_bugs = sim_bugs;
-            opts.junit = junit;
-            opts.out = out;
-            opts.progress = true;
+            opts.bugs = sim_bugs;
             if let Some(ip) = bind {
                 opts.bind = ip;
             }
@@ -275,35 +283,31 @@ fn main() -> ExitCode {
                     let (port, mac, chip, wifi, rig_bind, rig_probe) = match (&port, &rig) {
                         (Some(p), _) => (p.clone(), None, "esp32c3".to_string(), None, None, None),
                         (None, Some(path)) => {
-                            let rig = match hil::rig::Rig::load(path) {
-                                Ok(r) => r,
-                                Err(e) => return usage(e),
-                            };
-                            let b = match rig.board(board.as_deref()) {
-                                Ok(b) => b.clone(),
-                                Err(e) => return usage(e),
-                            };
-                            let port = match b.resolve_port() {
-                                Ok(p) => p,
-                                Err(e) => return usage(e),
-                            };
-                            let wifi = match rig.wifi_credentials() {
-                                Ok(w) => w,
-                                Err(e) => return usage(e),
-                            };
-                            (
-                                port,
-                                b.mac.clone(),
-                                b.chip.clone(),
-                                wifi,
-                                Some(rig.broker.bind),
-                                b.probe.clone(),
-                            )
+                            let board = hil::bench::rig::Rig::load(path).and_then(|rig| {
+                                let b = rig.board(board.as_deref())?.clone();
+                                let port = b.resolve_port()?;
+                                let wifi = rig.wifi_credentials()?;
+                                Ok((
+                                    port,
+                                    b.mac.clone(),
+                                    b.chip.clone(),
+                                    wifi,
+                                    Some(rig.broker.bind),
+                                    b.probe.clone(),
+                                ))
+                            });
+                            match board {
+                                Ok(b) => b,
+                                Err(e) => return usage("run", e),
+                            }
                         }
                         (None, None) => {
-                            return usage(format!(
-                                "--dut {dut} needs --port PATH (the console) or --rig FILE"
-                            ))
+                            return usage(
+                                "run",
+                                format!(
+                                    "--dut {dut} needs --port PATH (the console) or --rig FILE"
+                                ),
+                            )
                         }
                     };
                     if let (Some(ip), None) = (rig_bind, bind) {
@@ -311,66 +315,96 @@ fn main() -> ExitCode {
                     }
                     let chip = match chip.parse() {
                         Ok(c) => c,
-                        Err(_) => return usage(format!("unknown chip {chip}")),
+                        Err(_) => return usage("run", format!("unknown chip {chip}")),
                     };
                     // The rig's probe selector, unless one is given.
                     let probe = (dut == "probe").then(|| probe.clone().or(rig_probe));
-                    opts.dut = DutChoice::Serial(SerialOptions {
+                    opts.backend = Box::new(SerialBackend(SerialOptions {
                         probe,
                         port,
                         elf: if no_flash { None } else { Some(elf) },
                         chip,
                         wifi,
                         mac,
-                    });
+                    }));
                 }
                 "wokwi" => {
-                    opts.dut = DutChoice::Wokwi {
+                    opts.backend = Box::new(WokwiBackend {
                         cli: wokwi_cli,
                         project: wokwi_project,
                         timeout_ms: wokwi_timeout_ms,
-                    };
+                    });
                 }
                 _ => {}
             }
-            match hil::run::run(&opts) {
-                Ok(summary) if summary.all_passed() => ExitCode::SUCCESS,
-                Ok(_) => ExitCode::FAILURE,
-                Err(e) => {
-                    eprintln!("hil run: error: {e}");
-                    ExitCode::from(2)
-                }
-            }
+            run(&opts, out, junit)
         }
     }
 }
 
+/// `hil run` with its reporters: terminal, transcripts, JUnit.
+fn run(opts: &RunOptions, out: Option<PathBuf>, junit: Option<PathBuf>) -> ExitCode {
+    let out = out.unwrap_or_else(|| {
+        let ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        PathBuf::from("target/hil").join(ts.to_string())
+    });
+    let mut files = match TranscriptWriter::new(&out) {
+        Ok(w) => w,
+        Err(e) => return usage("run", e),
+    };
+    let mut terminal = TerminalReporter::new(true, Some(out.clone()));
+    let mut junit = junit.map(JunitReporter::new);
+    let mut reporters: Vec<&mut dyn Reporter> = vec![&mut files, &mut terminal];
+    if let Some(j) = junit.as_mut() {
+        reporters.push(j);
+    }
+    let mut fan = Fanout {
+        reporters,
+        error: None,
+    };
+    let summary = match hil::runner::run(opts, &mut |e| fan.emit(e)) {
+        Ok(s) => s,
+        Err(e @ hil::runner::RunError::Prepare(_)) => {
+            eprintln!("hil run: error: {e}");
+            return ExitCode::from(3);
+        }
+        Err(e) => return usage("run", e),
+    };
+    if let Some(e) = fan.error {
+        eprintln!("hil run: error: {e}");
+        return ExitCode::from(3);
+    }
+    ExitCode::from(summary.exit_code())
+}
 fn firmware_image(
     elf: &std::path::Path,
     output: Option<&std::path::Path>,
     chip: &str,
     max: Option<u64>,
-) -> Result<usize, String> {
+) -> Result<usize, Box<dyn std::error::Error>> {
     let chip: espflash::target::Chip = chip
         .parse()
         .map_err(|_| format!("unknown chip `{chip}` (e.g. esp32c3)"))?;
-    let image = hil::firmware::app_image(elf, chip)?;
+    let image = hil::bench::firmware::app_image(elf, chip)?;
     let size = image.bytes.len();
     if let Some(out) = output {
-        std::fs::write(out, &image.bytes)
-            .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+        std::fs::write(out, &image.bytes).map_err(|source| hil::bench::FlashError::Write {
+            path: out.display().to_string(),
+            source,
+        })?;
     }
     println!(
         "app image for {chip}: {size} bytes ({:.1}% of the {}-byte factory partition), sha256 {}",
         100.0 * size as f64 / image.partition_size.max(1) as f64,
         image.partition_size,
-        hil::firmware::digest(&image.bytes)
+        hil::bench::firmware::digest(&image.bytes)
     );
     if let Some(max) = max {
         if size as u64 > max {
-            return Err(format!(
-                "the image is {size} bytes, over the {max}-byte budget"
-            ));
+            return Err(hil::bench::FlashError::OverBudget { size, max }.into());
         }
     }
     Ok(size)

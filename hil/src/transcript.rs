@@ -21,7 +21,7 @@ pub enum Source {
 }
 
 impl Source {
-    fn label(&self) -> &'static str {
+    pub fn label(&self) -> &'static str {
         match self {
             Source::Device => "device",
             Source::Cloud => "cloud ",
@@ -40,10 +40,14 @@ pub struct Entry {
     pub text: String,
 }
 
+/// Told of every entry as it is recorded (the runner turns them into events).
+pub type Sink = Arc<dyn Fn(&Entry) + Send + Sync>;
+
 #[derive(Clone)]
 pub struct Transcript {
     start: Instant,
     entries: Arc<Mutex<Vec<Entry>>>,
+    sink: Option<Sink>,
     /// The device under test's client ID: the normalised wire section keeps
     /// only its packets (a fleet's interleave by timing).
     focus: Arc<Mutex<Option<String>>>,
@@ -101,7 +105,16 @@ impl Transcript {
         Transcript {
             start: Instant::now(),
             entries: Arc::new(Mutex::new(Vec::new())),
+            sink: None,
             focus: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// A transcript that also tells `sink` of every entry.
+    pub fn with_sink(sink: Sink) -> Self {
+        Transcript {
+            sink: Some(sink),
+            ..Transcript::new()
         }
     }
 
@@ -111,12 +124,15 @@ impl Transcript {
     }
 
     pub fn push(&self, source: Source, text: impl Into<String>) {
-        let at = self.start.elapsed();
-        self.entries.lock().unwrap().push(Entry {
-            at,
+        let entry = Entry {
+            at: self.start.elapsed(),
             source,
             text: text.into(),
-        });
+        };
+        if let Some(sink) = &self.sink {
+            sink(&entry);
+        }
+        self.entries.lock().unwrap().push(entry);
     }
 
     pub fn runner(&self, text: impl Into<String>) {
@@ -199,6 +215,12 @@ impl Transcript {
             out.push('\n');
         }
         out
+    }
+}
+
+impl std::fmt::Debug for Transcript {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.raw())
     }
 }
 

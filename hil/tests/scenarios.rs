@@ -11,7 +11,7 @@ fn opts(broker: BrokerChoice, bugs: &[&str]) -> RunOptions {
     o
 }
 
-fn pass(name: &str, broker: BrokerChoice, proto: hil_broker::Protocol) {
+fn pass(name: &str, broker: BrokerChoice, proto: hil_broker::MqttVersion) {
     let s = hil::scenario::find(name).unwrap();
     let label = broker.name();
     let mut o = opts(broker, &[]);
@@ -37,7 +37,7 @@ fn pass(name: &str, broker: BrokerChoice, proto: hil_broker::Protocol) {
         }
         hil::run::Verdict::Fail(_) => unreachable!(),
     };
-    let v = if proto == hil_broker::Protocol::V5 {
+    let v = if proto == hil_broker::MqttVersion::V5 {
         "v5"
     } else {
         "v3"
@@ -56,7 +56,7 @@ fn caught(name: &str, bug: &str, promise: &str) {
 /// The same on MQTT 5 and mosquitto (expiry needs both to be observable).
 fn caught_v5(name: &str, bug: &str, promise: &str) {
     let mut o = opts(BrokerChoice::Mosquitto, &[bug]);
-    o.proto = hil_broker::Protocol::V5;
+    o.proto = hil_broker::MqttVersion::V5;
     caught_on(name, bug, promise, o)
 }
 
@@ -79,12 +79,12 @@ fn caught_on(name: &str, bug: &str, promise: &str, o: RunOptions) {
 macro_rules! scenarios {
     ($($name:ident),*) => {
         mod rumqttd {
-            mod v3 { $(#[test] fn $name() { crate::pass(stringify!($name), hil::run::BrokerChoice::Rumqttd, hil_broker::Protocol::V3_1_1) })* }
-            mod v5 { $(#[test] fn $name() { crate::pass(stringify!($name), hil::run::BrokerChoice::Rumqttd, hil_broker::Protocol::V5) })* }
+            mod v3 { $(#[test] fn $name() { crate::pass(stringify!($name), hil::run::BrokerChoice::Rumqttd, hil_broker::MqttVersion::V3_1_1) })* }
+            mod v5 { $(#[test] fn $name() { crate::pass(stringify!($name), hil::run::BrokerChoice::Rumqttd, hil_broker::MqttVersion::V5) })* }
         }
         mod mosquitto {
-            mod v3 { $(#[test] fn $name() { crate::pass(stringify!($name), hil::run::BrokerChoice::Mosquitto, hil_broker::Protocol::V3_1_1) })* }
-            mod v5 { $(#[test] fn $name() { crate::pass(stringify!($name), hil::run::BrokerChoice::Mosquitto, hil_broker::Protocol::V5) })* }
+            mod v3 { $(#[test] fn $name() { crate::pass(stringify!($name), hil::run::BrokerChoice::Mosquitto, hil_broker::MqttVersion::V3_1_1) })* }
+            mod v5 { $(#[test] fn $name() { crate::pass(stringify!($name), hil::run::BrokerChoice::Mosquitto, hil_broker::MqttVersion::V5) })* }
         }
     };
 }

@@ -3,7 +3,7 @@
 //! assertions need a semantic the broker lacks is not applicable on it.
 
 use crate::client::{Client, ConnectOptions};
-use crate::{Broker, Protocol, Restart};
+use crate::{Broker, MqttVersion, Restart};
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -115,10 +115,26 @@ fn opts(id: &str, clean: bool) -> ConnectOptions {
     o
 }
 
-type R = Result<(bool, String), String>;
+/// Why a semantic could not be probed at all (neither honoured nor not).
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(transparent)]
+    Client(#[from] crate::ClientError),
+    #[error(transparent)]
+    Broker(#[from] crate::BrokerError),
+    #[error("MQTT 5 only")]
+    NeedsMqtt5,
+    #[error("this broker cannot be restarted")]
+    CannotRestart,
+    /// The probe's own message never came back: nothing to judge by.
+    #[error("{0}")]
+    NoAnswer(&'static str),
+}
 
-fn e<E: std::fmt::Display>(e: E) -> String {
-    e.to_string()
+type R = Result<(bool, String), ProbeError>;
+
+fn e<E: Into<ProbeError>>(e: E) -> ProbeError {
+    e.into()
 }
 
 fn unique(tag: &str) -> String {
@@ -127,7 +143,7 @@ fn unique(tag: &str) -> String {
     format!("hil-check-{tag}-{}-{n}", std::process::id())
 }
 
-fn qos_capping(b: &Broker, p: Protocol) -> R {
+fn qos_capping(b: &Broker, p: MqttVersion) -> R {
     let addr = b.addr(p);
     let topic = unique("qos");
     let mut sub = Client::connect(addr, p, &opts(&unique("sub"), true)).map_err(e)?;
@@ -140,7 +156,7 @@ fn qos_capping(b: &Broker, p: Protocol) -> R {
         let got = sub
             .recv(Instant::now() + WAIT)
             .map_err(e)?
-            .ok_or("nothing delivered")?;
+            .ok_or(ProbeError::NoAnswer("nothing delivered"))?;
         seen.push(got.qos);
     }
     Ok((
@@ -149,7 +165,7 @@ fn qos_capping(b: &Broker, p: Protocol) -> R {
     ))
 }
 
-fn qos0_not_queued(b: &Broker, p: Protocol) -> R {
+fn qos0_not_queued(b: &Broker, p: MqttVersion) -> R {
     let addr = b.addr(p);
     let (id, topic) = (unique("offline"), unique("q0topic"));
     let mut sub = Client::connect(
@@ -186,9 +202,9 @@ fn qos0_not_queued(b: &Broker, p: Protocol) -> R {
     ))
 }
 
-fn session_expiry(b: &Broker, p: Protocol) -> R {
-    if p != Protocol::V5 {
-        return Err("MQTT 5 only".into());
+fn session_expiry(b: &Broker, p: MqttVersion) -> R {
+    if p != MqttVersion::V5 {
+        return Err(ProbeError::NeedsMqtt5);
     }
     let addr = b.addr(p);
     let id = unique("expiry");
@@ -224,9 +240,9 @@ fn session_expiry(b: &Broker, p: Protocol) -> R {
     ))
 }
 
-fn message_expiry(b: &Broker, p: Protocol) -> R {
-    if p != Protocol::V5 {
-        return Err("MQTT 5 only".into());
+fn message_expiry(b: &Broker, p: MqttVersion) -> R {
+    if p != MqttVersion::V5 {
+        return Err(ProbeError::NeedsMqtt5);
     }
     let addr = b.addr(p);
     let (id, topic) = (unique("msgexp"), unique("msgexptopic"));
@@ -266,7 +282,7 @@ fn message_expiry(b: &Broker, p: Protocol) -> R {
     ))
 }
 
-fn dup_on_redelivery(b: &Broker, p: Protocol) -> R {
+fn dup_on_redelivery(b: &Broker, p: MqttVersion) -> R {
     let addr = b.addr(p);
     let (id, topic) = (unique("dup"), unique("duptopic"));
     let o = ConnectOptions {
@@ -281,7 +297,7 @@ fn dup_on_redelivery(b: &Broker, p: Protocol) -> R {
     let first = sub
         .recv(Instant::now() + WAIT)
         .map_err(e)?
-        .ok_or("not delivered")?;
+        .ok_or(ProbeError::NoAnswer("not delivered"))?;
     sub.drop_abruptly();
     let mut sub = Client::connect(addr, p, &o).map_err(e)?;
     let again = sub.recv(Instant::now() + WAIT).map_err(e)?;
@@ -297,7 +313,7 @@ fn dup_on_redelivery(b: &Broker, p: Protocol) -> R {
     }
 }
 
-fn last_will(b: &Broker, p: Protocol) -> R {
+fn last_will(b: &Broker, p: MqttVersion) -> R {
     let addr = b.addr(p);
     let topic = unique("will");
     let mut watch = Client::connect(addr, p, &opts(&unique("watch"), true)).map_err(e)?;
@@ -320,7 +336,7 @@ fn last_will(b: &Broker, p: Protocol) -> R {
     ))
 }
 
-fn retained(b: &Broker, p: Protocol) -> R {
+fn retained(b: &Broker, p: MqttVersion) -> R {
     let addr = b.addr(p);
     let topic = unique("ret");
     let mut publ = Client::connect(addr, p, &opts(&unique("pub"), true)).map_err(e)?;
@@ -342,7 +358,7 @@ fn retained(b: &Broker, p: Protocol) -> R {
     })
 }
 
-fn takeover(b: &Broker, p: Protocol) -> R {
+fn takeover(b: &Broker, p: MqttVersion) -> R {
     let addr = b.addr(p);
     let id = unique("same");
     let mut first = Client::connect(addr, p, &opts(&id, true)).map_err(e)?;
@@ -354,9 +370,9 @@ fn takeover(b: &Broker, p: Protocol) -> R {
     Ok((dropped, format!("first connection dropped: {dropped}")))
 }
 
-fn survive_restart(b: &mut Broker, p: Protocol) -> R {
+fn survive_restart(b: &mut Broker, p: MqttVersion) -> R {
     if !b.can_restart() {
-        return Err("this broker cannot be restarted".into());
+        return Err(ProbeError::CannotRestart);
     }
     let id = unique("restart");
     let o = ConnectOptions {
@@ -376,7 +392,7 @@ fn survive_restart(b: &mut Broker, p: Protocol) -> R {
     ))
 }
 
-fn queue_limit(b: &Broker, p: Protocol) -> R {
+fn queue_limit(b: &Broker, p: MqttVersion) -> R {
     const SENT: usize = 3000;
     let addr = b.addr(p);
     let (id, topic) = (unique("queue"), unique("queuetopic"));
@@ -418,7 +434,7 @@ fn queue_limit(b: &Broker, p: Protocol) -> R {
 }
 
 /// Runs every probe against `broker` over `proto`.
-pub fn check(broker: &mut Broker, proto: Protocol) -> Report {
+pub fn check(broker: &mut Broker, proto: MqttVersion) -> Report {
     let findings = Semantic::ALL
         .iter()
         .map(|s| probe(broker, proto, *s))
@@ -430,13 +446,13 @@ pub fn check(broker: &mut Broker, proto: Protocol) -> Report {
 }
 
 /// Runs one probe.
-pub fn probe(broker: &mut Broker, proto: Protocol, s: Semantic) -> Finding {
+pub fn probe(broker: &mut Broker, proto: MqttVersion, s: Semantic) -> Finding {
     {
         let r = match s {
             Semantic::QosCapping => qos_capping(broker, proto),
             Semantic::Qos0NotQueued => qos0_not_queued(broker, proto),
-            Semantic::SessionExpiry => session_expiry(broker, Protocol::V5),
-            Semantic::MessageExpiry => message_expiry(broker, Protocol::V5),
+            Semantic::SessionExpiry => session_expiry(broker, MqttVersion::V5),
+            Semantic::MessageExpiry => message_expiry(broker, MqttVersion::V5),
             Semantic::DupOnRedelivery => dup_on_redelivery(broker, proto),
             Semantic::LastWill => last_will(broker, proto),
             Semantic::Retained => retained(broker, proto),

@@ -6,13 +6,14 @@
 //! sessions in one thread without an async runtime, and speak both 3.1.1 and 5
 //! through one API.
 
-use crate::Protocol;
+use crate::MqttVersion;
+use hil_packets::{build, Incoming};
 use mqtt_protocol_core::mqtt::{
     self,
     common::Cursor,
     connection::Event,
-    packet::{GenericPacketTrait, Packet, Property, Qos, SubEntry, SubOpts},
-    role, Connection, Version,
+    packet::{GenericPacketTrait, Packet},
+    role, Connection,
 };
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -38,28 +39,31 @@ impl Received {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    Io(String),
+    #[error("cannot reach the broker at {addr}: {source}")]
+    Unreachable {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("broker refused the connection (rc={0})")]
     Refused(u8),
+    #[error("no {0} before the deadline")]
     Timeout(&'static str),
+    #[error("the broker closed the connection")]
     Closed,
-    Protocol(String),
+    #[error("protocol error: {0:?}")]
+    Protocol(mqtt::result_code::MqttError),
+    #[error("broker at {addr} not ready: {last}")]
+    NotReady {
+        addr: SocketAddr,
+        #[source]
+        last: Box<ClientError>,
+    },
 }
-
-impl std::fmt::Display for ClientError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ClientError::Io(e) => write!(f, "{e}"),
-            ClientError::Refused(rc) => write!(f, "broker refused the connection (rc={rc})"),
-            ClientError::Timeout(what) => write!(f, "no {what} before the deadline"),
-            ClientError::Closed => f.write_str("the broker closed the connection"),
-            ClientError::Protocol(e) => write!(f, "protocol error: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for ClientError {}
 
 enum In {
     Connack { session_present: bool, rc: u8 },
@@ -88,43 +92,31 @@ impl Shared {
                     let _ = self.stream.shutdown(Shutdown::Both);
                 }
                 Event::NotifyPacketReceived(p) => {
-                    let msg = match p {
-                        Packet::V3_1_1Connack(c) => In::Connack {
-                            session_present: c.session_present(),
-                            rc: c.return_code() as u8,
+                    let msg = match Incoming::from_core(&p) {
+                        Some(Incoming::Connack {
+                            session_present,
+                            rc,
+                        }) => In::Connack {
+                            session_present,
+                            rc,
                         },
-                        Packet::V5_0Connack(c) => In::Connack {
-                            session_present: c.session_present(),
-                            rc: c.reason_code() as u8,
-                        },
-                        Packet::V3_1_1Suback(s) => In::Suback {
-                            pid: s.packet_id(),
-                            codes: s.return_codes().iter().map(|c| *c as u8).collect(),
-                        },
-                        Packet::V5_0Suback(s) => In::Suback {
-                            pid: s.packet_id(),
-                            codes: s.reason_codes().iter().map(|c| *c as u8).collect(),
-                        },
-                        Packet::V3_1_1Publish(p) => In::Publish(Received {
-                            topic: p.topic_name().to_string(),
-                            payload: p.payload().as_slice().to_vec(),
-                            qos: p.qos() as u8,
-                            dup: p.dup(),
-                            retain: p.retain(),
-                            message_expiry: None,
+                        Some(Incoming::Suback { pid, codes }) => In::Suback { pid, codes },
+                        Some(Incoming::Publish {
+                            topic,
+                            payload,
+                            qos,
+                            dup,
+                            retain,
+                            expiry_s,
+                        }) => In::Publish(Received {
+                            topic,
+                            payload,
+                            qos,
+                            dup,
+                            retain,
+                            message_expiry: expiry_s,
                         }),
-                        Packet::V5_0Publish(p) => In::Publish(Received {
-                            topic: p.topic_name().to_string(),
-                            payload: p.payload().as_slice().to_vec(),
-                            qos: p.qos() as u8,
-                            dup: p.dup(),
-                            retain: p.retain(),
-                            message_expiry: p.props().iter().find_map(|pr| match pr {
-                                Property::MessageExpiryInterval(v) => Some(v.val()),
-                                _ => None,
-                            }),
-                        }),
-                        _ => continue,
+                        None => continue,
                     };
                     let _ = tx.send(msg);
                 }
@@ -165,7 +157,7 @@ impl ConnectOptions {
 pub struct Client {
     shared: Arc<Mutex<Shared>>,
     rx: Receiver<In>,
-    proto: Protocol,
+    proto: MqttVersion,
     pending: VecDeque<Received>,
     pub session_present: bool,
     /// Where and how it connected, for `reconnect`.
@@ -173,16 +165,8 @@ pub struct Client {
     opts: ConnectOptions,
 }
 
-fn qos(n: u8) -> Qos {
-    match n {
-        0 => Qos::AtMostOnce,
-        1 => Qos::AtLeastOnce,
-        _ => Qos::ExactlyOnce,
-    }
-}
-
 fn perr(e: mqtt::result_code::MqttError) -> ClientError {
-    ClientError::Protocol(format!("{e:?}"))
+    ClientError::Protocol(e)
 }
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -190,19 +174,14 @@ const WAIT: Duration = Duration::from_secs(10);
 impl Client {
     pub fn connect(
         addr: SocketAddr,
-        proto: Protocol,
+        proto: MqttVersion,
         opts: &ConnectOptions,
     ) -> Result<Client, ClientError> {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
-            .map_err(|e| ClientError::Io(format!("cannot reach broker at {addr}: {e}")))?;
+            .map_err(|source| ClientError::Unreachable { addr, source })?;
         let _ = stream.set_nodelay(true);
-        let reader = stream
-            .try_clone()
-            .map_err(|e| ClientError::Io(e.to_string()))?;
-        let mut conn = Connection::<role::Client>::new(match proto {
-            Protocol::V3_1_1 => Version::V3_1_1,
-            Protocol::V5 => Version::V5_0,
-        });
+        let reader = stream.try_clone()?;
+        let mut conn = Connection::<role::Client>::new(proto.core());
         conn.set_auto_pub_response(opts.auto_ack);
         let shared = Arc::new(Mutex::new(Shared { conn, stream }));
         let (tx, rx) = mpsc::channel();
@@ -211,39 +190,25 @@ impl Client {
             let tx = tx.clone();
             std::thread::spawn(move || read_loop(reader, shared, tx));
         }
-        let packet: Packet = match proto {
-            Protocol::V3_1_1 => {
-                let mut b = mqtt::packet::v3_1_1::Connect::builder()
-                    .client_id(opts.client_id.as_str())
-                    .map_err(perr)?
-                    .clean_session(opts.clean)
-                    .keep_alive(opts.keepalive_s);
-                if let Some((t, p, q, r)) = &opts.will {
-                    b = b
-                        .will_message(t.as_str(), p.clone(), qos(*q), *r)
-                        .map_err(perr)?;
-                }
-                b.build().map_err(perr)?.into()
-            }
-            Protocol::V5 => {
-                let mut b = mqtt::packet::v5_0::Connect::builder()
-                    .client_id(opts.client_id.as_str())
-                    .map_err(perr)?
-                    .clean_start(opts.clean)
-                    .keep_alive(opts.keepalive_s);
-                if let Some((t, p, q, r)) = &opts.will {
-                    b = b
-                        .will_message(t.as_str(), p.clone(), qos(*q), *r)
-                        .map_err(perr)?;
-                }
-                if let Some(s) = opts.session_expiry_s {
-                    b = b.props(vec![Property::SessionExpiryInterval(
-                        mqtt::packet::SessionExpiryInterval::new(s).map_err(perr)?,
-                    )]);
-                }
-                b.build().map_err(perr)?.into()
-            }
-        };
+        let packet = build::connect(
+            proto,
+            &build::Connect {
+                client_id: &opts.client_id,
+                clean: opts.clean,
+                keepalive_s: opts.keepalive_s,
+                will: opts
+                    .will
+                    .as_ref()
+                    .map(|(topic, payload, qos, retain)| build::Will {
+                        topic,
+                        payload,
+                        qos: *qos,
+                        retain: *retain,
+                    }),
+                session_expiry_s: opts.session_expiry_s,
+            },
+        )
+        .map_err(perr)?;
         {
             let mut s = shared.lock().unwrap();
             let ev = s.conn.send(packet);
@@ -313,21 +278,7 @@ impl Client {
     /// Subscribes and returns the granted QoS (128 = refused).
     pub fn subscribe(&mut self, topic: &str, qos_level: u8) -> Result<u8, ClientError> {
         let pid = self.acquire()?;
-        let entry = SubEntry::new(topic, SubOpts::new().set_qos(qos(qos_level))).map_err(perr)?;
-        let packet: Packet = match self.proto {
-            Protocol::V3_1_1 => mqtt::packet::v3_1_1::Subscribe::builder()
-                .entries(vec![entry])
-                .packet_id(pid)
-                .build()
-                .map_err(perr)?
-                .into(),
-            Protocol::V5 => mqtt::packet::v5_0::Subscribe::builder()
-                .entries(vec![entry])
-                .packet_id(pid)
-                .build()
-                .map_err(perr)?
-                .into(),
-        };
+        let packet = build::subscribe(self.proto, pid, topic, qos_level).map_err(perr)?;
         self.send(packet);
         let deadline = Instant::now() + WAIT;
         loop {
@@ -366,37 +317,19 @@ impl Client {
         } else {
             None
         };
-        let packet: Packet = match self.proto {
-            Protocol::V3_1_1 => {
-                let mut b = mqtt::packet::v3_1_1::Publish::builder()
-                    .topic_name(topic)
-                    .map_err(perr)?
-                    .qos(qos(qos_level))
-                    .retain(retain)
-                    .payload(payload.to_vec());
-                if let Some(pid) = pid {
-                    b = b.packet_id(pid);
-                }
-                b.build().map_err(perr)?.into()
-            }
-            Protocol::V5 => {
-                let mut b = mqtt::packet::v5_0::Publish::builder()
-                    .topic_name(topic)
-                    .map_err(perr)?
-                    .qos(qos(qos_level))
-                    .retain(retain)
-                    .payload(payload.to_vec());
-                if let Some(pid) = pid {
-                    b = b.packet_id(pid);
-                }
-                if let Some(e) = expiry_s {
-                    b = b.props(vec![Property::MessageExpiryInterval(
-                        mqtt::packet::MessageExpiryInterval::new(e).map_err(perr)?,
-                    )]);
-                }
-                b.build().map_err(perr)?.into()
-            }
-        };
+        let packet = build::publish(
+            self.proto,
+            build::Publish {
+                topic,
+                payload: payload.to_vec(),
+                qos: qos_level,
+                retain,
+                dup: false,
+                pid,
+                expiry_s,
+            },
+        )
+        .map_err(perr)?;
         self.send(packet);
         let Some(pid) = pid else { return Ok(()) };
         let deadline = Instant::now() + WAIT;
@@ -472,13 +405,7 @@ impl Client {
     /// broker tests lost a fresh client that way after the readiness probe.
     /// When the broker closes first, its link ends without that second event.
     pub fn disconnect(mut self) {
-        let packet: Packet = match self.proto {
-            Protocol::V3_1_1 => mqtt::packet::v3_1_1::Disconnect::new().into(),
-            Protocol::V5 => mqtt::packet::v5_0::Disconnect::builder()
-                .build()
-                .map(Into::into)
-                .unwrap_or_else(|_| mqtt::packet::v3_1_1::Disconnect::new().into()),
-        };
+        let packet = build::disconnect(self.proto);
         {
             let mut s = self.shared.lock().unwrap();
             if s.stream.write_all(&packet.to_continuous_buffer()).is_err() {
@@ -528,7 +455,11 @@ fn read_loop(mut reader: TcpStream, shared: Arc<Mutex<Shared>>, tx: mpsc::Sender
 }
 
 /// Waits until a broker at `addr` answers CONNECT with CONNACK.
-pub fn wait_ready(addr: SocketAddr, proto: Protocol, deadline: Instant) -> Result<(), String> {
+pub fn wait_ready(
+    addr: SocketAddr,
+    proto: MqttVersion,
+    deadline: Instant,
+) -> Result<(), ClientError> {
     static PROBES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let mut pause = Duration::from_millis(5);
     loop {
@@ -542,10 +473,13 @@ pub fn wait_ready(addr: SocketAddr, proto: Protocol, deadline: Instant) -> Resul
                 c.disconnect();
                 return Ok(());
             }
-            Err(e) => e.to_string(),
+            Err(e) => e,
         };
         if Instant::now() >= deadline {
-            return Err(format!("broker at {addr} not ready: {last}"));
+            return Err(ClientError::NotReady {
+                addr,
+                last: Box::new(last),
+            });
         }
         // Retrying a refused connect: the wait is the retry interval of a
         // readiness poll, bounded by the deadline, not a guess at readiness.

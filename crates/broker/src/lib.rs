@@ -20,6 +20,10 @@ pub use process::{Broker, BrokerError, BrokerSpec, Restart, SessionsOnRestart};
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
 
+/// The exit code of `hil broker serve` when its port is taken: the parent
+/// starts it again on fresh ports (a typed signal, not a log to grep).
+pub const EXIT_PORT_TAKEN: i32 = 98;
+
 /// A free TCP port on `ip` (the kernel's pick; released before returning, so
 /// the caller binds it next).
 pub fn free_port(ip: std::net::IpAddr) -> std::io::Result<u16> {
@@ -66,29 +70,6 @@ pub fn private_loopback() -> IpAddr {
     }
 }
 
-/// Which MQTT protocol a client speaks (rumqttd listens on one port per version).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
-    V3_1_1,
-    V5,
-}
-
-impl std::fmt::Display for Protocol {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Protocol::V3_1_1 => "3.1.1",
-            Protocol::V5 => "5",
-        })
-    }
-}
-
-impl std::str::FromStr for Protocol {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "3.1.1" | "3" | "4" => Ok(Protocol::V3_1_1),
-            "5" | "5.0" => Ok(Protocol::V5),
-            _ => Err(format!("MQTT version `{s}`: expected 3.1.1 or 5")),
-        }
-    }
-}
+/// Which MQTT version a client speaks (rumqttd listens on one port per
+/// version): the workspace's one version type, from the packet codec.
+pub use hil_packets::MqttVersion;

@@ -1,7 +1,7 @@
 //! Starting, stopping and restarting a test broker.
 
 use crate::client::wait_ready;
-use crate::Protocol;
+use crate::MqttVersion;
 use std::ffi::OsString;
 use std::fs::{self, File};
 use std::net::{IpAddr, SocketAddr};
@@ -42,28 +42,65 @@ pub enum SessionsOnRestart {
     Unknown,
 }
 
-#[derive(Debug)]
+/// Why a broker could not be started, restarted or reached.
+#[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    NotInstalled(String),
-    PortTaken(String),
-    Start(String),
-    NotReady(String),
-    Unsupported(String),
+    #[error("mosquitto is not on PATH: install it (Debian: apt-get install mosquitto mosquitto-clients) or use --broker rumqttd")]
+    NotInstalled,
+    #[error("no free port on {ip}: {source}")]
+    NoFreePort {
+        ip: IpAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start {broker} on {addr}: {source} (another broker may run there)")]
+    PortTaken {
+        broker: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot run {program}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("restart command `{cmd}` failed: {outcome}")]
+    RestartCommand { cmd: String, outcome: String },
+    #[error("{broker} exited ({status}) before it was ready:\n{log}")]
+    Exited {
+        broker: &'static str,
+        status: std::process::ExitStatus,
+        log: String,
+    },
+    #[error("{source}\n{log}")]
+    NotReady {
+        #[source]
+        source: crate::ClientError,
+        log: String,
+    },
+    #[error("this external broker has no restart command: pass one to restart it")]
+    NoRestartCommand,
 }
 
-impl std::fmt::Display for BrokerError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl BrokerError {
+    /// A start that fresh ports may fix: a port taken between our pick and
+    /// the broker's bind (rumqttd's `serve` exits with [`crate::EXIT_PORT_TAKEN`]).
+    fn port_race(&self) -> bool {
         match self {
-            BrokerError::NotInstalled(m)
-            | BrokerError::PortTaken(m)
-            | BrokerError::Start(m)
-            | BrokerError::NotReady(m)
-            | BrokerError::Unsupported(m) => f.write_str(m),
+            BrokerError::PortTaken { .. } | BrokerError::NoFreePort { .. } => true,
+            BrokerError::Exited { status, .. } => status.code() == Some(crate::EXIT_PORT_TAKEN),
+            _ => false,
         }
     }
 }
-
-impl std::error::Error for BrokerError {}
 
 pub struct Broker {
     spec: BrokerSpec,
@@ -84,10 +121,8 @@ impl Broker {
     pub fn start(spec: BrokerSpec, ip: IpAddr) -> Result<Broker, BrokerError> {
         let mut last = None;
         for _ in 0..4 {
-            let port = || {
-                crate::free_port(ip)
-                    .map_err(|e| BrokerError::PortTaken(format!("no free port on {ip}: {e}")))
-            };
+            let port =
+                || crate::free_port(ip).map_err(|source| BrokerError::NoFreePort { ip, source });
             let (v4, v5) = match &spec {
                 BrokerSpec::Rumqttd { .. } => {
                     (SocketAddr::new(ip, port()?), SocketAddr::new(ip, port()?))
@@ -101,16 +136,11 @@ impl Broker {
                 }
             };
             match Self::start_on(spec.clone(), v4, v5) {
-                Err(e)
-                    if e.to_string().contains("Address already in use")
-                        || matches!(e, BrokerError::PortTaken(_)) =>
-                {
-                    last = Some(e)
-                }
+                Err(e) if e.port_race() => last = Some(e),
                 other => return other,
             }
         }
-        Err(last.unwrap_or_else(|| BrokerError::PortTaken(format!("no free port on {ip}"))))
+        Err(last.expect("four attempts, each a port race"))
     }
 
     /// Starts the broker on given addresses (`v5` is only used by rumqttd).
@@ -122,7 +152,10 @@ impl Broker {
         let dir = tempfile::Builder::new()
             .prefix("hil-broker-")
             .tempdir()
-            .map_err(|e| BrokerError::Start(format!("cannot create a temp dir: {e}")))?;
+            .map_err(|source| BrokerError::Io {
+                what: "cannot create the broker's temp dir".into(),
+                source,
+            })?;
         let mut b = Broker {
             spec,
             v4,
@@ -148,10 +181,10 @@ impl Broker {
     }
 
     /// Where a client of this protocol connects.
-    pub fn addr(&self, proto: Protocol) -> SocketAddr {
+    pub fn addr(&self, proto: MqttVersion) -> SocketAddr {
         match proto {
-            Protocol::V3_1_1 => self.v4,
-            Protocol::V5 => self.v5,
+            MqttVersion::V3_1_1 => self.v4,
+            MqttVersion::V5 => self.v5,
         }
     }
 
@@ -190,15 +223,18 @@ impl Broker {
                 .create(true)
                 .append(true)
                 .open(self.dir.path().join("broker.log"))
-                .map_err(|e| BrokerError::Start(format!("cannot write the broker log: {e}")))
+                .map_err(|source| BrokerError::Io {
+                    what: "cannot write the broker log".into(),
+                    source,
+                })
         };
         let child = match &self.spec {
             BrokerSpec::Rumqttd { program, args } => {
                 for addr in [self.v4, self.v5] {
-                    std::net::TcpListener::bind(addr).map_err(|e| {
-                        BrokerError::PortTaken(format!(
-                            "cannot start rumqttd on {addr}: {e} (another broker may run there)"
-                        ))
+                    std::net::TcpListener::bind(addr).map_err(|source| BrokerError::PortTaken {
+                        broker: "rumqttd",
+                        addr,
+                        source,
                     })?;
                 }
                 Some(
@@ -212,18 +248,24 @@ impl Broker {
                         .stdout(log()?)
                         .stderr(log()?)
                         .spawn()
-                        .map_err(|e| {
-                            BrokerError::Start(format!("cannot run {}: {e}", program.display()))
+                        .map_err(|source| BrokerError::Spawn {
+                            program: program.display().to_string(),
+                            source,
                         })?,
                 )
             }
             BrokerSpec::Mosquitto { persistence } => {
-                std::net::TcpListener::bind(self.v4).map_err(|e| {
-                    BrokerError::PortTaken(format!("cannot start mosquitto on {}: {e}", self.v4))
+                std::net::TcpListener::bind(self.v4).map_err(|source| BrokerError::PortTaken {
+                    broker: "mosquitto",
+                    addr: self.v4,
+                    source,
                 })?;
                 let conf = self.dir.path().join("mosquitto.conf");
                 let store = self.dir.path().join("store");
-                fs::create_dir_all(&store).map_err(|e| BrokerError::Start(e.to_string()))?;
+                fs::create_dir_all(&store).map_err(|source| BrokerError::Io {
+                    what: format!("cannot create {}", store.display()),
+                    source,
+                })?;
                 // Started as root, mosquitto drops to its own user: it must be
                 // able to reach and write its store, or persistence silently fails.
                 use std::os::unix::fs::PermissionsExt;
@@ -238,7 +280,10 @@ impl Broker {
                     p = persistence,
                     store = store.display()
                 );
-                fs::write(&conf, text).map_err(|e| BrokerError::Start(e.to_string()))?;
+                fs::write(&conf, text).map_err(|source| BrokerError::Io {
+                    what: format!("cannot write {}", conf.display()),
+                    source,
+                })?;
                 Some(
                     Command::new("mosquitto")
                         .arg("-c")
@@ -247,13 +292,14 @@ impl Broker {
                         .stdout(log()?)
                         .stderr(log()?)
                         .spawn()
-                        .map_err(|e| {
-                            if e.kind() == std::io::ErrorKind::NotFound {
-                                BrokerError::NotInstalled(
-                                    "mosquitto is not on PATH: install it (Debian: apt-get install mosquitto mosquitto-clients) or use --broker rumqttd".into(),
-                                )
+                        .map_err(|source| {
+                            if source.kind() == std::io::ErrorKind::NotFound {
+                                BrokerError::NotInstalled
                             } else {
-                                BrokerError::Start(format!("cannot run mosquitto: {e}"))
+                                BrokerError::Spawn {
+                                    program: "mosquitto".into(),
+                                    source,
+                                }
                             }
                         })?,
                 )
@@ -266,13 +312,15 @@ impl Broker {
                                 .arg("-c")
                                 .arg(cmd)
                                 .status()
-                                .map_err(|e| {
-                                    BrokerError::Start(format!("restart command failed: {e}"))
+                                .map_err(|e| BrokerError::RestartCommand {
+                                    cmd: cmd.clone(),
+                                    outcome: e.to_string(),
                                 })?;
                         if !status.success() {
-                            return Err(BrokerError::Start(format!(
-                                "restart command `{cmd}` exited with {status}"
-                            )));
+                            return Err(BrokerError::RestartCommand {
+                                cmd: cmd.clone(),
+                                outcome: format!("exited with {status}"),
+                            });
                         }
                     }
                 }
@@ -282,9 +330,9 @@ impl Broker {
         self.child = child;
         self.starts += 1;
         let deadline = Instant::now() + READY;
-        let mut protos = vec![Protocol::V3_1_1];
+        let mut protos = vec![MqttVersion::V3_1_1];
         if matches!(self.spec, BrokerSpec::Rumqttd { .. }) {
-            protos.push(Protocol::V5);
+            protos.push(MqttVersion::V5);
         }
         for proto in protos {
             if let Err(e) = wait_ready(self.addr(proto), proto, deadline) {
@@ -294,13 +342,17 @@ impl Broker {
                     .and_then(|c| c.try_wait().ok().flatten());
                 let tail = self.log_tail();
                 self.stop(Restart::Kill);
-                return Err(BrokerError::NotReady(match exited {
-                    Some(status) => format!(
-                        "{} exited ({status}) before it was ready:\n{tail}",
-                        self.name()
-                    ),
-                    None => format!("{e}\n{tail}"),
-                }));
+                return Err(match exited {
+                    Some(status) => BrokerError::Exited {
+                        broker: self.name(),
+                        status,
+                        log: tail,
+                    },
+                    None => BrokerError::NotReady {
+                        source: e,
+                        log: tail,
+                    },
+                });
             }
         }
         Ok(())
@@ -360,9 +412,7 @@ impl Broker {
 
     pub fn restart(&mut self, how: Restart) -> Result<(), BrokerError> {
         if !self.can_restart() {
-            return Err(BrokerError::Unsupported(
-                "this external broker has no restart command".into(),
-            ));
+            return Err(BrokerError::NoRestartCommand);
         }
         self.stop(how);
         self.start_again()

@@ -46,27 +46,49 @@ pub fn config(v4: SocketAddr, v5: SocketAddr) -> rumqttd::Config {
 /// Runs rumqttd in this process until the process ends (rumqttd cannot be
 /// stopped). Checks first that both ports are free, because rumqttd itself
 /// only logs a taken port and keeps running without a listener.
-pub fn serve(v4: SocketAddr, v5: SocketAddr) -> Result<(), String> {
-    for addr in [v4, v5] {
-        std::net::TcpListener::bind(addr).map_err(|e| {
-            format!("cannot listen on {addr}: {e} (is another broker running there?)")
-        })?;
-    }
+pub fn serve(v4: SocketAddr, v5: SocketAddr) -> Result<(), ServeError> {
+    listen_check(v4, v5)?;
     let mut broker = rumqttd::Broker::new(config(v4, v5));
-    broker.start().map_err(|e| format!("rumqttd stopped: {e}"))
+    broker
+        .start()
+        .map_err(|e| ServeError::Stopped(e.to_string()))
+}
+
+/// Why embedded rumqttd could not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The caller exits with [`crate::EXIT_PORT_TAKEN`], so a parent can
+    /// retry on fresh ports without reading the message.
+    #[error("cannot listen on {addr}: {source} (is another broker running there?)")]
+    PortTaken {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("rumqttd stopped: {0}")]
+    Stopped(String),
+    #[error(transparent)]
+    NotReady(#[from] crate::ClientError),
+}
+
+fn listen_check(v4: SocketAddr, v5: SocketAddr) -> Result<(), ServeError> {
+    for addr in [v4, v5] {
+        std::net::TcpListener::bind(addr)
+            .map_err(|source| ServeError::PortTaken { addr, source })?;
+    }
+    Ok(())
 }
 
 /// Starts rumqttd on a thread of this process (for tests: it lives as long as
 /// the test process) and waits until it answers CONNECT.
-pub fn spawn_in_thread(v4: SocketAddr, v5: SocketAddr) -> Result<(), String> {
-    for addr in [v4, v5] {
-        std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    }
+pub fn spawn_in_thread(v4: SocketAddr, v5: SocketAddr) -> Result<(), ServeError> {
+    listen_check(v4, v5)?;
     std::thread::spawn(move || {
         let mut broker = rumqttd::Broker::new(config(v4, v5));
         let _ = broker.start();
     });
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    crate::client::wait_ready(v4, crate::Protocol::V3_1_1, deadline)?;
-    crate::client::wait_ready(v5, crate::Protocol::V5, deadline)
+    crate::client::wait_ready(v4, crate::MqttVersion::V3_1_1, deadline)?;
+    crate::client::wait_ready(v5, crate::MqttVersion::V5, deadline)?;
+    Ok(())
 }

@@ -4,14 +4,14 @@
 //! the mosquitto variants).
 
 use hil_broker::client::ConnectOptions;
-use hil_broker::{Broker, BrokerSpec, Client, ClientError, Protocol};
+use hil_broker::{Broker, BrokerSpec, Client, ClientError, MqttVersion};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
 /// The broker's address for `proto`; the mosquitto handle must outlive the test.
-fn start(kind: &str, proto: Protocol) -> (SocketAddr, Option<Broker>) {
+fn start(kind: &str, proto: MqttVersion) -> (SocketAddr, Option<Broker>) {
     let ip = hil_broker::private_loopback();
     if kind == "rumqttd" {
         // rumqttd's own account of a closed connection, in the test's output.
@@ -22,7 +22,7 @@ fn start(kind: &str, proto: Protocol) -> (SocketAddr, Option<Broker>) {
         let v4 = SocketAddr::new(ip, hil_broker::free_port(ip).unwrap());
         let v5 = SocketAddr::new(ip, hil_broker::free_port(ip).unwrap());
         hil_broker::rumqttd::spawn_in_thread(v4, v5).expect("rumqttd starts");
-        let addr = if proto == Protocol::V5 { v5 } else { v4 };
+        let addr = if proto == MqttVersion::V5 { v5 } else { v4 };
         (addr, None)
     } else {
         let b = Broker::start(BrokerSpec::Mosquitto { persistence: false }, ip)
@@ -34,7 +34,7 @@ fn start(kind: &str, proto: Protocol) -> (SocketAddr, Option<Broker>) {
 /// A second connection with the backend's client ID makes the broker close
 /// the first (takeover); `reconnect` brings the backend back with the same
 /// options, and its next publish is delivered.
-fn reconnects_after_the_broker_closed_it(kind: &str, proto: Protocol) {
+fn reconnects_after_the_broker_closed_it(kind: &str, proto: MqttVersion) {
     let (addr, _broker) = start(kind, proto);
     let id = format!("backend-{kind}-{proto}");
     let mut watcher =
@@ -68,29 +68,29 @@ fn reconnects_after_the_broker_closed_it(kind: &str, proto: Protocol) {
 
 #[test]
 fn rumqttd_v3_reconnects_after_the_broker_closed_it() {
-    reconnects_after_the_broker_closed_it("rumqttd", Protocol::V3_1_1);
+    reconnects_after_the_broker_closed_it("rumqttd", MqttVersion::V3_1_1);
 }
 
 #[test]
 fn rumqttd_v5_reconnects_after_the_broker_closed_it() {
-    reconnects_after_the_broker_closed_it("rumqttd", Protocol::V5);
+    reconnects_after_the_broker_closed_it("rumqttd", MqttVersion::V5);
 }
 
 #[test]
 fn mosquitto_v3_reconnects_after_the_broker_closed_it() {
-    reconnects_after_the_broker_closed_it("mosquitto", Protocol::V3_1_1);
+    reconnects_after_the_broker_closed_it("mosquitto", MqttVersion::V3_1_1);
 }
 
 #[test]
 fn mosquitto_v5_reconnects_after_the_broker_closed_it() {
-    reconnects_after_the_broker_closed_it("mosquitto", Protocol::V5);
+    reconnects_after_the_broker_closed_it("mosquitto", MqttVersion::V5);
 }
 
 /// rumqttd 0.20 reuses connection ids; a client that closed right after its
 /// DISCONNECT made it drop the next connection to take the id. `disconnect`
 /// waits for the broker to close first: 300 disconnect-then-connect rounds,
 /// each new client must stay connected through a subscribe and a publish.
-fn next_client_survives_a_disconnect(kind: &str, proto: Protocol) {
+fn next_client_survives_a_disconnect(kind: &str, proto: MqttVersion) {
     let (addr, _broker) = start(kind, proto);
     for round in 0..300 {
         let gone = Client::connect(addr, proto, &ConnectOptions::new(&format!("gone-{round}")))
@@ -114,15 +114,15 @@ fn next_client_survives_a_disconnect(kind: &str, proto: Protocol) {
 
 #[test]
 fn rumqttd_v3_next_client_survives_a_disconnect() {
-    next_client_survives_a_disconnect("rumqttd", Protocol::V3_1_1);
+    next_client_survives_a_disconnect("rumqttd", MqttVersion::V3_1_1);
 }
 
 #[test]
 fn rumqttd_v5_next_client_survives_a_disconnect() {
-    next_client_survives_a_disconnect("rumqttd", Protocol::V5);
+    next_client_survives_a_disconnect("rumqttd", MqttVersion::V5);
 }
 
 #[test]
 fn mosquitto_v3_next_client_survives_a_disconnect() {
-    next_client_survives_a_disconnect("mosquitto", Protocol::V3_1_1);
+    next_client_survives_a_disconnect("mosquitto", MqttVersion::V3_1_1);
 }

@@ -3,34 +3,10 @@
 
 use crate::identity::Mac;
 use alloc::string::String;
-use core::fmt;
+
 use core::str::FromStr;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MqttVersion {
-    V3_1_1,
-    V5,
-}
-
-impl FromStr for MqttVersion {
-    type Err = &'static str;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "3.1.1" | "3" | "4" => Ok(MqttVersion::V3_1_1),
-            "5" | "5.0" => Ok(MqttVersion::V5),
-            _ => Err("MQTT version is 3.1.1 or 5"),
-        }
-    }
-}
-
-impl fmt::Display for MqttVersion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            MqttVersion::V3_1_1 => "3.1.1",
-            MqttVersion::V5 => "5",
-        })
-    }
-}
+pub use hil_packets::{MqttVersion, ParseVersionError};
 
 /// A deliberately broken promise (negative control).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -12,7 +12,7 @@
 use crate::backoff::{Backoff, RandomSource};
 use crate::config::{Bug, Config, MqttVersion};
 use crate::console::{Command, Event, LineError};
-use crate::identity::client_id;
+use crate::identity::{client_id, Topics};
 use crate::inbox::Inbox;
 use crate::mqtt::{timer_index, ConnectParams, Engine, EngineEvent, TIMER_KINDS};
 use crate::outbox::Outbox;
@@ -100,8 +100,8 @@ pub struct Device<R: RandomSource> {
     net: Vec<Output>,
 }
 
-fn topic(cfg: &Config, client_id: &str, leaf: &str) -> String {
-    format!("{}/{}/{}", cfg.prefix, client_id, leaf)
+fn topics(cfg: &Config, client_id: &str) -> Topics {
+    Topics::new(&cfg.prefix, client_id)
 }
 
 impl<R: RandomSource> Device<R> {
@@ -255,7 +255,7 @@ impl<R: RandomSource> Device<R> {
             clean,
             proto: self.cfg.mqtt.to_string(),
         });
-        let will = topic(&self.cfg, &self.client_id, "status");
+        let will = topics(&self.cfg, &self.client_id).status();
         let params = ConnectParams {
             client_id: &self.client_id.clone(),
             clean,
@@ -484,7 +484,7 @@ impl<R: RandomSource> Device<R> {
                 EngineEvent::Suback { packet_id, codes } => {
                     if Some(packet_id) == self.sub_pid {
                         self.sub_pid = None;
-                        let t = topic(&self.cfg, &self.client_id, "cmd");
+                        let t = topics(&self.cfg, &self.client_id).cmd();
                         if codes.iter().all(|c| *c < 0x80) {
                             self.subscription = Some((t.clone(), self.cfg.cmd_qos));
                             self.out.push_back(Output::Persist(Record::Subscription(
@@ -529,12 +529,12 @@ impl<R: RandomSource> Device<R> {
         self.link = Link::Connected;
         self.backoff.reset();
         // Retained "online" overrides the retained Last Will "offline".
-        let status = topic(&self.cfg, &self.client_id, "status");
+        let status = topics(&self.cfg, &self.client_id).status();
         match self.engine.publish(&status, b"online", 1, true, false) {
             Ok((_, events)) => self.apply(now, events),
             Err(e) => self.console(Event::error("mqtt", e)),
         }
-        let t = topic(&self.cfg, &self.client_id, "cmd");
+        let t = topics(&self.cfg, &self.client_id).cmd();
         let skip_for_bug = self.cfg.bugs.has(Bug::NoResubscribe) && self.subscribed_once;
         // A session without a confirmed subscription (lost between an earlier
         // CONNECT and its SUBACK) needs the SUBSCRIBE as much as no session.
@@ -567,7 +567,7 @@ impl<R: RandomSource> Device<R> {
     }
 
     fn on_command(&mut self, t: String, payload: Vec<u8>, qos: u8, dup: bool) {
-        let expected = topic(&self.cfg, &self.client_id, "cmd");
+        let expected = topics(&self.cfg, &self.client_id).cmd();
         if t != expected {
             self.console(Event::error(
                 "cmd",
@@ -615,7 +615,7 @@ impl<R: RandomSource> Device<R> {
         if self.link != Link::Connected {
             return;
         }
-        let topic = topic(&self.cfg, &self.client_id, "telemetry");
+        let topic = topics(&self.cfg, &self.client_id).telemetry();
         let mut changed = false;
         while self.outbox.in_flight() < self.cfg.max_inflight.max(1) {
             let Some(entry) = self.outbox.next_unsent() else {

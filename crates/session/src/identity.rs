@@ -161,3 +161,43 @@ mod tests {
         }
     }
 }
+
+/// The topics of one device: `<prefix>/<client id>/<leaf>`. The device
+/// publishes and subscribes through these, and the runner's cloud side
+/// addresses the device through the same helper, so the two cannot differ.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topics {
+    pub prefix: String,
+    pub client_id: String,
+}
+
+impl Topics {
+    /// The prefix every device uses unless configured otherwise.
+    pub const DEFAULT_PREFIX: &'static str = "devices";
+
+    pub fn new(prefix: &str, client_id: &str) -> Topics {
+        Topics {
+            prefix: prefix.into(),
+            client_id: client_id.into(),
+        }
+    }
+
+    fn leaf(&self, leaf: &str) -> String {
+        format!("{}/{}/{}", self.prefix, self.client_id, leaf)
+    }
+
+    /// Commands to the device.
+    pub fn cmd(&self) -> String {
+        self.leaf("cmd")
+    }
+
+    /// Readings from the device.
+    pub fn telemetry(&self) -> String {
+        self.leaf("telemetry")
+    }
+
+    /// `online` (retained) or the Last Will `offline`.
+    pub fn status(&self) -> String {
+        self.leaf("status")
+    }
+}

@@ -34,5 +34,5 @@ pub use backoff::{Backoff, RandomSource};
 pub use config::{Bug, Bugs, Config, MqttVersion};
 pub use console::{Command, Event};
 pub use device::{Device, LinkDownReason, Output};
-pub use identity::{client_id, Mac};
+pub use identity::{client_id, Mac, Topics};
 pub use persist::{Record, RecordKey};

@@ -6,16 +6,16 @@
 //! session_present=1, dropped when it says 0), keep-alive timers.
 
 use crate::config::MqttVersion;
-use alloc::string::{String, ToString};
-use alloc::vec;
+use alloc::string::String;
 use alloc::vec::Vec;
+use hil_packets::{build, Incoming};
 use mqtt_protocol_core::mqtt::{
     self,
     common::Cursor,
     connection::{Event as MqttEvent, TimerKind},
-    packet::{GenericPacketTrait, Packet, Property, Qos, SubEntry, SubOpts},
+    packet::GenericPacketTrait,
     role::Client,
-    Connection, Version,
+    Connection,
 };
 
 pub(crate) const TIMER_KINDS: [TimerKind; 3] = [
@@ -72,20 +72,9 @@ pub(crate) struct Engine {
     version: MqttVersion,
 }
 
-fn qos(n: u8) -> Qos {
-    match n {
-        0 => Qos::AtMostOnce,
-        1 => Qos::AtLeastOnce,
-        _ => Qos::ExactlyOnce,
-    }
-}
-
 impl Engine {
     pub fn new(version: MqttVersion, keepalive_s: u16) -> Self {
-        let mut conn = Connection::<Client>::new(match version {
-            MqttVersion::V3_1_1 => Version::V3_1_1,
-            MqttVersion::V5 => Version::V5_0,
-        });
+        let mut conn = Connection::<Client>::new(version.core());
         conn.set_auto_pub_response(true);
         // A PINGRESP must arrive within half a keep-alive of the PINGREQ, so a
         // dead link is noticed within 1.5 × keep-alive of the last send.
@@ -113,36 +102,31 @@ impl Engine {
                     after_ms: None,
                 }),
                 MqttEvent::NotifyError(e) => out.push(EngineEvent::Error(alloc::format!("{e:?}"))),
-                MqttEvent::NotifyPacketReceived(p) => match p {
-                    Packet::V3_1_1Connack(c) => out.push(EngineEvent::Connack {
-                        session_present: c.session_present(),
-                        rc: c.return_code() as u8,
+                MqttEvent::NotifyPacketReceived(p) => match Incoming::from_core(&p) {
+                    Some(Incoming::Connack {
+                        session_present,
+                        rc,
+                    }) => out.push(EngineEvent::Connack {
+                        session_present,
+                        rc,
                     }),
-                    Packet::V5_0Connack(c) => out.push(EngineEvent::Connack {
-                        session_present: c.session_present(),
-                        rc: c.reason_code() as u8,
+                    Some(Incoming::Suback { pid, codes }) => out.push(EngineEvent::Suback {
+                        packet_id: pid,
+                        codes,
                     }),
-                    Packet::V3_1_1Suback(s) => out.push(EngineEvent::Suback {
-                        packet_id: s.packet_id(),
-                        codes: s.return_codes().iter().map(|c| *c as u8).collect(),
+                    Some(Incoming::Publish {
+                        topic,
+                        payload,
+                        qos,
+                        dup,
+                        ..
+                    }) => out.push(EngineEvent::Publish {
+                        topic,
+                        payload,
+                        qos,
+                        dup,
                     }),
-                    Packet::V5_0Suback(s) => out.push(EngineEvent::Suback {
-                        packet_id: s.packet_id(),
-                        codes: s.reason_codes().iter().map(|c| *c as u8).collect(),
-                    }),
-                    Packet::V3_1_1Publish(p) => out.push(EngineEvent::Publish {
-                        topic: p.topic_name().to_string(),
-                        payload: p.payload().as_slice().to_vec(),
-                        qos: p.qos() as u8,
-                        dup: p.dup(),
-                    }),
-                    Packet::V5_0Publish(p) => out.push(EngineEvent::Publish {
-                        topic: p.topic_name().to_string(),
-                        payload: p.payload().as_slice().to_vec(),
-                        qos: p.qos() as u8,
-                        dup: p.dup(),
-                    }),
-                    _ => {}
+                    None => {}
                 },
             }
         }
@@ -151,34 +135,22 @@ impl Engine {
 
     pub fn connect(&mut self, p: &ConnectParams<'_>) -> Result<Vec<EngineEvent>, String> {
         let err = |e: mqtt::result_code::MqttError| alloc::format!("CONNECT: {e:?}");
-        let packet: Packet = match self.version {
-            MqttVersion::V3_1_1 => mqtt::packet::v3_1_1::Connect::builder()
-                .client_id(p.client_id)
-                .map_err(err)?
-                .clean_session(p.clean)
-                .keep_alive(p.keepalive_s)
-                .will_message(p.will_topic, "offline", Qos::AtLeastOnce, true)
-                .map_err(err)?
-                .build()
-                .map_err(err)?
-                .into(),
-            MqttVersion::V5 => {
-                let mut b = mqtt::packet::v5_0::Connect::builder()
-                    .client_id(p.client_id)
-                    .map_err(err)?
-                    .clean_start(p.clean)
-                    .keep_alive(p.keepalive_s)
-                    .will_message(p.will_topic, "offline", Qos::AtLeastOnce, true)
-                    .map_err(err)?;
-                if p.session_expiry_s > 0 {
-                    b = b.props(vec![Property::SessionExpiryInterval(
-                        mqtt::packet::SessionExpiryInterval::new(p.session_expiry_s)
-                            .map_err(err)?,
-                    )]);
-                }
-                b.build().map_err(err)?.into()
-            }
-        };
+        let packet = build::connect(
+            self.version,
+            &build::Connect {
+                client_id: p.client_id,
+                clean: p.clean,
+                keepalive_s: p.keepalive_s,
+                will: Some(build::Will {
+                    topic: p.will_topic,
+                    payload: b"offline",
+                    qos: 1,
+                    retain: true,
+                }),
+                session_expiry_s: Some(p.session_expiry_s),
+            },
+        )
+        .map_err(err)?;
         let events = self.conn.send(packet);
         Ok(self.map(events))
     }
@@ -198,35 +170,19 @@ impl Engine {
         } else {
             None
         };
-        let payload = payload.to_vec();
-        let packet: Packet = match self.version {
-            MqttVersion::V3_1_1 => {
-                let mut b = mqtt::packet::v3_1_1::Publish::builder()
-                    .topic_name(topic)
-                    .map_err(err)?
-                    .qos(qos(qos_level))
-                    .retain(retain)
-                    .dup(dup)
-                    .payload(payload);
-                if let Some(pid) = pid {
-                    b = b.packet_id(pid);
-                }
-                b.build().map_err(err)?.into()
-            }
-            MqttVersion::V5 => {
-                let mut b = mqtt::packet::v5_0::Publish::builder()
-                    .topic_name(topic)
-                    .map_err(err)?
-                    .qos(qos(qos_level))
-                    .retain(retain)
-                    .dup(dup)
-                    .payload(payload);
-                if let Some(pid) = pid {
-                    b = b.packet_id(pid);
-                }
-                b.build().map_err(err)?.into()
-            }
-        };
+        let packet = build::publish(
+            self.version,
+            build::Publish {
+                topic,
+                payload: payload.to_vec(),
+                qos: qos_level,
+                retain,
+                dup,
+                pid,
+                expiry_s: None,
+            },
+        )
+        .map_err(err)?;
         let events = self.conn.send(packet);
         Ok((pid, self.map(events)))
     }
@@ -238,21 +194,7 @@ impl Engine {
     ) -> Result<(u16, Vec<EngineEvent>), String> {
         let err = |e: mqtt::result_code::MqttError| alloc::format!("SUBSCRIBE: {e:?}");
         let pid = self.conn.acquire_packet_id().map_err(err)?;
-        let entry = SubEntry::new(topic, SubOpts::new().set_qos(qos(qos_level))).map_err(err)?;
-        let packet: Packet = match self.version {
-            MqttVersion::V3_1_1 => mqtt::packet::v3_1_1::Subscribe::builder()
-                .entries(vec![entry])
-                .packet_id(pid)
-                .build()
-                .map_err(err)?
-                .into(),
-            MqttVersion::V5 => mqtt::packet::v5_0::Subscribe::builder()
-                .entries(vec![entry])
-                .packet_id(pid)
-                .build()
-                .map_err(err)?
-                .into(),
-        };
+        let packet = build::subscribe(self.version, pid, topic, qos_level).map_err(err)?;
         let events = self.conn.send(packet);
         Ok((pid, self.map(events)))
     }

@@ -78,12 +78,61 @@ pub struct Args {
     pub bugs: Vec<Bug>,
 }
 
+// clap's value parsers report a String; the version's own error says what is expected.
 fn parse_version(s: &str) -> Result<MqttVersion, String> {
-    s.parse().map_err(|e: &str| e.to_string())
+    s.parse()
+        .map_err(|e: hil_session::config::ParseVersionError| e.to_string())
 }
 
 fn parse_bug(s: &str) -> Result<Bug, String> {
     s.parse().map_err(|e: &str| e.to_string())
+}
+
+impl Args {
+    /// The command line that parses back into these arguments: how a runner
+    /// starts this device (`hil sim ARGV...` or `hil-sim ARGV...`). One type
+    /// writes and reads the flags, so the two sides cannot drift apart.
+    pub fn to_argv(&self) -> Vec<OsString> {
+        let mut v: Vec<OsString> = Vec::new();
+        let mut flag = |name: &str, value: OsString| {
+            v.push(format!("--{name}").into());
+            v.push(value);
+        };
+        flag("broker", self.broker.clone().into());
+        flag("mac", self.mac.clone().into());
+        flag("state-dir", self.state_dir.clone().into_os_string());
+        flag("console", self.console.clone().into());
+        flag("mqtt", self.mqtt.to_string().into());
+        flag("prefix", self.prefix.clone().into());
+        flag("chip", self.chip.clone().into());
+        flag("keepalive", self.keepalive.to_string().into());
+        flag("backoff-base-ms", self.backoff_base_ms.to_string().into());
+        flag("backoff-cap-ms", self.backoff_cap_ms.to_string().into());
+        flag("cmd-qos", self.cmd_qos.to_string().into());
+        flag("session-expiry", self.session_expiry.to_string().into());
+        flag("outbox-capacity", self.outbox_capacity.to_string().into());
+        if let Some(seed) = self.seed {
+            flag("seed", seed.to_string().into());
+        }
+        for b in &self.bugs {
+            flag("bug", b.name().into());
+        }
+        v
+    }
+
+    /// The defaults of every optional flag, for the given required ones.
+    pub fn new(broker: String, mac: String, state_dir: PathBuf) -> Args {
+        let argv: [OsString; 7] = [
+            "hil-sim".into(),
+            "--broker".into(),
+            broker.into(),
+            "--mac".into(),
+            mac.into(),
+            "--state-dir".into(),
+            state_dir.into_os_string(),
+        ];
+        Args::try_parse_from(argv).expect("the required flags alone always parse")
+    }
 }
 
 struct Rng(SmallRng);
@@ -366,4 +415,31 @@ fn apply_config(
         return Ok(Some(addr));
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argv_round_trips_through_the_parser() {
+        let mut a = Args::new(
+            "127.0.0.1:1883".into(),
+            "24:0a:c4:00:00:01".into(),
+            "/tmp/x".into(),
+        );
+        a.console = "pty".into();
+        a.mqtt = MqttVersion::V5;
+        a.keepalive = 7;
+        a.backoff_base_ms = 123;
+        a.backoff_cap_ms = 4567;
+        a.cmd_qos = 2;
+        a.session_expiry = 9;
+        a.outbox_capacity = 8;
+        a.seed = Some(42);
+        a.bugs = vec![Bug::NoJitter, Bug::CleanSession];
+        let argv = std::iter::once(OsString::from("hil-sim")).chain(a.to_argv());
+        let back = Args::try_parse_from(argv).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{a:?}"));
+    }
 }

@@ -4,7 +4,7 @@
 //! the mosquitto variants out so a fresh clone needs nothing but cargo).
 
 use hil_broker::client::ConnectOptions;
-use hil_broker::{Broker, BrokerSpec, Client, Protocol};
+use hil_broker::{Broker, BrokerSpec, Client, MqttVersion};
 use hil_session::Event;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -35,11 +35,11 @@ impl TestBroker {
         }
     }
 
-    fn addr(&self, proto: Protocol) -> SocketAddr {
+    fn addr(&self, proto: MqttVersion) -> SocketAddr {
         match self {
             TestBroker::Rumqttd(v4, v5) => match proto {
-                Protocol::V3_1_1 => *v4,
-                Protocol::V5 => *v5,
+                MqttVersion::V3_1_1 => *v4,
+                MqttVersion::V5 => *v5,
             },
             TestBroker::Mosquitto(b) => b.addr(proto),
         }
@@ -57,7 +57,7 @@ struct Sim {
 const DEADLINE: Duration = Duration::from_secs(20);
 
 impl Sim {
-    fn start(broker: SocketAddr, proto: Protocol, mac: &str) -> Sim {
+    fn start(broker: SocketAddr, proto: MqttVersion, mac: &str) -> Sim {
         let state = tempfile::tempdir().unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_hil-sim"))
             .args([
@@ -168,12 +168,12 @@ fn client_id_of(sim: &mut Sim) -> String {
     }
 }
 
-fn cloud(broker: &TestBroker, proto: Protocol, name: &str) -> Client {
+fn cloud(broker: &TestBroker, proto: MqttVersion, name: &str) -> Client {
     Client::connect(broker.addr(proto), proto, &ConnectOptions::new(name))
         .expect("cloud client connects")
 }
 
-fn queued_commands(kind: &str, proto: Protocol) {
+fn queued_commands(kind: &str, proto: MqttVersion) {
     let broker = TestBroker::start(kind);
     let mut sim = Sim::start(broker.addr(proto), proto, "24:0a:c4:00:00:01");
     let id = client_id_of(&mut sim);
@@ -220,7 +220,7 @@ fn queued_commands(kind: &str, proto: Protocol) {
     );
 }
 
-fn offline_telemetry(kind: &str, proto: Protocol) {
+fn offline_telemetry(kind: &str, proto: MqttVersion) {
     let broker = TestBroker::start(kind);
     let mut sim = Sim::start(broker.addr(proto), proto, "24:0a:c4:00:00:02");
     let id = client_id_of(&mut sim);
@@ -250,7 +250,7 @@ fn offline_telemetry(kind: &str, proto: Protocol) {
     assert_eq!(seqs, [1, 2, 3, 4, 5], "in order, contiguous, none lost");
 }
 
-fn stable_identity(kind: &str, proto: Protocol) {
+fn stable_identity(kind: &str, proto: MqttVersion) {
     let broker = TestBroker::start(kind);
     let mut sim = Sim::start(broker.addr(proto), proto, "24:0a:c4:00:00:03");
     let first = client_id_of(&mut sim);
@@ -307,10 +307,10 @@ macro_rules! on_brokers {
 }
 
 on_brokers! {
-    queued_commands_v3 => queued_commands(Protocol::V3_1_1);
-    queued_commands_v5 => queued_commands(Protocol::V5);
-    offline_telemetry_v3 => offline_telemetry(Protocol::V3_1_1);
-    offline_telemetry_v5 => offline_telemetry(Protocol::V5);
-    stable_identity_v3 => stable_identity(Protocol::V3_1_1);
-    stable_identity_v5 => stable_identity(Protocol::V5);
+    queued_commands_v3 => queued_commands(MqttVersion::V3_1_1);
+    queued_commands_v5 => queued_commands(MqttVersion::V5);
+    offline_telemetry_v3 => offline_telemetry(MqttVersion::V3_1_1);
+    offline_telemetry_v5 => offline_telemetry(MqttVersion::V5);
+    stable_identity_v3 => stable_identity(MqttVersion::V3_1_1);
+    stable_identity_v5 => stable_identity(MqttVersion::V5);
 }

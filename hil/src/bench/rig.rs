@@ -18,6 +18,7 @@
 //! mac = "24:0a:c4:12:34:56"      # expected factory MAC: the client ID is checked against it
 //! ```
 
+use super::RigError;
 use serde::Deserialize;
 use std::net::IpAddr;
 use std::path::Path;
@@ -61,71 +62,81 @@ fn default_chip() -> String {
 }
 
 impl Rig {
-    pub fn load(path: &Path) -> Result<Rig, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read rig file {}: {e}", path.display()))?;
-        Rig::parse(&text).map_err(|e| format!("rig file {}: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<Rig, RigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| RigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Rig::parse(&text).map_err(|e| RigError::Invalid {
+            path: path.display().to_string(),
+            source: Box::new(e),
+        })
     }
 
-    pub fn parse(text: &str) -> Result<Rig, String> {
-        let rig: Rig = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str) -> Result<Rig, RigError> {
+        let rig: Rig = toml::from_str(text)?;
         if rig.boards.is_empty() {
-            return Err("no [[board]] entries".into());
+            return Err(RigError::NoBoards);
         }
         for b in &rig.boards {
             if b.port.is_none() && b.usb_serial.is_none() {
-                return Err(format!("board `{}`: give `port` or `usb_serial`", b.name));
+                return Err(RigError::NoPort(b.name.clone()));
             }
             if let Some(mac) = &b.mac {
                 mac.parse::<hil_session::Mac>()
-                    .map_err(|e| format!("board `{}`: mac {mac}: {e}", b.name))?;
+                    .map_err(|e| RigError::BadMac {
+                        board: b.name.clone(),
+                        mac: mac.clone(),
+                        reason: e.to_string(),
+                    })?;
             }
-            b.chip.parse::<espflash::target::Chip>().map_err(|_| {
-                format!(
-                    "board `{}`: unknown chip `{}` (e.g. esp32c3)",
-                    b.name, b.chip
-                )
-            })?;
+            b.chip
+                .parse::<espflash::target::Chip>()
+                .map_err(|_| RigError::UnknownChip {
+                    board: b.name.clone(),
+                    chip: b.chip.clone(),
+                })?;
         }
         let mut names: Vec<&str> = rig.boards.iter().map(|b| b.name.as_str()).collect();
         names.sort();
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
-            return Err(format!("two boards named `{}`", w[0]));
+            return Err(RigError::DuplicateBoard(w[0].into()));
         }
         Ok(rig)
     }
 
-    pub fn board(&self, name: Option<&str>) -> Result<&Board, String> {
+    pub fn board(&self, name: Option<&str>) -> Result<&Board, RigError> {
         match name {
             Some(n) => self.boards.iter().find(|b| b.name == n).ok_or_else(|| {
                 let names: Vec<&str> = self.boards.iter().map(|b| b.name.as_str()).collect();
-                format!("no board `{n}` in the rig (boards: {})", names.join(", "))
+                RigError::NoSuchBoard {
+                    name: n.into(),
+                    known: names.join(", "),
+                }
             }),
             None if self.boards.len() == 1 => Ok(&self.boards[0]),
-            None => Err("the rig has several boards: pick one with --board NAME".into()),
+            None => Err(RigError::WhichBoard),
         }
     }
 
     /// Credentials from the environment; a named variable that is unset is an error.
-    pub fn wifi_credentials(&self) -> Result<Option<(String, String)>, String> {
+    pub fn wifi_credentials(&self) -> Result<Option<(String, String)>, RigError> {
         let Some(w) = &self.wifi else { return Ok(None) };
-        let get = |v: &str| {
-            std::env::var(v)
-                .map_err(|_| format!("the rig takes Wi-Fi credentials from ${v}, which is not set"))
-        };
+        let get = |v: &str| std::env::var(v).map_err(|_| RigError::WifiEnvUnset(v.into()));
         Ok(Some((get(&w.ssid_env)?, get(&w.pass_env)?)))
     }
 }
 
 impl Board {
     /// The port path: as given, or found by USB serial number.
-    pub fn resolve_port(&self) -> Result<String, String> {
+    pub fn resolve_port(&self) -> Result<String, RigError> {
         if let Some(p) = &self.port {
             return Ok(p.clone());
         }
         let sn = self.usb_serial.as_deref().unwrap_or_default();
-        find_by_usb_serial(sn).ok_or_else(|| {
-            format!("board `{}`: no serial port with USB serial number {sn} (is it plugged in? `hil doctor` lists ports)", self.name)
+        find_by_usb_serial(sn).ok_or_else(|| RigError::PortNotFound {
+            board: self.name.clone(),
+            serial: sn.into(),
         })
     }
 }

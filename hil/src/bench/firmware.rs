@@ -2,6 +2,7 @@
 //! image a board boots, with espflash as a library (byte-identical to
 //! `espflash save-image`).
 
+use super::FlashError;
 use espflash::flasher::{FlashData, FlashSettings};
 use espflash::image_format::idf::IdfBootloaderFormat;
 use espflash::target::{Chip, XtalFrequency};
@@ -32,15 +33,14 @@ pub fn chip_id(chip: Chip) -> Option<u16> {
     })
 }
 
-pub fn app_image(elf_path: &Path, chip: Chip) -> Result<AppImage, String> {
-    let elf = std::fs::read(elf_path).map_err(|e| {
-        format!(
-            "cannot read {}: {e} (build the firmware first: cd firmware && cargo build --release)",
-            elf_path.display()
-        )
+pub fn app_image(elf_path: &Path, chip: Chip) -> Result<AppImage, FlashError> {
+    let elf = std::fs::read(elf_path).map_err(|source| FlashError::ReadElf {
+        path: elf_path.display().to_string(),
+        source,
+        hint: " (build the firmware first: cd firmware && cargo build --release)",
     })?;
     if elf.get(..4) != Some(b"\x7fELF") {
-        return Err(format!("{} is not an ELF file", elf_path.display()));
+        return Err(FlashError::NotElf(elf_path.display().to_string()));
     }
     let image = idf_image(&elf, elf_path, chip)?;
     let partition_size = image
@@ -69,7 +69,7 @@ pub fn idf_image<'a>(
     elf: &'a [u8],
     elf_path: &Path,
     chip: Chip,
-) -> Result<IdfBootloaderFormat<'a>, String> {
+) -> Result<IdfBootloaderFormat<'a>, FlashError> {
     let flash_data = FlashData::new(
         FlashSettings::default(),
         0,
@@ -77,24 +77,26 @@ pub fn idf_image<'a>(
         chip,
         XtalFrequency::_40Mhz,
     );
-    IdfBootloaderFormat::new(elf, &flash_data, None, None, None, None).map_err(|e| {
-        format!(
-            "espflash could not make an image of {}: {e}",
-            elf_path.display()
-        )
+    IdfBootloaderFormat::new(elf, &flash_data, None, None, None, None).map_err(|source| {
+        FlashError::Image {
+            path: elf_path.display().to_string(),
+            source,
+        }
     })
 }
 
 /// Checks the header of an app image: magic and chip id.
-pub fn check(image: &[u8], chip: Chip) -> Result<(), String> {
+pub fn check(image: &[u8], chip: Chip) -> Result<(), FlashError> {
     if image.len() < 24 || image[0] != MAGIC {
-        return Err("not an ESP app image (bad magic)".into());
+        return Err(FlashError::BadMagic);
     }
     let id = u16::from_le_bytes([image[12], image[13]]);
     match chip_id(chip) {
-        Some(want) if want != id => Err(format!(
-            "image is for chip id {id}, expected {chip} ({want})"
-        )),
+        Some(want) if want != id => Err(FlashError::WrongChipId {
+            found: id,
+            chip,
+            want,
+        }),
         _ => Ok(()),
     }
 }

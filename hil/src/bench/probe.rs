@@ -4,10 +4,11 @@
 //! probe-rs's flash loader; then the core is reset. The console stays on the
 //! serial port (USB-Serial-JTAG shares the same USB cable).
 
+use super::FlashError;
 use std::path::Path;
 
 /// The probes probe-rs sees, as `VID:PID[:SERIAL]` selectors.
-pub fn list() -> Result<Vec<String>, String> {
+pub fn list() -> Result<Vec<String>, FlashError> {
     #[cfg(feature = "probe")]
     {
         let lister = probe_rs::probe::list::Lister::new();
@@ -28,12 +29,7 @@ pub fn list() -> Result<Vec<String>, String> {
             .collect())
     }
     #[cfg(not(feature = "probe"))]
-    Err(not_built())
-}
-
-#[cfg(not(feature = "probe"))]
-fn not_built() -> String {
-    "probe support is not built in: cargo build -p hil --features probe (probe-rs takes a few minutes to build)".into()
+    Err(FlashError::ProbeNotBuilt)
 }
 
 /// Flashes `elf` through the probe chosen by `selector` (VID:PID[:SERIAL];
@@ -42,67 +38,76 @@ pub fn flash(
     selector: Option<&str>,
     elf: &Path,
     chip: espflash::target::Chip,
-) -> Result<(), String> {
+) -> Result<(), FlashError> {
     #[cfg(feature = "probe")]
     {
         use probe_rs::flashing::DownloadOptions;
         use probe_rs::Permissions;
 
-        let elf_data =
-            std::fs::read(elf).map_err(|e| format!("cannot read {}: {e}", elf.display()))?;
+        let elf_data = std::fs::read(elf).map_err(|source| FlashError::ReadElf {
+            path: elf.display().to_string(),
+            source,
+            hint: "",
+        })?;
+        let probe_err = |what: String| {
+            move |e: &dyn std::fmt::Display| FlashError::Probe {
+                what: what.clone(),
+                detail: e.to_string(),
+            }
+        };
         let lister = probe_rs::probe::list::Lister::new();
         let probes = lister.list_all();
         let probe = match selector {
             Some(sel) => {
-                let sel: probe_rs::probe::DebugProbeSelector =
-                    sel.parse().map_err(|e| format!("probe selector `{sel}`: {e} (expected VID:PID[:SERIAL], e.g. 303a:1001)"))?;
-                lister.open(sel).map_err(|e| format!("cannot open probe {}: {e} (`hil doctor` lists the probes)", selector.unwrap_or_default()))?
+                let sel: probe_rs::probe::DebugProbeSelector = sel.parse().map_err(|e| {
+                    probe_err(format!(
+                        "probe selector `{sel}` (expected VID:PID[:SERIAL], e.g. 303a:1001)"
+                    ))(&e)
+                })?;
+                lister.open(sel).map_err(|e| {
+                    probe_err(format!(
+                        "cannot open probe {} (`hil doctor` lists the probes)",
+                        selector.unwrap_or_default()
+                    ))(&e)
+                })?
             }
             None => match probes.as_slice() {
-                [] => {
-                    return Err(
-                        "no debug probe found: plug the board's USB (the ESP32-C3's built-in USB-JTAG is 303a:1001), \
-                         check its udev permissions, or flash over serial instead (--dut serial)"
-                            .into(),
-                    )
-                }
-                [only] => only.open().map_err(|e| format!("cannot open probe {}: {e}", only.identifier))?,
-                _ => return Err(format!("{} probes attached: choose one with --probe VID:PID:SERIAL", probes.len())),
+                [] => return Err(FlashError::NoProbe),
+                [only] => only
+                    .open()
+                    .map_err(|e| probe_err(format!("cannot open probe {}", only.identifier))(&e))?,
+                _ => return Err(FlashError::ManyProbes(probes.len())),
             },
         };
         let target = match chip {
             espflash::target::Chip::Esp32c3 => "esp32c3",
             espflash::target::Chip::Esp32c6 => "esp32c6",
-            other => {
-                return Err(format!(
-                    "the probe backend does not know how to flash {other}"
-                ))
-            }
+            other => return Err(FlashError::ProbeChip(other)),
         };
         let mut session = probe.attach(target, Permissions::default()).map_err(|e| {
-            format!(
-                "cannot attach to the {target}: {e} (wrong chip, or the board is held in reset?)"
-            )
+            probe_err(format!(
+                "cannot attach to the {target} (wrong chip, or the board is held in reset?)"
+            ))(&e)
         })?;
-        let image = crate::firmware::idf_image(&elf_data, elf, chip)?;
+        let image = super::firmware::idf_image(&elf_data, elf, chip)?;
         let mut loader = session.target().flash_loader();
         for segment in image.flash_segments() {
             loader
                 .add_data(segment.addr as u64, &segment.data)
-                .map_err(|e| format!("flash region at {:#x}: {e}", segment.addr))?;
+                .map_err(|e| probe_err(format!("flash region at {:#x}", segment.addr))(&e))?;
         }
         loader
             .commit(&mut session, DownloadOptions::default())
-            .map_err(|e| format!("flashing through the probe failed: {e}"))?;
+            .map_err(|e| probe_err("flashing through the probe failed".into())(&e))?;
         session
             .core(0)
             .and_then(|mut c| c.reset())
-            .map_err(|e| format!("reset through the probe failed: {e}"))?;
+            .map_err(|e| probe_err("reset through the probe failed".into())(&e))?;
         Ok(())
     }
     #[cfg(not(feature = "probe"))]
     {
         let _ = (selector, elf, chip);
-        Err(not_built())
+        Err(FlashError::ProbeNotBuilt)
     }
 }

@@ -1,10 +1,12 @@
 //! `hil doctor`: what this host can test with, and for each problem the fix.
 
-use crate::rig::{list_ports, Rig};
+use super::rig::{list_ports, Rig};
+use crate::dut::Console;
+use crate::transcript::Source;
 use hil_session::Event;
 use std::io::Write;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub struct Report {
     pub lines: Vec<String>,
@@ -66,44 +68,19 @@ fn espressif_probes() -> Vec<String> {
     out
 }
 
-/// Asks the console on `port` for `!status`.
-fn ask_status(port: &str) -> Result<String, String> {
-    let mut p = serialport::new(port, 115_200)
-        .timeout(Duration::from_millis(200))
-        .open()
-        .map_err(|e| match e.kind() {
-            serialport::ErrorKind::NoDevice
-            | serialport::ErrorKind::Io(std::io::ErrorKind::NotFound) => {
-                "no such device".to_string()
-            }
-            _ => format!("cannot open: {e}"),
-        })?;
-    p.write_all(b"!status\n")
-        .map_err(|e| format!("cannot write: {e}"))?;
-    let mut buf = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let mut chunk = [0u8; 512];
-    while Instant::now() < deadline {
-        match p.read(&mut chunk) {
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                for line in String::from_utf8_lossy(&buf).lines() {
-                    if let Ok(Event::Ack { cmd, fields }) = Event::parse(line) {
-                        if cmd == "status" {
-                            return Ok(fields
-                                .iter()
-                                .find(|(k, _)| k == "client_id")
-                                .map(|(_, v)| v.clone())
-                                .unwrap_or_default());
-                        }
-                    }
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
-            Err(e) => return Err(format!("read failed: {e}")),
-        }
-    }
-    Err("no `@hil ack cmd=status` within 3 s".into())
+/// Asks the console on `port` for `!status`, through the runner's own console.
+fn ask_status(port: &str) -> Result<String, crate::dut::DutError> {
+    let t = crate::transcript::Transcript::new();
+    let (mut console, _) = Console::on_port(port, &t, Source::Device)?;
+    let ack = console.command_within("!status", Duration::from_secs(3))?;
+    Ok(match ack {
+        Event::Ack { fields, .. } => fields
+            .iter()
+            .find(|(k, _)| k == "client_id")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default(),
+        _ => String::new(),
+    })
 }
 
 pub fn run(rig: Option<&Path>) -> Report {
@@ -132,7 +109,7 @@ pub fn run(rig: Option<&Path>) -> Report {
     for p in &probes {
         r.fact(format!("  {p}"));
     }
-    match crate::probe::list() {
+    match super::probe::list() {
         Ok(list) => r.fact(format!(
             "probe-rs sees {} probe(s){}",
             list.len(),
@@ -169,7 +146,7 @@ pub fn run(rig: Option<&Path>) -> Report {
         Ok(rig) => rig,
         Err(e) => {
             r.problem(
-                e,
+                e.to_string(),
                 "fix the rig file; fixtures/rigs/example.toml shows every key",
             );
             return r;
@@ -190,7 +167,7 @@ pub fn run(rig: Option<&Path>) -> Report {
     }
     if let Err(e) = rig.wifi_credentials() {
         r.problem(
-            e,
+            e.to_string(),
             "export the variables named in the rig's [wifi] section before `just hil`",
         );
     }
@@ -198,7 +175,7 @@ pub fn run(rig: Option<&Path>) -> Report {
         let port = match b.resolve_port() {
             Ok(p) => p,
             Err(e) => {
-                r.problem(e, "plug the board in, or fix its `port`/`usb_serial` in the rig file (see the ports listed above)");
+                r.problem(e.to_string(), "plug the board in, or fix its `port`/`usb_serial` in the rig file (see the ports listed above)");
                 continue;
             }
         };

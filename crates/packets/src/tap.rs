@@ -1,16 +1,19 @@
-//! The MQTT wire tap: frames the bytes the fault proxy forwards, in each
+//! The MQTT wire tap's decoder: frames the bytes a proxy forwards, in each
 //! direction, into packets (mqtt-protocol-core's `PacketBuilder`) and decodes
-//! them with its per-packet parsers. Malformed bytes are reported, never fatal:
-//! the proxy forwards them as they are.
+//! them with its per-packet parsers into a [`Packet`] summary. Malformed bytes
+//! are reported, never fatal: the proxy forwards them as they are.
 
+use core::fmt;
 use mqtt_protocol_core::mqtt::common::Cursor;
 use mqtt_protocol_core::mqtt::connection::{
     PacketBuildResult, PacketBuilder, PacketData, RawPacket,
 };
 use mqtt_protocol_core::mqtt::packet::{v3_1_1, v5_0};
-use std::fmt;
+use std::format;
+use std::string::{String, ToString};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
+use std::vec::Vec;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dir {
@@ -70,6 +73,28 @@ pub enum Packet {
         kind: u8,
     },
     Malformed(String),
+}
+
+impl Packet {
+    /// The packet's type name, as the spec writes it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Packet::Connect { .. } => "CONNECT",
+            Packet::Connack { .. } => "CONNACK",
+            Packet::Subscribe { .. } => "SUBSCRIBE",
+            Packet::Suback { .. } => "SUBACK",
+            Packet::Publish { .. } => "PUBLISH",
+            Packet::Puback { .. } => "PUBACK",
+            Packet::Pubrec { .. } => "PUBREC",
+            Packet::Pubrel { .. } => "PUBREL",
+            Packet::Pubcomp { .. } => "PUBCOMP",
+            Packet::Pingreq => "PINGREQ",
+            Packet::Pingresp => "PINGRESP",
+            Packet::Disconnect => "DISCONNECT",
+            Packet::Other { .. } => "packet",
+            Packet::Malformed(_) => "malformed packet",
+        }
+    }
 }
 
 fn b(v: bool) -> u8 {
@@ -142,28 +167,41 @@ impl fmt::Display for Packet {
     }
 }
 
+/// One packet as it crossed the wire: its summary and its exact bytes, so a
+/// proxy can forward, hold, drop or replace it packet by packet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    pub packet: Packet,
+    pub bytes: Vec<u8>,
+}
+
 /// Decodes one direction of one connection. Both directions of a connection
 /// share the protocol level learnt from the CONNECT.
 pub struct Decoder {
     dir: Dir,
     builder: PacketBuilder,
     level: Arc<AtomicU8>,
+    /// Bytes of a packet that is not complete yet (it spans reads).
+    partial: Vec<u8>,
 }
 
 impl Decoder {
     /// A pair for one connection: (device → broker, broker → device).
     pub fn pair() -> (Decoder, Decoder) {
+        // Until a CONNECT says otherwise: 3.1.1.
         let level = Arc::new(AtomicU8::new(4));
         (
             Decoder {
                 dir: Dir::Up,
                 builder: PacketBuilder::new(),
                 level: level.clone(),
+                partial: Vec::new(),
             },
             Decoder {
                 dir: Dir::Down,
                 builder: PacketBuilder::new(),
                 level,
+                partial: Vec::new(),
             },
         )
     }
@@ -172,16 +210,36 @@ impl Decoder {
         self.dir
     }
 
-    pub fn feed(&mut self, bytes: &[u8]) -> Vec<Packet> {
+    /// The packets completed by these bytes, in order. Every byte fed comes
+    /// out in exactly one frame (a malformed one carries the rest of the
+    /// read), so forwarding the frames forwards the stream unchanged.
+    pub fn feed(&mut self, bytes: &[u8]) -> Vec<Frame> {
         let mut out = Vec::new();
         let mut cursor = Cursor::new(bytes);
+        // Start of the bytes of this read not yet in a frame.
+        let mut start = 0usize;
         while (cursor.position() as usize) < bytes.len() {
             let before = cursor.position();
             match self.builder.feed(&mut cursor) {
-                PacketBuildResult::Complete(raw) => out.push(self.decode(&raw)),
+                PacketBuildResult::Complete(raw) => {
+                    let end = cursor.position() as usize;
+                    let mut frame = core::mem::take(&mut self.partial);
+                    frame.extend_from_slice(&bytes[start..end]);
+                    start = end;
+                    out.push(Frame {
+                        packet: self.decode(&raw),
+                        bytes: frame,
+                    });
+                }
                 PacketBuildResult::Incomplete => {}
                 PacketBuildResult::Error(e) => {
-                    out.push(Packet::Malformed(format!("{e:?}")));
+                    let mut frame = core::mem::take(&mut self.partial);
+                    frame.extend_from_slice(&bytes[start..]);
+                    start = bytes.len();
+                    out.push(Frame {
+                        packet: Packet::Malformed(format!("{e:?}")),
+                        bytes: frame,
+                    });
                     // Start over on the next bytes: the tap must survive garbage.
                     self.builder = PacketBuilder::new();
                     break;
@@ -191,7 +249,13 @@ impl Decoder {
                 break;
             }
         }
+        self.partial.extend_from_slice(&bytes[start..]);
         out
+    }
+
+    /// Only the packets (tests and tools that do not forward).
+    pub fn packets(&mut self, bytes: &[u8]) -> Vec<Packet> {
+        self.feed(bytes).into_iter().map(|f| f.packet).collect()
     }
 
     fn decode(&self, raw: &RawPacket) -> Packet {
@@ -342,6 +406,7 @@ impl Decoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::vec;
 
     #[test]
     fn decodes_a_session_in_pieces_and_survives_garbage() {
@@ -364,7 +429,7 @@ mod tests {
         // split at every byte: framing must hold across reads
         let mut got = Vec::new();
         for byte in &connect {
-            got.extend(up.feed(std::slice::from_ref(byte)));
+            got.extend(up.packets(std::slice::from_ref(byte)));
         }
         assert_eq!(
             got,
@@ -377,7 +442,7 @@ mod tests {
             }]
         );
         assert_eq!(
-            down.feed(&[0x20, 2, 1, 0, 0x40, 2, 0, 7]),
+            down.packets(&[0x20, 2, 1, 0, 0x40, 2, 0, 7]),
             vec![
                 Packet::Connack {
                     session_present: true,
@@ -388,7 +453,7 @@ mod tests {
         );
         let publish = [0x3a, 9, 0, 3, b'a', b'/', b'b', 0, 5, b'h', b'i'];
         assert_eq!(
-            down.feed(&publish),
+            down.packets(&publish),
             vec![Packet::Publish {
                 topic: "a/b".into(),
                 qos: 1,
@@ -400,8 +465,32 @@ mod tests {
             }]
         );
         // garbage: a reserved packet type with a bad length, then a good PINGRESP
-        let out = down.feed(&[0xf0, 0xff, 0xff, 0xff, 0xff, 0x01]);
+        let out = down.packets(&[0xf0, 0xff, 0xff, 0xff, 0xff, 0x01]);
         assert!(matches!(out[..], [Packet::Malformed(_)]), "{out:?}");
-        assert_eq!(down.feed(&[0xd0, 0]), vec![Packet::Pingresp]);
+        assert_eq!(down.packets(&[0xd0, 0]), vec![Packet::Pingresp]);
+    }
+
+    #[test]
+    fn frames_carry_every_byte_exactly_once() {
+        let (_, mut down) = Decoder::pair();
+        let stream = [0x20, 2, 1, 0, 0x40, 2, 0, 7, 0xd0, 0];
+        // Split inside the PUBACK: its bytes come out whole, in the second read.
+        let first = down.feed(&stream[..6]);
+        let second = down.feed(&stream[6..]);
+        let bytes: Vec<Vec<u8>> = first
+            .iter()
+            .chain(&second)
+            .map(|f| f.bytes.clone())
+            .collect();
+        assert_eq!(
+            bytes,
+            vec![vec![0x20, 2, 1, 0], vec![0x40, 2, 0, 7], vec![0xd0, 0]]
+        );
+        // Garbage after a partial packet: one malformed frame holds all of it.
+        let mut d = Decoder::pair().1;
+        assert!(d.feed(&[0x40, 2]).is_empty());
+        let f = d.feed(&[0, 7, 0xf0, 0xff, 0xff, 0xff, 0xff, 1]);
+        let all: Vec<u8> = f.iter().flat_map(|f| f.bytes.clone()).collect();
+        assert_eq!(all, vec![0x40, 2, 0, 7, 0xf0, 0xff, 0xff, 0xff, 0xff, 1]);
     }
 }

@@ -3,6 +3,7 @@
 //! what is already there, so re-running on a flashed board costs seconds
 //! (what pytest-embedded does with its SHA-256 check).
 
+use super::FlashError;
 use espflash::connection::{Connection, ResetAfterOperation, ResetBeforeOperation};
 use espflash::flasher::Flasher;
 use espflash::image_format::ImageFormat;
@@ -10,28 +11,32 @@ use espflash::target::{Chip, DefaultProgressCallback};
 use std::path::Path;
 
 /// Why flashing failed, worded for the person at the bench.
-pub fn explain(port: &str, e: &espflash::Error) -> String {
-    if let espflash::Error::ChipMismatch(wanted, found) = e {
-        return format!(
-            "wrong chip on {port}: the board is an {found}, the rig file says {wanted}. \
-             Check the rig file's `chip` for this board, or whether the right board is on this port"
-        );
+pub fn explain(port: &str, e: espflash::Error) -> FlashError {
+    if let espflash::Error::ChipMismatch(wanted, found) = &e {
+        return FlashError::WrongChip {
+            port: port.into(),
+            found: found.clone(),
+            wanted: wanted.clone(),
+        };
     }
-    let text = e.to_string();
-    let lower = text.to_lowercase();
+    // espflash words a silent port in several ways; all mean "no bootloader here".
+    let lower = e.to_string().to_lowercase();
     if lower.contains("timed out") || lower.contains("timeout") || lower.contains("connect") {
-        format!(
-            "no ESP ROM bootloader answered on {port} ({text}). Is this an ESP32 board? Hold BOOT while pressing RESET, \
-             check the cable, or pass --no-flash to use the firmware already on it"
-        )
+        FlashError::NoBootloader {
+            port: port.into(),
+            source: e,
+        }
     } else {
-        format!("flashing {port} failed: {text}")
+        FlashError::Espflash {
+            port: port.into(),
+            source: e,
+        }
     }
 }
 
 /// Flashes `elf` to the board on `port_path`, expecting `chip`; resets it
 /// into the ROM bootloader with DTR/RTS first.
-pub fn flash(port_path: &str, elf: &Path, chip: Chip) -> Result<(), String> {
+pub fn flash(port_path: &str, elf: &Path, chip: Chip) -> Result<(), FlashError> {
     flash_with(port_path, elf, chip, ResetBeforeOperation::DefaultReset)
 }
 
@@ -42,13 +47,18 @@ pub fn flash_with(
     elf: &Path,
     chip: Chip,
     before: ResetBeforeOperation,
-) -> Result<(), String> {
-    let elf_data = std::fs::read(elf).map_err(|e| format!("cannot read {}: {e}", elf.display()))?;
+) -> Result<(), FlashError> {
+    let elf_data = std::fs::read(elf).map_err(|source| FlashError::ReadElf {
+        path: elf.display().to_string(),
+        source,
+        hint: "",
+    })?;
     let port = serialport::new(port_path, 115_200)
         .timeout(std::time::Duration::from_secs(3))
         .open_native()
-        .map_err(|e| {
-            format!("cannot open {port_path}: {e} (`hil doctor` lists the serial ports)")
+        .map_err(|source| FlashError::OpenPort {
+            port: port_path.into(),
+            source,
         })?;
     let info = serialport::UsbPortInfo {
         vid: 0x303a,
@@ -60,15 +70,16 @@ pub fn flash_with(
     };
     let connection = Connection::new(port, info, ResetAfterOperation::HardReset, before, 115_200);
     let mut flasher = Flasher::connect(connection, true, true, true, Some(chip), None)
-        .map_err(|e| explain(port_path, &e))?;
+        .map_err(|e| explain(port_path, e))?;
     if flasher.chip() != chip {
-        return Err(format!(
-            "wrong chip on {port_path}: found {}, the rig says {chip}",
-            flasher.chip()
-        ));
+        return Err(FlashError::WrongChip {
+            port: port_path.into(),
+            found: flasher.chip().to_string(),
+            wanted: chip.to_string(),
+        });
     }
-    let image = crate::firmware::idf_image(&elf_data, elf, chip)?;
+    let image = super::firmware::idf_image(&elf_data, elf, chip)?;
     flasher
         .load_image_to_flash(&mut DefaultProgressCallback, ImageFormat::EspIdf(image))
-        .map_err(|e| explain(port_path, &e))
+        .map_err(|e| explain(port_path, e))
 }

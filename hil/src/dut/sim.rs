@@ -1,0 +1,261 @@
+//! The sim backend: `hil sim` (the session core on std) as a child process,
+//! its console on a pseudo-terminal the runner opens like a board's port.
+//! The device is configured by flags, written by `hil_sim::Args` itself.
+
+use super::{
+    client_id_of, Backend, Capability, Console, DeviceSpec, Dut, DutError, Fleet, FleetDevice,
+    Power, Provision,
+};
+use crate::transcript::{Source, Transcript};
+use hil_session::{Bug, MqttVersion};
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+pub struct SimBackend {
+    /// The `hil` executable (it serves `hil sim`).
+    pub hil_exe: PathBuf,
+}
+
+const CAPS: &[Capability] = &[
+    Capability::ReachesBroker,
+    Capability::WifiToggle,
+    Capability::Reset,
+    Capability::BrokerRestart,
+    Capability::LinkFaults,
+    Capability::Fleet,
+    Capability::PowerCut,
+    Capability::NegativeControls,
+    Capability::ScenarioConfig,
+];
+
+/// One sim device's launch: its flags, and where its lines go.
+#[derive(Clone)]
+pub struct SimLaunch {
+    pub hil_exe: PathBuf,
+    pub args: hil_sim::Args,
+    pub transcript: Transcript,
+    pub source: Source,
+}
+
+impl SimLaunch {
+    pub fn new(
+        hil_exe: &Path,
+        broker: SocketAddr,
+        mac: &str,
+        mqtt: MqttVersion,
+        spec: &DeviceSpec,
+        bugs: &[Bug],
+        state_dir: &Path,
+        transcript: &Transcript,
+    ) -> SimLaunch {
+        let mut args = hil_sim::Args::new(broker.to_string(), mac.into(), state_dir.into());
+        args.console = "pty".into();
+        args.mqtt = mqtt;
+        args.keepalive = spec.keepalive_s;
+        args.backoff_base_ms = spec.backoff_base_ms;
+        args.backoff_cap_ms = spec.backoff_cap_ms;
+        args.cmd_qos = spec.cmd_qos;
+        args.session_expiry = spec.session_expiry_s;
+        args.outbox_capacity = spec.outbox_capacity;
+        args.bugs = bugs.to_vec();
+        SimLaunch {
+            hil_exe: hil_exe.into(),
+            args,
+            transcript: transcript.clone(),
+            source: Source::Device,
+        }
+    }
+
+    /// Starts the device process and opens its console.
+    pub fn spawn(&self) -> Result<(Child, Console), DutError> {
+        let mut cmd = Command::new(&self.hil_exe);
+        cmd.arg("sim").args(self.args.to_argv());
+        let (child, path) = spawn_pty_process(cmd, &self.hil_exe)?;
+        if self.source == Source::Device {
+            self.transcript
+                .runner(format!("sim device console on {path}"));
+        } else {
+            self.transcript
+                .note(format!("fleet device {} console on {path}", self.args.mac));
+        }
+        let (console, _) = Console::on_port(&path, &self.transcript, self.source)?;
+        Ok((child, console))
+    }
+
+    /// Spawns it as a [`Dut`] whose power switch is the process.
+    pub fn start(self) -> Result<Dut, DutError> {
+        let (child, console) = self.spawn()?;
+        Ok(Dut::new(
+            console,
+            "sim",
+            Box::new(Process {
+                child: Some(child),
+                launch: self,
+            }),
+        ))
+    }
+}
+
+/// A device process: kill -9 is its power cut; a new process on the same
+/// flash is its power coming back.
+struct Process {
+    child: Option<Child>,
+    launch: SimLaunch,
+}
+
+impl Power for Process {
+    fn off(&mut self) -> Result<(), DutError> {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        Ok(())
+    }
+
+    fn on(&mut self) -> Result<Console, DutError> {
+        self.off()?;
+        let (child, console) = self.launch.spawn()?;
+        self.child = Some(child);
+        Ok(console)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.off();
+    }
+}
+
+impl Backend for SimBackend {
+    fn name(&self) -> &'static str {
+        "sim"
+    }
+
+    fn capabilities(&self) -> &'static [Capability] {
+        CAPS
+    }
+
+    fn bring_up(&self, p: &Provision) -> Result<Dut, DutError> {
+        p.transcript
+            .runner(format!("start sim device mac={} mqtt={}", p.mac, p.mqtt));
+        self.launch(p, p.mac, &p.spec, p.state_dir).start()
+    }
+
+    fn fleet(&self, p: &Provision) -> Option<Box<dyn Fleet>> {
+        Some(Box::new(SimFleet {
+            base: self.launch(p, p.mac, &p.spec, p.state_dir),
+            spec: p.spec,
+        }))
+    }
+
+    fn expected_client_id(&self, mac: &str) -> Option<String> {
+        client_id_of(mac)
+    }
+}
+
+impl SimBackend {
+    fn launch(&self, p: &Provision, mac: &str, spec: &DeviceSpec, state: &Path) -> SimLaunch {
+        SimLaunch::new(
+            &self.hil_exe,
+            p.broker,
+            mac,
+            p.mqtt,
+            spec,
+            p.bugs,
+            state,
+            p.transcript,
+        )
+    }
+}
+
+/// Extra sim devices on the scenario's proxy, each with a flash of its own.
+struct SimFleet {
+    base: SimLaunch,
+    spec: DeviceSpec,
+}
+
+impl Fleet for SimFleet {
+    fn start(&self, mac: &str, edit: &dyn Fn(&mut DeviceSpec)) -> Result<FleetDevice, DutError> {
+        let state = tempfile::Builder::new()
+            .prefix("hil-fleet-")
+            .tempdir()
+            .map_err(DutError::StateDir)?;
+        let mut spec = self.spec;
+        edit(&mut spec);
+        let b = &self.base;
+        let mut launch = SimLaunch::new(
+            &b.hil_exe,
+            b.args.broker.parse().expect("written from a SocketAddr"),
+            mac,
+            b.args.mqtt,
+            &spec,
+            &b.args.bugs,
+            state.path(),
+            &b.transcript,
+        );
+        launch.source = Source::Fleet;
+        Ok(FleetDevice {
+            dut: launch.start()?,
+            state,
+        })
+    }
+}
+
+/// Starts a process that prints its pty path on its first stdout line.
+pub fn spawn_pty_process(mut cmd: Command, exe: &Path) -> Result<(Child, String), DutError> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|source| DutError::Spawn {
+            program: exe.display().to_string(),
+            source,
+        })?;
+    let mut path = String::new();
+    let read = match child.stdout.take() {
+        Some(out) => BufReader::new(out).read_line(&mut path).is_ok(),
+        None => false,
+    };
+    let path = path.trim().to_string();
+    if !read || path.is_empty() {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(DutError::NoConsolePath {
+            stderr: err.trim().to_string(),
+        });
+    }
+    Ok((child, path))
+}
+
+/// A sim device started by hand, sitting on a pty as a board sits on its
+/// port: for tools and tests that drive it as a serial device. Killed on drop.
+pub struct PtyDevice {
+    child: Child,
+    /// The console, for `--dut serial --port PATH`.
+    pub path: String,
+}
+
+impl PtyDevice {
+    /// `hil sim` with `args` (its console is forced to a pty).
+    pub fn start(hil_exe: &Path, mut args: hil_sim::Args) -> Result<PtyDevice, DutError> {
+        args.console = "pty".into();
+        let mut cmd = Command::new(hil_exe);
+        cmd.arg("sim").args(args.to_argv());
+        let (child, path) = spawn_pty_process(cmd, hil_exe)?;
+        Ok(PtyDevice { child, path })
+    }
+}
+
+impl Drop for PtyDevice {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

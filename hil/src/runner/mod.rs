@@ -1,0 +1,417 @@
+//! `hil run`: for each scenario a fresh broker, a fault proxy and a device
+//! (a fresh sim, or the board reset and provisioned with the proxy's
+//! address), put together as a [`Testbed`]; the scenario decides.
+//!
+//! The runner never prints: it emits [`RunEvent`]s, and reporters (the
+//! terminal table, transcripts, JUnit) render them (nextest-runner's shape).
+
+use crate::dut::{Backend, Capability, DutError, Provision, SimBackend};
+use crate::scenarios::{self, Failure, Need, Scenario, Stop};
+use crate::testbed::{BrokerChoice, FaultProxy, Parts, RigError, Testbed};
+use crate::transcript::{Entry, Transcript};
+use hil_broker::{Broker, MqttVersion};
+use hil_session::Bug;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+/// What to run, on what.
+pub struct RunOptions {
+    /// The `hil` executable: serves rumqttd (`hil broker serve`) and the sim device (`hil sim`).
+    pub hil_exe: PathBuf,
+    pub backend: Box<dyn Backend>,
+    pub broker: BrokerChoice,
+    pub mqtt: MqttVersion,
+    /// Run the scenarios that need MQTT 5 on MQTT 5 (`hil run` without --mqtt).
+    pub auto_v5: bool,
+    /// Where the broker and fault proxy listen: loopback for the sim, the
+    /// rig's LAN address for boards.
+    pub bind: IpAddr,
+    pub scenarios: Vec<String>,
+    /// Negative controls given to the device.
+    pub bugs: Vec<Bug>,
+}
+
+impl RunOptions {
+    /// The sim device on `broker`, 3.1.1, loopback.
+    pub fn sim(hil_exe: PathBuf, broker: BrokerChoice) -> RunOptions {
+        RunOptions {
+            backend: Box::new(SimBackend {
+                hil_exe: hil_exe.clone(),
+            }),
+            hil_exe,
+            broker,
+            mqtt: MqttVersion::V3_1_1,
+            auto_v5: false,
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            scenarios: vec![],
+            bugs: vec![],
+        }
+    }
+}
+
+/// What a scenario concluded. "Could not run" is never "failed".
+#[derive(Debug)]
+pub enum Verdict {
+    Pass,
+    /// The device broke a promise.
+    Fail(Failure),
+    /// The backend, protocol or broker cannot serve the scenario: never counted as passed.
+    NotApplicable(String),
+    /// The rig failed (broker, proxy, port, flash): the device was not judged.
+    Error(RigError),
+}
+
+#[derive(Debug)]
+pub struct ScenarioResult {
+    pub name: &'static str,
+    pub verdict: Verdict,
+    pub duration: Duration,
+    pub mqtt: MqttVersion,
+    pub transcript: Transcript,
+}
+
+impl ScenarioResult {
+    pub fn failure(&self) -> Option<&Failure> {
+        match &self.verdict {
+            Verdict::Fail(f) => Some(f),
+            _ => None,
+        }
+    }
+}
+
+/// The run as announced before its first scenario.
+#[derive(Clone, Debug)]
+pub struct RunPlan {
+    pub scenarios: Vec<&'static str>,
+    pub backend: &'static str,
+    pub broker: &'static str,
+    pub mqtt: MqttVersion,
+    pub auto_v5: bool,
+    pub bugs: Vec<Bug>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Summary {
+    pub results: Vec<Arc<ScenarioResult>>,
+    pub wall: Duration,
+}
+
+impl Summary {
+    fn count(&self, f: fn(&Verdict) -> bool) -> usize {
+        self.results.iter().filter(|r| f(&r.verdict)).count()
+    }
+    pub fn passed(&self) -> usize {
+        self.count(|v| matches!(v, Verdict::Pass))
+    }
+    pub fn failed(&self) -> usize {
+        self.count(|v| matches!(v, Verdict::Fail(_)))
+    }
+    pub fn not_applicable(&self) -> usize {
+        self.count(|v| matches!(v, Verdict::NotApplicable(_)))
+    }
+    pub fn errors(&self) -> usize {
+        self.count(|v| matches!(v, Verdict::Error(_)))
+    }
+
+    /// 0 every judged scenario passed and one at least was judged; 1 a device
+    /// failure; 3 a rig error and no device failure; 4 nothing was judged.
+    pub fn exit_code(&self) -> u8 {
+        if self.failed() > 0 {
+            1
+        } else if self.errors() > 0 {
+            3
+        } else if self.passed() == 0 {
+            4
+        } else {
+            0
+        }
+    }
+}
+
+/// What the runner tells its reporters, in order.
+#[derive(Clone, Debug)]
+pub enum RunEvent {
+    Started(RunPlan),
+    ScenarioStarted {
+        index: usize,
+        name: &'static str,
+    },
+    /// A console line, wire packet, cloud observation or runner step, as it happens.
+    Line {
+        index: usize,
+        entry: Entry,
+    },
+    ScenarioFinished {
+        index: usize,
+        result: Arc<ScenarioResult>,
+    },
+    Finished(Summary),
+}
+
+/// The run could not start: nothing was judged.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("unknown scenario `{name}`; known: {known}")]
+    UnknownScenario { name: String, known: String },
+    #[error("--sim-bug: {0}")]
+    NoNegativeControls(String),
+    #[error("preparing the device: {0}")]
+    Prepare(#[source] DutError),
+}
+
+pub fn select(names: &[String]) -> Result<Vec<&'static Scenario>, RunError> {
+    if names.is_empty() {
+        return Ok(scenarios::ALL.to_vec());
+    }
+    names
+        .iter()
+        .map(|n| {
+            scenarios::find(n).ok_or_else(|| RunError::UnknownScenario {
+                name: n.clone(),
+                known: scenarios::ALL
+                    .iter()
+                    .map(|s| s.name)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+        })
+        .collect()
+}
+
+/// Runs the selected scenarios one after another; `emit` sees every event.
+pub fn run(opts: &RunOptions, emit: &mut dyn FnMut(&RunEvent)) -> Result<Summary, RunError> {
+    let selected = select(&opts.scenarios)?;
+    if !opts.bugs.is_empty()
+        && !opts
+            .backend
+            .capabilities()
+            .contains(&Capability::NegativeControls)
+    {
+        return Err(RunError::NoNegativeControls(
+            opts.backend.why_not(Capability::NegativeControls),
+        ));
+    }
+    opts.backend.prepare().map_err(RunError::Prepare)?;
+    emit(&RunEvent::Started(RunPlan {
+        scenarios: selected.iter().map(|s| s.name).collect(),
+        backend: opts.backend.name(),
+        broker: opts.broker.name(),
+        mqtt: opts.mqtt,
+        auto_v5: opts.auto_v5,
+        bugs: opts.bugs.clone(),
+    }));
+    let started = Instant::now();
+    let (tx, rx) = mpsc::channel::<RunEvent>();
+    std::thread::scope(|scope| {
+        // The scenarios run on a worker; events come back here, so reporters
+        // run on the caller's thread and lines from device and tap threads
+        // reach them as they happen.
+        let worker = scope.spawn(move || {
+            let mut results = Vec::new();
+            for (index, s) in selected.iter().enumerate() {
+                let _ = tx.send(RunEvent::ScenarioStarted {
+                    index,
+                    name: s.name,
+                });
+                let lines = tx.clone();
+                let sink: crate::transcript::Sink = Arc::new(move |entry: &Entry| {
+                    let _ = lines.send(RunEvent::Line {
+                        index,
+                        entry: entry.clone(),
+                    });
+                });
+                let mac = format!("24:0a:c4:00:10:{:02x}", index + 1);
+                let r = Arc::new(run_scenario(opts, s, &mac, Transcript::with_sink(sink)));
+                results.push(r.clone());
+                let _ = tx.send(RunEvent::ScenarioFinished { index, result: r });
+            }
+            let summary = Summary {
+                results,
+                wall: started.elapsed(),
+            };
+            let _ = tx.send(RunEvent::Finished(summary.clone()));
+            summary
+        });
+        for event in rx.iter() {
+            emit(&event);
+            if matches!(event, RunEvent::Finished(_)) {
+                break;
+            }
+        }
+        Ok(worker.join().expect("the scenario worker does not panic"))
+    })
+}
+
+/// Runs one scenario on a fresh broker and a fresh (or freshly reset) device.
+pub fn run_one(opts: &RunOptions, s: &Scenario, mac: &str) -> ScenarioResult {
+    run_scenario(opts, s, mac, Transcript::new())
+}
+
+fn run_scenario(opts: &RunOptions, s: &Scenario, mac: &str, t: Transcript) -> ScenarioResult {
+    let mut mqtt = opts.mqtt;
+    if opts.auto_v5 && mqtt != MqttVersion::V5 && s.needs.contains(&Need::Mqtt5) {
+        mqtt = MqttVersion::V5;
+    }
+    let started = Instant::now();
+    let verdict = match unmet(opts, s, mqtt) {
+        Some(reason) => Verdict::NotApplicable(reason),
+        None => judge(opts, s, mac, mqtt, &t),
+    };
+    match &verdict {
+        Verdict::Pass => {}
+        Verdict::Fail(f) => t.runner(format!("FAILED: {f}")),
+        Verdict::NotApplicable(why) => t.runner(format!("not applicable: {why}")),
+        Verdict::Error(e) => t.runner(format!("RIG ERROR: {e}")),
+    }
+    if mqtt != opts.mqtt {
+        t.runner("this scenario needs MQTT 5: run on MQTT 5");
+    }
+    ScenarioResult {
+        name: s.name,
+        verdict,
+        duration: started.elapsed(),
+        mqtt,
+        transcript: t,
+    }
+}
+
+/// What this run's backend, broker and protocol can give, minus what they cannot.
+fn capabilities(opts: &RunOptions) -> Vec<Capability> {
+    opts.backend
+        .capabilities()
+        .iter()
+        .copied()
+        .filter(|c| *c != Capability::BrokerRestart || opts.broker.can_restart())
+        .collect()
+}
+
+/// Why the run cannot serve the scenario, before starting anything.
+fn unmet(opts: &RunOptions, s: &Scenario, mqtt: MqttVersion) -> Option<String> {
+    let caps = capabilities(opts);
+    s.needs.iter().find_map(|n| match n {
+        Need::Can(c) if !caps.contains(c) => Some(
+            if *c == Capability::BrokerRestart && opts.backend.capabilities().contains(c) {
+                "the external broker cannot be restarted by the runner".to_string()
+            } else {
+                opts.backend.why_not(*c)
+            },
+        ),
+        _ => n.unmet_protocol(mqtt),
+    })
+}
+
+fn judge(opts: &RunOptions, s: &Scenario, mac: &str, mqtt: MqttVersion, t: &Transcript) -> Verdict {
+    match set_up(opts, s, mac, mqtt, t) {
+        Err(e) => Verdict::Error(e),
+        Ok(Err(reason)) => Verdict::NotApplicable(reason),
+        Ok(Ok(mut tb)) => {
+            let r = (s.run)(&mut tb);
+            tb.dut.drain();
+            if r.is_err() {
+                // What the broker said about it: often the reason for a dropped connection.
+                let log = tb.broker_log(20);
+                if !log.is_empty() {
+                    t.note(format!("broker log, last lines:\n{log}"));
+                }
+            }
+            match r {
+                Ok(()) => Verdict::Pass,
+                Err(Stop::Fail(f)) => Verdict::Fail(f),
+                Err(Stop::Rig(e)) => Verdict::Error(e),
+            }
+        }
+    }
+}
+
+/// Broker, semantic probes, proxy, device: the testbed, or why the scenario
+/// is not applicable on this broker.
+fn set_up(
+    opts: &RunOptions,
+    s: &Scenario,
+    mac: &str,
+    mqtt: MqttVersion,
+    t: &Transcript,
+) -> Result<Result<Testbed, String>, RigError> {
+    let ip = opts.backend.listen_ip(opts.bind);
+    t.runner(format!("start broker {}", opts.broker.name()));
+    let mut broker = Broker::start(opts.broker.spec(&opts.hil_exe), ip)?;
+    // A scenario whose assertions need a semantic the broker lacks is not
+    // applicable on it: probe just those, now, on this very broker.
+    for need in s.needs {
+        if let Need::Semantic(sem) = need {
+            let f = hil_broker::check::probe(&mut broker, mqtt, *sem);
+            // Details vary run to run: raw transcript only.
+            t.note(format!(
+                "broker check: {}: {:?} ({})",
+                sem.name(),
+                f.honoured,
+                f.detail
+            ));
+            if f.honoured == Some(false) {
+                return Ok(Err(format!(
+                    "{} does not honour: {} ({})",
+                    broker.name(),
+                    sem.name(),
+                    f.detail
+                )));
+            }
+        }
+    }
+    let state = tempfile::Builder::new()
+        .prefix("hil-state-")
+        .tempdir()
+        .map_err(RigError::StateDir)?;
+    // The device always reaches the broker through the fault proxy.
+    let proxy = FaultProxy::start(ip, broker.addr(mqtt), t)?;
+    let hold = |on: bool| proxy.refuse(on);
+    let p = Provision {
+        broker: proxy.addr(),
+        mac,
+        mqtt,
+        spec: s.device,
+        bugs: &opts.bugs,
+        state_dir: state.path(),
+        transcript: t,
+        hold_connections: &hold,
+    };
+    let dut = opts.backend.bring_up(&p)?;
+    let caps = capabilities(opts);
+    let fleet = caps
+        .contains(&Capability::Fleet)
+        .then(|| opts.backend.fleet(&p))
+        .flatten();
+    let expected_client_id = opts.backend.expected_client_id(mac);
+    if let Some(id) = &expected_client_id {
+        t.focus_on(id);
+    }
+    let configured = caps.contains(&Capability::ScenarioConfig);
+    Ok(Ok(Testbed::new(Parts {
+        dut,
+        broker,
+        proxy,
+        transcript: t.clone(),
+        mqtt,
+        fleet,
+        backend: opts.backend.name(),
+        caps,
+        mac: mac.into(),
+        expected_client_id,
+        backoff_cap_ms: configured.then_some(s.device.backoff_cap_ms),
+        keepalive_s: s.device.keepalive_s,
+        state,
+    })))
+}
+
+/// Starts the chosen broker and probes its semantics (`hil broker check`).
+pub fn check_broker(
+    opts: &RunOptions,
+    mqtt: MqttVersion,
+) -> Result<hil_broker::check::Report, hil_broker::BrokerError> {
+    let mut broker = Broker::start(
+        opts.broker.spec(&opts.hil_exe),
+        opts.backend.listen_ip(opts.bind),
+    )?;
+    Ok(hil_broker::check::check(&mut broker, mqtt))
+}

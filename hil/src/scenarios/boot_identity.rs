@@ -1,0 +1,75 @@
+//! The device boots, reports a client ID derived from its MAC, and answers
+//! `!status` with the same ID.
+
+use super::steps::{client_id, fail, on, subscribed, STEP};
+use super::{Need, Outcome, Promise, Scenario};
+use crate::dut::{Capability, DeviceSpec};
+use crate::testbed::Testbed;
+use hil_session::Event;
+
+pub static SCENARIO: Scenario = Scenario {
+    name: "boot_identity",
+    about: "the device boots, reports a client ID derived from its MAC, and answers !status with the same ID",
+    needs: &[Need::Can(Capability::Reset)],
+    device: DeviceSpec::DEFAULT,
+    catches: &[],
+    run,
+};
+
+fn run(tb: &mut Testbed) -> Outcome {
+    const P: Promise = Promise::StableClientId;
+    // A serial board was reset (and its boot line read) while it was brought up.
+    if !tb.dut.seen.iter().any(|e| matches!(e, Event::Boot { .. })) {
+        tb.dut
+            .expect("`@hil boot` line", STEP, |e| {
+                matches!(e, Event::Boot { .. })
+            })
+            .map_err(on(P))?;
+    }
+    let id = client_id(tb)?;
+    let Some(hex) = id.strip_prefix("esp32c3-") else {
+        return Err(fail(
+            P,
+            format!("client ID {id} is not <chip>-<MAC as 12 hex digits>"),
+        ));
+    };
+    if hex.len() != 12
+        || !hex
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+    {
+        return Err(fail(
+            P,
+            format!("client ID {id} is not <chip>-<MAC as 12 lowercase hex digits>"),
+        ));
+    }
+    if let Some(expected) = tb.expected_client_id() {
+        if expected != id {
+            return Err(fail(
+                P,
+                format!("client ID {id}, but the board's MAC gives {expected}"),
+            ));
+        }
+    }
+    let status = tb.dut.command("!status").map_err(on(P))?;
+    let reported = match &status {
+        Event::Ack { fields, .. } => fields
+            .iter()
+            .find(|(k, _)| k == "client_id")
+            .map(|(_, v)| v.clone()),
+        _ => None,
+    };
+    if reported.as_deref() != Some(id.as_str()) {
+        return Err(fail(
+            P,
+            format!("!status reports client ID {reported:?}, the boot said {id}"),
+        ));
+    }
+    if tb.can(Capability::ReachesBroker) {
+        // Let the connection settle so the transcript is the same every run.
+        subscribed(&mut tb.dut)?;
+    }
+    tb.t()
+        .runner(format!("verdict: client ID {id} at boot and in !status"));
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! After kill -9 of the broker the device backs off with capped, jittered
+//! delays, reconnects, re-subscribes when the session was lost, and gets a
+//! command published after the restart.
+
+use super::steps::{client_id, connack, fail, on, sentinel, subscribed, STEP};
+use super::{Control, Need, Outcome, Promise, Scenario, Stop};
+use crate::dut::{Capability, DeviceSpec};
+use crate::testbed::Testbed;
+use hil_session::{Bug, Event};
+use std::time::{Duration, Instant};
+
+pub static SCENARIO: Scenario = Scenario {
+    name: "broker_restart",
+    about:
+        "after kill -9 of the broker the device backs off with jitter, reconnects, re-subscribes",
+    needs: &[
+        Need::Can(Capability::ReachesBroker),
+        Need::Can(Capability::BrokerRestart),
+    ],
+    device: DeviceSpec::DEFAULT,
+    catches: &[
+        Control::on_rumqttd(Bug::NoJitter, Promise::Jitter),
+        Control::on_rumqttd(Bug::NoResubscribe, Promise::Resubscribe),
+    ],
+    run,
+};
+
+/// The outage is the scenario's parameter: the device must keep retrying
+/// (with backoff) for this long while nothing listens.
+const DOWN: Duration = Duration::from_millis(1500);
+
+fn run(tb: &mut Testbed) -> Outcome {
+    const P: Promise = Promise::CappedBackoff;
+    let id = client_id(tb)?;
+    let topic = tb.topics(&id).cmd();
+    subscribed(&mut tb.dut)?;
+    // A persisting broker must have stored the subscription before it dies,
+    // or it restores a session without it and still says session_present=1.
+    if !tb
+        .broker()
+        .wait_persisted(std::slice::from_ref(&topic), Duration::from_secs(5))
+    {
+        tb.t()
+            .note("the broker did not store the subscription within 5 s");
+    }
+    tb.crash_broker();
+    tb.dut.pass_time(DOWN);
+    tb.dut.drain();
+    let back = Instant::now();
+    tb.restart_broker()?;
+    let cap = tb.backoff_cap_ms().unwrap_or_else(|| {
+        tb.dut
+            .seen
+            .iter()
+            .filter_map(|e| match e {
+                Event::Backoff { hi_ms, .. } => Some(*hi_ms * 2),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(30_000)
+    });
+    let within = Duration::from_millis(cap) + Duration::from_secs(5);
+    let sp = connack(&mut tb.dut, "CONNACK", P)?;
+    let took = back.elapsed();
+    if took > within {
+        return Err(fail(
+            P,
+            format!("reconnected {took:?} after the broker came back; the cap is {cap} ms"),
+        ));
+    }
+    let backoffs: Vec<(u32, u64, u64, u64)> = tb
+        .dut
+        .seen
+        .iter()
+        .filter_map(|e| match e {
+            Event::Backoff {
+                attempt,
+                delay_ms,
+                lo_ms,
+                hi_ms,
+            } => Some((*attempt, *delay_ms, *lo_ms, *hi_ms)),
+            _ => None,
+        })
+        .collect();
+    if backoffs.len() < 2 {
+        return Err(fail(
+            P,
+            format!(
+                "expected repeated reconnect attempts while the broker was down, saw {backoffs:?}"
+            ),
+        ));
+    }
+    for (attempt, delay, lo, hi) in &backoffs {
+        if delay < lo || delay > hi || *hi > cap {
+            return Err(fail(
+                P,
+                format!(
+                    "attempt {attempt}: delay {delay} ms outside its window {lo}..{hi} (cap {cap})"
+                ),
+            ));
+        }
+        if lo >= hi {
+            return Err(fail(
+                Promise::Jitter,
+                format!("attempt {attempt}: window {lo}..{hi} ms has no jitter: a fleet would reconnect in lockstep"),
+            ));
+        }
+    }
+    if backoffs
+        .windows(2)
+        .any(|w| w[1].3 < w[0].3 && w[1].0 > w[0].0)
+    {
+        return Err(fail(
+            P,
+            format!("backoff ceiling shrank between attempts: {backoffs:?}"),
+        ));
+    }
+    // The wire side: the device's connection attempts while the broker was
+    // down, as the proxy saw them. None may come sooner than the smallest
+    // window floor allows (20 ms for scheduling).
+    let attempts = tb.wire().attempts(None, Some(false));
+    let floor = backoffs.iter().map(|b| b.2).min().unwrap_or(0);
+    for w in attempts.windows(2) {
+        let gap = w[1].duration_since(w[0]);
+        if gap + Duration::from_millis(20) < Duration::from_millis(floor) {
+            return Err(fail(
+                P,
+                format!("two connection attempts {gap:?} apart on the wire; the smallest backoff floor is {floor} ms"),
+            ));
+        }
+    }
+    tb.t()
+        .runner(format!("device reconnected; session_present={}", sp as u8));
+    if !sp {
+        tb.dut
+            .expect("re-subscription after session_present=0", STEP, |e| {
+                matches!(e, Event::MqttSubscribed { .. })
+            })
+            .map_err(on(Promise::Resubscribe))?;
+    }
+    let mut cloud = tb.cloud("cloud-after-restart")?;
+    sentinel(tb, &mut cloud, &topic, Promise::CommandsAfterRestart).map_err(|stop| match stop {
+        // Without a re-subscription after session_present=0 nothing can arrive.
+        Stop::Fail(f) if !sp => fail(Promise::Resubscribe, f.detail),
+        other => other,
+    })?;
+    tb.t().runner(
+        "verdict: every backoff inside its window, attempts on the wire no closer than the floor",
+    );
+    tb.t().note(format!(
+        "{} backoff lines, {} refused attempts on the wire",
+        backoffs.len(),
+        attempts.len()
+    ));
+    Ok(())
+}

@@ -1,0 +1,71 @@
+//! QoS 2 commands reach devices subscribed at 0, 1 and 2 at
+//! min(publish, subscription); a lower subscription is reported as the QoS
+//! mismatch pitfall.
+
+use super::steps::{cloud_err, cmd_of, command, device_id, fail, on, rig, subscribed, STEP};
+use super::{Need, Outcome, Promise, Scenario};
+use crate::dut::{Capability, DeviceSpec};
+use crate::testbed::Testbed;
+use hil_broker::check::Semantic;
+
+pub static SCENARIO: Scenario = Scenario {
+    name: "effective_qos",
+    about: "QoS 2 commands reach devices subscribed at 0, 1 and 2 at min(publish, subscription); a lower subscription is the QoS mismatch pitfall",
+    needs: &[
+        Need::Can(Capability::ReachesBroker),
+        Need::Can(Capability::Fleet),
+        Need::Semantic(Semantic::QosCapping),
+    ],
+    device: DeviceSpec::DEFAULT,
+    catches: &[],
+    run,
+};
+
+fn run(tb: &mut Testbed) -> Outcome {
+    const P: Promise = Promise::EffectiveQos;
+    subscribed(&mut tb.dut)?;
+    let mut cloud = tb.cloud("cloud-qos")?;
+    let mut mismatches = Vec::new();
+    for (n, sub_qos) in [(1u8, 0u8), (2, 1), (3, 2)] {
+        let mac = format!("24:0a:c4:00:40:{n:02x}");
+        let mut dev = tb
+            .fleet()?
+            .start(&mac, &|s| s.cmd_qos = sub_qos)
+            .map_err(rig)?;
+        let id = device_id(&mut dev, P)?;
+        let granted = subscribed(&mut dev)?;
+        let cid = format!("q{n}-{}", tb.nonce());
+        cloud
+            .publish(&tb.topics(&id).cmd(), command(&cid).as_bytes(), 2, false)
+            .map_err(cloud_err("cloud-qos"))?;
+        tb.t().cloud(format!(
+            "publish {cid} qos=2 to a device subscribed at qos={sub_qos} (granted {granted})"
+        ));
+        let got = dev
+            .expect("the command", STEP, |e| cmd_of(e, &cid).is_some())
+            .map_err(on(P))?;
+        let (qos, _) = cmd_of(&got, &cid).expect("matched above");
+        let want = 2.min(granted);
+        if qos != want {
+            return Err(fail(
+                P,
+                format!("subscription QoS {granted}, publish QoS 2: delivered at QoS {qos}, expected {want}"),
+            ));
+        }
+        tb.t().runner(format!(
+            "subscription qos={sub_qos}: delivered at qos={qos}"
+        ));
+        if granted < 2 {
+            mismatches.push(format!(
+                "subscription QoS {granted} < publish QoS 2 -> delivered at QoS {qos}"
+            ));
+        }
+    }
+    for m in &mismatches {
+        // The report's pitfall line: not a failure of the device, a warning to its designers.
+        tb.t().runner(format!(
+            "pitfall: QoS mismatch: {m}: no end-to-end exactly-once guarantee"
+        ));
+    }
+    Ok(())
+}

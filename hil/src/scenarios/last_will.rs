@@ -1,0 +1,71 @@
+//! The Last Will `offline` on a cut link and on a power cut; the retained
+//! status is `online` after each recovery.
+
+use super::steps::{
+    client_id, cloud_err, connack, fail, retained_online, rig, status, subscribed, STEP,
+};
+use super::{Need, Outcome, Promise, Scenario};
+use crate::dut::{Capability, DeviceSpec};
+use crate::testbed::Testbed;
+use hil_broker::check::Semantic;
+
+pub static SCENARIO: Scenario = Scenario {
+    name: "last_will",
+    about: "the Last Will `offline` on a cut link and on a power cut; retained `online` after each recovery",
+    needs: &[
+        Need::Can(Capability::ReachesBroker),
+        Need::Can(Capability::LinkFaults),
+        Need::Can(Capability::PowerCut),
+        Need::Semantic(Semantic::LastWill),
+    ],
+    device: DeviceSpec::DEFAULT,
+    catches: &[],
+    run,
+};
+
+fn run(tb: &mut Testbed) -> Outcome {
+    const P: Promise = Promise::LastWill;
+    let id = client_id(tb)?;
+    subscribed(&mut tb.dut)?;
+    let topic = tb.topics(&id).status();
+    let mut cloud = tb.cloud("cloud-will")?;
+    cloud
+        .subscribe(&topic, 1)
+        .map_err(cloud_err("cloud-will"))?;
+    if !status(&mut cloud, &topic, "online", STEP)? {
+        return Err(fail(P, "no retained `online` while connected"));
+    }
+    tb.t().cloud("status online (retained)");
+    // 1. The link is cut (RST both ways).
+    tb.t().runner("link: cut");
+    tb.link().cut();
+    if !status(&mut cloud, &topic, "offline", STEP)? {
+        return Err(fail(P, "no Last Will `offline` after the link was cut"));
+    }
+    tb.t().cloud("status offline (Last Will after the cut)");
+    connack(&mut tb.dut, "CONNACK", P)?;
+    if !status(&mut cloud, &topic, "online", STEP)? {
+        return Err(fail(P, "no `online` after reconnecting"));
+    }
+    tb.t().cloud("status online");
+    // 2. Power cut: kill -9 of the device. The broker sees the socket close
+    // without DISCONNECT.
+    tb.dut.power_off().map_err(rig)?;
+    if !status(&mut cloud, &topic, "offline", STEP)? {
+        return Err(fail(P, "no Last Will `offline` after a power cut"));
+    }
+    tb.t()
+        .cloud("status offline (Last Will after the power cut)");
+    tb.dut.power_on().map_err(rig)?;
+    tb.t()
+        .runner("power restored: the device boots from its flash");
+    connack(&mut tb.dut, "CONNACK", P)?;
+    if !status(&mut cloud, &topic, "online", STEP)? {
+        return Err(fail(P, "no `online` after the power came back"));
+    }
+    tb.t().cloud("status online");
+    retained_online(tb, &topic, "cloud-late-will", P)?;
+    tb.t()
+        .runner("verdict: Will on cut and on power cut, online after each recovery");
+    Ok(())
+}

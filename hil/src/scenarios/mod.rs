@@ -1,0 +1,178 @@
+//! The scenarios: one file each, declaring its name, promise, needs, device
+//! spec and the negative controls that must fail it, then its `run`. Each
+//! drives the device through its console, plays the cloud through a broker
+//! client, judges by the wire tap and the cloud side, and fails with the
+//! promise it guards named first.
+//!
+//! Adding a scenario: one file here, one line in [`ALL`].
+
+pub mod promise;
+pub mod steps;
+
+mod boot_identity;
+mod broker_restart;
+mod buffer_overflow;
+mod client_id_takeover;
+mod duplicate_command;
+mod effective_qos;
+mod interrupted_subscribe;
+mod last_will;
+mod link_blackhole;
+mod message_expiry;
+mod qos_lab;
+mod queued_commands;
+mod reconnect_storm;
+mod session_expiry;
+mod stable_client_id;
+mod telemetry_flush;
+
+pub use promise::Promise;
+
+use crate::dut::{Capability, DeviceSpec};
+use crate::testbed::{BrokerChoice, RigError, Testbed};
+use hil_broker::check::Semantic;
+use hil_session::{Bug, MqttVersion};
+
+/// The registry: every scenario, in the order `hil run` runs them.
+pub static ALL: &[&Scenario] = &[
+    &boot_identity::SCENARIO,
+    &queued_commands::SCENARIO,
+    &telemetry_flush::SCENARIO,
+    &stable_client_id::SCENARIO,
+    &broker_restart::SCENARIO,
+    &link_blackhole::SCENARIO,
+    &effective_qos::SCENARIO,
+    &last_will::SCENARIO,
+    &session_expiry::SCENARIO,
+    &message_expiry::SCENARIO,
+    &buffer_overflow::SCENARIO,
+    &client_id_takeover::SCENARIO,
+    &duplicate_command::SCENARIO,
+    &interrupted_subscribe::SCENARIO,
+    &reconnect_storm::SCENARIO,
+    &qos_lab::SCENARIO,
+];
+
+pub struct Scenario {
+    pub name: &'static str,
+    /// One line: what the scenario proves.
+    pub about: &'static str,
+    pub needs: &'static [Need],
+    /// How the device is configured (where the backend applies it).
+    pub device: DeviceSpec,
+    /// Negative controls: each must fail this scenario, breaking `breaks`.
+    pub catches: &'static [Control],
+    pub run: fn(&mut Testbed) -> Outcome,
+}
+
+/// A negative control: a device with `bug` must fail the scenario with the
+/// promise `breaks`, on this broker and protocol (where it is observable).
+#[derive(Clone, Copy, Debug)]
+pub struct Control {
+    pub bug: Bug,
+    pub breaks: Promise,
+    pub broker: ControlBroker,
+    pub mqtt: MqttVersion,
+}
+
+/// Where a negative control is proven (a const-friendly subset of [`BrokerChoice`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ControlBroker {
+    Rumqttd,
+    Mosquitto,
+}
+
+impl ControlBroker {
+    pub fn choice(self) -> BrokerChoice {
+        match self {
+            ControlBroker::Rumqttd => BrokerChoice::Rumqttd,
+            ControlBroker::Mosquitto => BrokerChoice::Mosquitto,
+        }
+    }
+}
+
+impl Control {
+    /// The usual place to prove a control: embedded rumqttd, MQTT 3.1.1.
+    pub const fn on_rumqttd(bug: Bug, breaks: Promise) -> Control {
+        Control {
+            bug,
+            breaks,
+            broker: ControlBroker::Rumqttd,
+            mqtt: MqttVersion::V3_1_1,
+        }
+    }
+
+    /// On mosquitto and MQTT 5 (expiry needs both to be observable).
+    pub const fn on_mosquitto_v5(bug: Bug, breaks: Promise) -> Control {
+        Control {
+            bug,
+            breaks,
+            broker: ControlBroker::Mosquitto,
+            mqtt: MqttVersion::V5,
+        }
+    }
+}
+
+/// What a scenario needs; a run that cannot give it reports n/a with the reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// Of the device backend (and, for broker restarts, of the broker).
+    Can(Capability),
+    /// MQTT 5 features (expiry intervals).
+    Mqtt5,
+    /// The scenario's assertions need this of the broker (`hil broker check`).
+    Semantic(Semantic),
+}
+
+impl Need {
+    /// Why the run cannot serve it (protocol), or None; capabilities and
+    /// semantics are decided by the runner, which knows the backend and broker.
+    pub fn unmet_protocol(&self, mqtt: MqttVersion) -> Option<String> {
+        match self {
+            Need::Mqtt5 if mqtt != MqttVersion::V5 => Some(
+                "needs MQTT 5 (expiry intervals do not exist in 3.1.1): run with --mqtt 5".into(),
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// A broken promise: which, and what was seen.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub promise: Promise,
+    pub detail: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "broken promise: {}: {}", self.promise, self.detail)
+    }
+}
+
+/// Why a scenario stopped short of passing: the device broke a promise, or
+/// the rig could not run it (nextest's `Fail` versus `ExecFail`).
+#[derive(Debug, thiserror::Error)]
+pub enum Stop {
+    #[error("{0}")]
+    Fail(Failure),
+    #[error("rig error: {0}")]
+    Rig(#[from] RigError),
+}
+
+impl From<Failure> for Stop {
+    fn from(f: Failure) -> Stop {
+        Stop::Fail(f)
+    }
+}
+
+pub type Outcome = Result<(), Stop>;
+
+pub fn find(name: &str) -> Option<&'static Scenario> {
+    ALL.iter().copied().find(|s| s.name == name)
+}
+
+/// The width of the name column in tables: the longest scenario name.
+pub fn name_width() -> usize {
+    ALL.iter().map(|s| s.name.len()).max().unwrap_or(8)
+}

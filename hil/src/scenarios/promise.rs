@@ -1,0 +1,85 @@
+//! The promises a device makes, one variant each. A failure names the
+//! promise it breaks first; tests match the variant, not the wording.
+
+use std::fmt;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Promise {
+    StableClientId,
+    PersistentSession,
+    QueuedCommandsOnce,
+    TelemetryFlushed,
+    ResendCarriesDup,
+    CappedBackoff,
+    Jitter,
+    Resubscribe,
+    CommandsAfterRestart,
+    SubscribesToCommands,
+    DeadLinkNoticed,
+    LastWill,
+    EffectiveQos,
+    SessionExpiry,
+    MessageExpiry,
+    BoundedBuffer,
+    DropsCounted,
+    DuplicateClientIdDetected,
+    ExecutedOnce,
+    SubscribeUntilSuback,
+    QosSemantics,
+}
+
+impl Promise {
+    pub fn text(self) -> &'static str {
+        match self {
+            Promise::StableClientId => "stable client ID (same on every boot, never random)",
+            Promise::PersistentSession => {
+                "persistent session (clean_session=0 and a stable client ID)"
+            }
+            Promise::QueuedCommandsOnce => "queued commands arrive exactly once, in publish order",
+            Promise::TelemetryFlushed => "offline telemetry is buffered and flushed in order",
+            Promise::ResendCarriesDup => "a resend carries DUP",
+            Promise::CappedBackoff => {
+                "reconnect with capped, jittered backoff after a broker restart"
+            }
+            Promise::Jitter => "jitter spreads reconnects (no thundering herd)",
+            Promise::Resubscribe => {
+                "re-subscribe when the broker lost the session (session_present=0)"
+            }
+            Promise::CommandsAfterRestart => {
+                "commands arrive after a broker restart (re-subscribed)"
+            }
+            Promise::SubscribesToCommands => "device subscribes to its command topic",
+            Promise::DeadLinkNoticed => "a dead link is noticed within 1.5 x keep-alive",
+            Promise::LastWill => {
+                "Last Will `offline` on an ungraceful loss, retained `online` after recovery"
+            }
+            Promise::EffectiveQos => "delivered QoS = min(publish QoS, subscription QoS)",
+            Promise::SessionExpiry => {
+                "session kept within the Session Expiry Interval, lost after it"
+            }
+            Promise::MessageExpiry => {
+                "expired commands are not delivered; live ones arrive with their remaining interval"
+            }
+            Promise::BoundedBuffer => "bounded buffer (drop oldest)",
+            Promise::DropsCounted => {
+                "a bounded telemetry buffer drops the oldest and counts every drop"
+            }
+            Promise::DuplicateClientIdDetected => "the runner detects a duplicate client ID",
+            Promise::ExecutedOnce => {
+                "a redelivered command is executed once (de-duplication by command id)"
+            }
+            Promise::SubscribeUntilSuback => {
+                "session_present=1 does not mean subscribed: subscribe until a SUBACK confirms it"
+            }
+            Promise::QosSemantics => {
+                "QoS 0 may lose, QoS 1 duplicates only with DUP, QoS 2 exactly once"
+            }
+        }
+    }
+}
+
+impl fmt::Display for Promise {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.text())
+    }
+}

@@ -1,0 +1,180 @@
+//! The reference text's lab: 100 commands per QoS over a link the tap cuts
+//! right after a seeded 20 % of the broker's PUBLISHes; a table of delivered,
+//! lost, duplicated and DUP-flagged resends per QoS.
+
+use super::steps::{cloud_err, cmd_of, command, device_id, fail, on, rig, STEP};
+use super::{Need, Outcome, Promise, Scenario};
+use crate::dut::{Capability, DeviceSpec};
+use crate::testbed::rules::CutAfterPublishes;
+use crate::testbed::{Dir, Packet, Testbed};
+use hil_broker::check::Semantic;
+use hil_session::Event;
+use std::time::Duration;
+
+const N: usize = 100;
+
+pub static SCENARIO: Scenario = Scenario {
+    name: "qos_lab",
+    about: "100 commands per QoS over a link cut at seeded random points (20 %): a table of delivered, lost and duplicated per QoS",
+    needs: &[
+        Need::Can(Capability::ReachesBroker),
+        Need::Can(Capability::Fleet),
+        Need::Can(Capability::LinkFaults),
+        Need::Semantic(Semantic::QosCapping),
+        Need::Semantic(Semantic::DupOnRedelivery),
+    ],
+    device: DeviceSpec {
+        keepalive_s: 10,
+        ..DeviceSpec::DEFAULT
+    },
+    catches: &[],
+    run,
+};
+
+/// The seeded 20 % of `ids` whose delivery the link cut hits.
+fn hit(ids: &[String], qos: u8) -> Vec<String> {
+    let mut rng = hil_session::backoff::SplitMix64(0x1ab + qos as u64);
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    for i in (1..ids.len()).rev() {
+        let j = (hil_session::RandomSource::next_u32(&mut rng) as usize) % (i + 1);
+        order.swap(i, j);
+    }
+    order[..ids.len() / 5]
+        .iter()
+        .map(|k| format!("\"{}\"", ids[*k]))
+        .collect()
+}
+
+fn run(tb: &mut Testbed) -> Outcome {
+    const P: Promise = Promise::QosSemantics;
+    super::steps::subscribed(&mut tb.dut)?;
+    // The lab device subscribes at QoS 2, so the delivered QoS is the publisher's.
+    let mut dev = tb
+        .fleet()?
+        .start("24:0a:c4:00:60:01", &|s| s.cmd_qos = 2)
+        .map_err(rig)?;
+    let id = device_id(&mut dev, P)?;
+    dev.expect("subscription", STEP, |e| {
+        matches!(e, Event::MqttSubscribed { qos: 2, .. })
+    })
+    .map_err(on(P))?;
+    let topic = tb.topics(&id).cmd();
+    let mut cloud = tb.cloud("cloud-lab")?;
+    let mut table = String::from("qos  sent  delivered  lost  duplicated  duplicates-with-DUP\n");
+    let mut verdicts = Vec::new();
+    for qos in [0u8, 1, 2] {
+        let ids: Vec<String> = (0..N)
+            .map(|k| format!("lab-q{qos}-{k}-{}", tb.nonce()))
+            .collect();
+        // Seeded: the same 20 % of messages are hit on every run.
+        let cuts = tb.link().install(CutAfterPublishes::new(hit(&ids, qos)));
+        // Paced like the reference lab: one message at a time; after a cut the
+        // next waits until the device is back, so a cut hits only its message.
+        let wait = if qos == 0 {
+            Duration::from_millis(300)
+        } else {
+            Duration::from_secs(5)
+        };
+        for cid in &ids {
+            let mark = dev.seen.len();
+            cloud
+                .publish(&topic, command(cid).as_bytes(), qos, false)
+                .map_err(cloud_err("cloud-lab"))?;
+            let _ = dev.expect("the message", wait, |e| {
+                cmd_of(e, cid).is_some() || matches!(e, Event::CmdDuplicate { id, .. } if id == cid)
+            });
+            let cut = dev.seen[mark..]
+                .iter()
+                .any(|e| matches!(e, Event::MqttDisconnected { .. }));
+            let back = dev.seen[mark..]
+                .iter()
+                .rev()
+                .take_while(|e| !matches!(e, Event::MqttDisconnected { .. }))
+                .any(|e| matches!(e, Event::MqttConnack { .. }));
+            if cut && !back {
+                dev.expect(
+                    "the device back after the cut",
+                    Duration::from_secs(10),
+                    |e| matches!(e, Event::MqttConnack { .. }),
+                )
+                .map_err(on(P))?;
+            }
+        }
+        // A QoS 1 sentinel after the 100: every delivery or redelivery before it has happened.
+        let end = format!("lab-end-q{qos}-{}", tb.nonce());
+        cloud
+            .publish(&topic, command(&end).as_bytes(), 1, false)
+            .map_err(cloud_err("cloud-lab"))?;
+        dev.expect("the end of the batch", Duration::from_secs(60), |e| {
+            cmd_of(e, &end).is_some()
+        })
+        .map_err(on(P))?;
+        drop(cuts);
+        let deliveries = |cid: &str| {
+            dev.seen
+                .iter()
+                .filter(|e| matches!(e, Event::Cmd { id, .. } | Event::CmdDuplicate { id, .. } if id == cid))
+                .count()
+        };
+        let counts: Vec<usize> = ids.iter().map(|c| deliveries(c)).collect();
+        let delivered = counts.iter().filter(|c| **c > 0).count();
+        let lost = N - delivered;
+        let duplicated: usize = counts.iter().map(|c| c.saturating_sub(1)).sum();
+        // Duplicates seen on the wire: broker-to-device PUBLISHes of an id after its first.
+        let wire = tb.wire().packets(Dir::Down);
+        let (mut dup_flagged, mut dup_unflagged) = (0, 0);
+        for cid in &ids {
+            let marker = format!("\"{cid}\"");
+            let sends: Vec<bool> = wire
+                .iter()
+                .filter_map(|p| match p {
+                    Packet::Publish { payload, dup, .. } if payload.contains(&marker) => Some(*dup),
+                    _ => None,
+                })
+                .collect();
+            for d in sends.iter().skip(1) {
+                if *d {
+                    dup_flagged += 1;
+                } else {
+                    dup_unflagged += 1;
+                }
+            }
+        }
+        table.push_str(&format!(
+            "{qos:>3}  {N:>4}  {delivered:>9}  {lost:>4}  {duplicated:>10}  {dup_flagged}/{}\n",
+            dup_flagged + dup_unflagged
+        ));
+        let verdict = match qos {
+            0 if duplicated > 0 => Err(format!("QoS 0 delivered {duplicated} duplicates")),
+            0 => Ok(format!(
+                "QoS 0: at most once ({} lost is expected)",
+                if lost > 0 { "some" } else { "none" }
+            )),
+            1 if lost > 0 => Err(format!("QoS 1 lost {lost} of {N}")),
+            1 if dup_unflagged > 0 => {
+                Err(format!("QoS 1 resent {dup_unflagged} messages without DUP"))
+            }
+            1 => Ok("QoS 1: none lost; every resend carried DUP".to_string()),
+            _ if lost > 0 => Err(format!("QoS 2 lost {lost} of {N}")),
+            _ if duplicated > 0 => Err(format!(
+                "QoS 2 delivered {duplicated} duplicates to the application"
+            )),
+            _ => Ok("QoS 2: exactly once".to_string()),
+        };
+        match verdict {
+            Ok(v) => verdicts.push(v),
+            Err(e) => {
+                tb.t()
+                    .note(format!("QoS lab (20% of messages hit by a cut):\n{table}"));
+                return Err(fail(P, format!("{e}\n{table}")));
+            }
+        }
+    }
+    tb.t().note(format!(
+        "QoS lab, 20 % of messages hit by a link cut (seeded):\n{table}"
+    ));
+    for v in verdicts {
+        tb.t().runner(v);
+    }
+    Ok(())
+}

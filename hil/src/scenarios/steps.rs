@@ -1,0 +1,248 @@
+//! The step vocabulary scenarios share: wait for the device's CONNACK and
+//! subscription, read its identity, publish a command and wait for it, read
+//! a retained status. Each step fails naming the promise it serves.
+
+use super::{Failure, Promise, Stop};
+use crate::dut::{Dut, DutError};
+use crate::testbed::{RigError, Testbed};
+use hil_broker::client::ClientError;
+use hil_broker::Client;
+use hil_session::Event;
+use std::time::{Duration, Instant};
+
+/// How long a device has for each awaited step.
+pub const STEP: Duration = Duration::from_secs(15);
+
+/// A device that did not do what was awaited broke `promise`; a console the
+/// runner could not drive is the rig's fault.
+pub fn on(promise: Promise) -> impl Fn(DutError) -> Stop {
+    move |e| {
+        if e.is_device_silence() {
+            Stop::Fail(Failure {
+                promise,
+                detail: e.to_string(),
+            })
+        } else {
+            Stop::Rig(RigError::Dut(e))
+        }
+    }
+}
+
+pub fn fail(promise: Promise, detail: impl Into<String>) -> Stop {
+    Stop::Fail(Failure {
+        promise,
+        detail: detail.into(),
+    })
+}
+
+/// A rig fault: the broker, the proxy, a cloud client, starting a device.
+pub fn rig(e: impl Into<RigError>) -> Stop {
+    Stop::Rig(e.into())
+}
+
+/// A cloud client that failed mid-scenario (publish, subscribe, receive).
+pub fn cloud_err(name: &str) -> impl Fn(ClientError) -> Stop + '_ {
+    move |source| {
+        Stop::Rig(RigError::Cloud {
+            name: name.into(),
+            source,
+        })
+    }
+}
+
+/// The client ID a device reports when it boots.
+pub fn device_id(dev: &mut Dut, promise: Promise) -> Result<String, Stop> {
+    match dev
+        .expect("`id` line", STEP, |e| matches!(e, Event::Id { .. }))
+        .map_err(on(promise))?
+    {
+        Event::Id { client_id } => Ok(client_id),
+        _ => unreachable!("matched above"),
+    }
+}
+
+/// The device under test's client ID: the last it reported, or the next.
+pub fn client_id(tb: &mut Testbed) -> Result<String, Stop> {
+    if let Some(id) = tb.dut.seen.iter().rev().find_map(|e| match e {
+        Event::Id { client_id } => Some(client_id.clone()),
+        _ => None,
+    }) {
+        return Ok(id);
+    }
+    device_id(&mut tb.dut, Promise::StableClientId)
+}
+
+/// The device's next CONNACK: its session_present (a refusal breaks `promise`).
+pub fn connack(dev: &mut Dut, what: &str, promise: Promise) -> Result<bool, Stop> {
+    match dev
+        .expect(what, STEP, |e| matches!(e, Event::MqttConnack { .. }))
+        .map_err(on(promise))?
+    {
+        Event::MqttConnack {
+            session_present,
+            rc,
+        } => {
+            if rc != 0 {
+                return Err(fail(
+                    promise,
+                    format!("broker refused the connection, rc={rc}"),
+                ));
+            }
+            Ok(session_present)
+        }
+        _ => unreachable!("matched above"),
+    }
+}
+
+/// The device's next confirmed subscription; its granted QoS.
+pub fn subscribed(dev: &mut Dut) -> Result<u8, Stop> {
+    match dev
+        .expect("subscription to its command topic", STEP, |e| {
+            matches!(e, Event::MqttSubscribed { .. })
+        })
+        .map_err(on(Promise::SubscribesToCommands))?
+    {
+        Event::MqttSubscribed { qos, .. } => Ok(qos),
+        _ => unreachable!("matched above"),
+    }
+}
+
+/// A fresh device's client ID and its first CONNACK's session_present.
+pub fn online(dev: &mut Dut, promise: Promise) -> Result<(String, bool), Stop> {
+    let id = device_id(dev, promise)?;
+    let sp = connack(dev, "CONNACK", promise)?;
+    Ok((id, sp))
+}
+
+/// The command ids the device executed, in order.
+pub fn executed(dut: &Dut) -> Vec<String> {
+    dut.seen
+        .iter()
+        .filter_map(|e| match e {
+            Event::Cmd { id, .. } => Some(id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The QoS and DUP of the execution of command `want`.
+pub fn cmd_of(e: &Event, want: &str) -> Option<(u8, bool)> {
+    match e {
+        Event::Cmd { id, qos, dup, .. } if id == want => Some((*qos, *dup)),
+        _ => None,
+    }
+}
+
+/// Whether the device has executed command `id` so far.
+pub fn ran(dut: &Dut, id: &str) -> bool {
+    dut.seen.iter().any(|e| cmd_of(e, id).is_some())
+}
+
+/// A command's payload: `{"id":"<id>"}`.
+pub fn command(id: &str) -> String {
+    format!("{{\"id\":\"{id}\"}}")
+}
+
+/// Waits until the device executes command `id`.
+pub fn await_command(dev: &mut Dut, what: &str, id: &str, promise: Promise) -> Result<(), Stop> {
+    dev.expect(what, STEP, |e| cmd_of(e, id).is_some())
+        .map_err(on(promise))?;
+    Ok(())
+}
+
+/// Publishes a sentinel command and waits until the device executes it: every
+/// earlier delivery (or redelivery) has shown up by then.
+pub fn sentinel(
+    tb: &mut Testbed,
+    cloud: &mut Client,
+    topic: &str,
+    promise: Promise,
+) -> Result<String, Stop> {
+    let id = format!("sentinel-{}", tb.nonce());
+    cloud
+        .publish(topic, command(&id).as_bytes(), 1, false)
+        .map_err(cloud_err("cloud"))?;
+    tb.t().cloud("publish sentinel qos=1");
+    await_command(&mut tb.dut, "the sentinel command", &id, promise)?;
+    Ok(id)
+}
+
+/// The `seq` of a telemetry payload.
+pub fn telemetry_seq(text: &str) -> Option<u32> {
+    json_u32(text, "seq")
+}
+
+/// A non-negative integer field of a flat JSON payload.
+pub fn json_u32(text: &str, field: &str) -> Option<u32> {
+    let rest = text.split(&format!("\"{field}\":")).nth(1)?;
+    rest.chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect::<String>()
+        .parse()
+        .ok()
+}
+
+/// Waits for `want` on the status topic; false at the deadline.
+pub fn status(cloud: &mut Client, topic: &str, want: &str, within: Duration) -> Result<bool, Stop> {
+    let deadline = Instant::now() + within;
+    let got = cloud
+        .recv_matching(deadline, |m| m.topic == topic && m.text() == want)
+        .map_err(cloud_err("status subscriber"))?;
+    Ok(got.is_some())
+}
+
+/// A new subscriber to the status topic must be told `online` (retained).
+pub fn retained_online(
+    tb: &Testbed,
+    topic: &str,
+    name: &str,
+    promise: Promise,
+) -> Result<(), Stop> {
+    let mut late = tb.observer(name)?;
+    late.subscribe(topic, 1).map_err(cloud_err(name))?;
+    match late.recv(Instant::now() + STEP).map_err(cloud_err(name))? {
+        Some(m) if m.retain && m.text() == "online" => {
+            tb.t().cloud("retained status for a new subscriber: online");
+            Ok(())
+        }
+        other => Err(fail(
+            promise,
+            format!(
+                "retained status for a new subscriber: {:?}",
+                other.map(|m| m.text())
+            ),
+        )),
+    }
+}
+
+/// A QoS 1 publish from a cloud client that, like a real backend, reconnects
+/// when the broker drops its connection and publishes again. A dropped cloud
+/// connection says nothing of the device, so the scenario goes on, and the
+/// transcript keeps what the broker logged. (rumqttd 0.20 dropped the storm's
+/// cloud client once: the id-reuse bug described at `Client::disconnect`,
+/// now avoided by the readiness probe.) A resend is safe: the device dedupes
+/// commands by id, and QoS 1 allows duplicates anyway.
+pub fn publish_reconnecting(
+    tb: &Testbed,
+    cloud: &mut Client,
+    name: &str,
+    topic: &str,
+    payload: &[u8],
+) -> Result<(), Stop> {
+    const ATTEMPTS: usize = 3;
+    let mut attempt = 1;
+    loop {
+        match cloud.publish(topic, payload, 1, false) {
+            Ok(()) => return Ok(()),
+            Err(ClientError::Closed) if attempt < ATTEMPTS => {
+                tb.t().note(format!(
+                    "the broker closed {name}'s connection (publish to {topic}); it reconnects and publishes again. Broker log, last lines:\n{}",
+                    tb.broker_log(5)
+                ));
+                cloud.reconnect().map_err(cloud_err(name))?;
+                attempt += 1;
+            }
+            Err(e) => return Err(cloud_err(name)(e)),
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Readings taken during a Wi-Fi outage are published in order, contiguous,
+//! none lost; a resend carries DUP.
+
+use super::steps::{client_id, cloud_err, fail, on, subscribed, telemetry_seq, STEP};
+use super::{Control, Need, Outcome, Promise, Scenario};
+use crate::dut::{Capability, DeviceSpec};
+use crate::testbed::{Dir, Packet, Testbed};
+use hil_session::Bug;
+use std::time::Instant;
+
+pub static SCENARIO: Scenario = Scenario {
+    name: "telemetry_flush",
+    about: "readings taken during a Wi-Fi outage are published in order, contiguous, none lost",
+    needs: &[
+        Need::Can(Capability::ReachesBroker),
+        Need::Can(Capability::WifiToggle),
+    ],
+    device: DeviceSpec::DEFAULT,
+    catches: &[Control::on_rumqttd(
+        Bug::NoOutbox,
+        Promise::TelemetryFlushed,
+    )],
+    run,
+};
+
+fn run(tb: &mut Testbed) -> Outcome {
+    const P: Promise = Promise::TelemetryFlushed;
+    const M: u32 = 5;
+    let id = client_id(tb)?;
+    let mut cloud = tb.cloud("cloud-telemetry")?;
+    cloud
+        .subscribe(&tb.topics(&id).telemetry(), 1)
+        .map_err(cloud_err("cloud-telemetry"))?;
+    subscribed(&mut tb.dut)?;
+    tb.dut.command("!wifi off").map_err(on(P))?;
+    tb.dut.command(&format!("!telemetry {M}")).map_err(on(P))?;
+    tb.dut.command("!wifi on").map_err(on(P))?;
+    let deadline = Instant::now() + STEP;
+    let mut seqs: Vec<u32> = Vec::new();
+    let mut last_new = 0;
+    while seqs.len() < M as usize {
+        let Some(msg) = cloud.recv(deadline).map_err(cloud_err("cloud-telemetry"))? else {
+            return Err(fail(
+                P,
+                format!("only {} of {M} readings arrived: {seqs:?}", seqs.len()),
+            ));
+        };
+        let text = msg.text();
+        tb.t().cloud(format!(
+            "telemetry qos={} dup={} {text}",
+            msg.qos, msg.dup as u8
+        ));
+        let Some(seq) = telemetry_seq(&text) else {
+            return Err(fail(P, format!("telemetry without a seq: {text}")));
+        };
+        if seqs.contains(&seq) {
+            if !msg.dup {
+                return Err(fail(
+                    Promise::ResendCarriesDup,
+                    format!("seq {seq} arrived twice, the second time without DUP"),
+                ));
+            }
+            continue;
+        }
+        if seq <= last_new {
+            return Err(fail(P, format!("seq {seq} arrived after {last_new}")));
+        }
+        last_new = seq;
+        seqs.push(seq);
+    }
+    let first = seqs[0];
+    if seqs != (first..first + M).collect::<Vec<_>>() {
+        return Err(fail(P, format!("sequence not contiguous: {seqs:?}")));
+    }
+    // The wire side: a reading the device published twice carries DUP the second time.
+    let mut published: Vec<u32> = Vec::new();
+    for p in tb.wire().packets(Dir::Up) {
+        if let Packet::Publish {
+            topic,
+            dup,
+            payload,
+            ..
+        } = p
+        {
+            if !topic.ends_with("/telemetry") {
+                continue;
+            }
+            let Some(seq) = telemetry_seq(&payload) else {
+                continue;
+            };
+            if published.contains(&seq) && !dup {
+                return Err(fail(
+                    Promise::ResendCarriesDup,
+                    format!("the device sent seq {seq} again without DUP"),
+                ));
+            }
+            published.push(seq);
+        }
+    }
+    tb.t().runner(format!(
+        "verdict: {M} readings, seq {first}..{}",
+        first + M - 1
+    ));
+    Ok(())
+}
