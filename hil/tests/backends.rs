@@ -3,75 +3,37 @@
 //! against a port with no ROM bootloader behind it; the Wokwi backend runs a
 //! stand-in wokwi-cli that replays a console in the firmware's format.
 
-use hil::run::{run_one, BrokerChoice, DutChoice, RunOptions, SerialOptions, Verdict};
-use std::io::{BufRead, BufReader};
+use hil::dut::{PtyDevice, SerialBackend, SerialOptions, WokwiBackend};
+use hil::runner::{run_one, RunOptions, Verdict};
+use hil::testbed::BrokerChoice;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 
-struct SimOnPty {
-    child: Child,
-    path: String,
-    _state: PathBuf,
-}
-
-impl Drop for SimOnPty {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self._state);
-    }
-}
-
-/// A sim device started by hand, as a board would be sitting on a port:
-/// pointed at no broker; the runner provisions it.
-fn sim_on_pty(tag: &str) -> SimOnPty {
-    let state = std::env::temp_dir().join(format!("hil-backend-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&state);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hil"))
-        .args([
-            "sim",
-            "--console",
-            "pty",
-            "--broker",
-            "127.0.0.1:9",
-            "--mac",
-            "f4:12:fa:00:00:01",
-        ])
-        .args([
-            "--keepalive",
-            "2",
-            "--backoff-base-ms",
-            "200",
-            "--backoff-cap-ms",
-            "2000",
-        ])
-        .arg("--state-dir")
-        .arg(&state)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    SimOnPty {
-        child,
-        path: line.trim().to_string(),
-        _state: state,
-    }
+/// A sim device started by hand (the runner's own launcher), as a board
+/// would be sitting on a port: pointed at no broker; the runner provisions it.
+fn sim_on_pty() -> (PtyDevice, tempfile::TempDir) {
+    let state = tempfile::tempdir().unwrap();
+    let mut args = hil_sim::Args::new(
+        "127.0.0.1:9".into(),
+        "f4:12:fa:00:00:01".into(),
+        state.path().into(),
+    );
+    args.keepalive = 2;
+    args.backoff_base_ms = 200;
+    args.backoff_cap_ms = 2000;
+    let dev = PtyDevice::start(env!("CARGO_BIN_EXE_hil").as_ref(), args).unwrap();
+    (dev, state)
 }
 
 fn serial(port: &str) -> RunOptions {
     let mut o = RunOptions::sim(env!("CARGO_BIN_EXE_hil").into(), BrokerChoice::Rumqttd);
-    o.dut = DutChoice::Serial(SerialOptions {
+    o.backend = Box::new(SerialBackend(SerialOptions {
         probe: None,
         port: port.into(),
         elf: None,
         chip: espflash::target::Chip::Esp32c3,
         wifi: Some(("bench-ap".into(), "not echoed".into())),
         mac: Some("f4:12:fa:00:00:01".into()),
-    });
+    }));
     o
 }
 
@@ -79,10 +41,10 @@ fn serial(port: &str) -> RunOptions {
 /// knows as a serial port, across scenarios (state carried over, as on a board).
 #[test]
 fn serial_backend_runs_every_scenario_on_a_sim_pty() {
-    let sim = sim_on_pty("serial");
+    let (sim, _state) = sim_on_pty();
     let opts = serial(&sim.path);
     let mut passed = Vec::new();
-    for s in hil::scenario::ALL {
+    for s in hil::scenarios::ALL {
         let r = run_one(&opts, s, "unused");
         match &r.verdict {
             Verdict::Pass => passed.push(s.name),
@@ -129,15 +91,16 @@ fn serial_backend_reports_a_missing_board() {
     let opts = serial("/dev/hil-no-such-board");
     let r = run_one(
         &opts,
-        hil::scenario::find("boot_identity").unwrap(),
+        hil::scenarios::find("boot_identity").unwrap(),
         "unused",
     );
-    let f = r.failure().expect("fails");
-    assert!(
-        f.detail.contains("no device at /dev/hil-no-such-board"),
-        "{f}"
-    );
-    assert!(f.detail.contains("hil doctor"), "{f}");
+    // A missing board is the rig's fault, never the device's.
+    let Verdict::Error(e) = &r.verdict else {
+        panic!("a missing board must be a rig error: {:?}", r.verdict)
+    };
+    let e = e.to_string();
+    assert!(e.contains("no device at /dev/hil-no-such-board"), "{e}");
+    assert!(e.contains("hil doctor"), "{e}");
 }
 
 fn fake_elf() -> PathBuf {
@@ -148,12 +111,13 @@ fn fake_elf() -> PathBuf {
 
 #[test]
 fn flashing_without_a_board_is_a_clear_error() {
-    let err = hil::flash::flash(
+    let err = hil::bench::flash::flash(
         "/dev/hil-no-such-board",
         &fake_elf(),
         espflash::target::Chip::Esp32c3,
     )
-    .unwrap_err();
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("cannot open /dev/hil-no-such-board"), "{err}");
     assert!(err.contains("hil doctor"), "{err}");
 }
@@ -164,7 +128,9 @@ fn flashing_a_port_that_never_answers_times_out_clearly() {
     let (_master, slave) = serialport::TTYPort::pair().unwrap();
     let path = serialport::SerialPort::name(&slave).unwrap();
     let started = std::time::Instant::now();
-    let err = hil::flash::flash(&path, &fake_elf(), espflash::target::Chip::Esp32c3).unwrap_err();
+    let err = hil::bench::flash::flash(&path, &fake_elf(), espflash::target::Chip::Esp32c3)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains(&path), "{err}");
     assert!(
         err.contains("no ESP ROM bootloader answered") || err.contains("flashing"),
@@ -176,22 +142,23 @@ fn flashing_a_port_that_never_answers_times_out_clearly() {
 
 #[test]
 fn flashing_reads_the_elf_first() {
-    let err = hil::flash::flash(
+    let err = hil::bench::flash::flash(
         "/dev/null",
         std::path::Path::new("/nonexistent.elf"),
         espflash::target::Chip::Esp32c3,
     )
-    .unwrap_err();
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("cannot read /nonexistent.elf"), "{err}");
 }
 
 fn wokwi(cli: PathBuf) -> RunOptions {
     let mut o = RunOptions::sim(env!("CARGO_BIN_EXE_hil").into(), BrokerChoice::Rumqttd);
-    o.dut = DutChoice::Wokwi {
+    o.backend = Box::new(WokwiBackend {
         cli,
         project: concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/wokwi").into(),
         timeout_ms: 60_000,
-    };
+    });
     o
 }
 
@@ -206,7 +173,7 @@ fn wokwi_backend_with_a_stand_in_cli() {
     // SAFETY: set before any thread of this test process reads it.
     unsafe { std::env::set_var("WOKWI_CLI_TOKEN", "stand-in-token") };
     let opts = wokwi(stand_in());
-    for s in hil::scenario::ALL {
+    for s in hil::scenarios::ALL {
         let r = run_one(&opts, s, "unused");
         match (s.name, &r.verdict) {
             ("boot_identity", Verdict::Pass) => {}
@@ -218,20 +185,21 @@ fn wokwi_backend_with_a_stand_in_cli() {
         }
     }
     // Errors name the fix. (One test: it changes the process environment.)
-    let s = hil::scenario::find("boot_identity").unwrap();
+    let s = hil::scenarios::find("boot_identity").unwrap();
+    let rig_error = |r: &hil::runner::ScenarioResult| match &r.verdict {
+        Verdict::Error(e) => e.to_string(),
+        other => panic!("expected a rig error, got {other:?}"),
+    };
     let r = run_one(&wokwi("/nonexistent/wokwi-cli".into()), s, "unused");
     assert!(
-        r.failure().unwrap().detail.contains("install wokwi-cli"),
+        rig_error(&r).contains("install wokwi-cli"),
         "{:?}",
         r.verdict
     );
     unsafe { std::env::remove_var("WOKWI_CLI_TOKEN") };
     let r = run_one(&wokwi(stand_in()), s, "unused");
     assert!(
-        r.failure()
-            .unwrap()
-            .detail
-            .contains("WOKWI_CLI_TOKEN is not set"),
+        rig_error(&r).contains("WOKWI_CLI_TOKEN is not set"),
         "{:?}",
         r.verdict
     );
@@ -240,7 +208,9 @@ fn wokwi_backend_with_a_stand_in_cli() {
 /// No probe on this machine: the probe backend says so and what to do.
 #[test]
 fn probe_backend_without_a_probe() {
-    let err = hil::probe::flash(None, &fake_elf(), espflash::target::Chip::Esp32c3).unwrap_err();
+    let err = hil::bench::probe::flash(None, &fake_elf(), espflash::target::Chip::Esp32c3)
+        .unwrap_err()
+        .to_string();
     if cfg!(feature = "probe") {
         assert!(err.contains("no debug probe found"), "{err}");
         assert!(err.contains("303a:1001"), "{err}");
@@ -322,13 +292,14 @@ fn flashing_the_wrong_chip_is_a_clear_error() {
     let (master, slave) = serialport::TTYPort::pair().unwrap();
     let path = serialport::SerialPort::name(&slave).unwrap();
     fake_rom(master, 0x00f0_1d83);
-    let err = hil::flash::flash_with(
+    let err = hil::bench::flash::flash_with(
         &path,
         &fake_elf(),
         espflash::target::Chip::Esp32c3,
         espflash::connection::ResetBeforeOperation::NoReset,
     )
-    .unwrap_err();
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("wrong chip"), "{err}");
     assert!(err.to_lowercase().contains("esp32"), "{err}");
     assert!(err.contains("rig file"), "{err}");

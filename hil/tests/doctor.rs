@@ -1,8 +1,7 @@
 //! `hil doctor` with no board attached, and with a rig whose only "board" is
 //! a sim device on a pty (answers its console like the firmware).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 fn doctor(args: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_hil"))
@@ -71,26 +70,16 @@ fn the_example_rig_without_its_boards_lists_every_problem() {
 
 #[test]
 fn a_board_that_answers_is_checked_against_its_mac() {
-    let state = std::env::temp_dir().join(format!("hil-doctor-sim-{}", std::process::id()));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hil"))
-        .args([
-            "sim",
-            "--console",
-            "pty",
-            "--broker",
-            "127.0.0.1:9",
-            "--mac",
-            "f4:12:fa:00:00:07",
-        ])
-        .arg("--state-dir")
-        .arg(&state)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut path = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut path)
-        .unwrap();
+    // A sim on a pty, started by the runner's own launcher: a board on a port.
+    let state = tempfile::tempdir().unwrap();
+    let args = hil_sim::Args::new(
+        "127.0.0.1:9".into(),
+        "f4:12:fa:00:00:07".into(),
+        state.path().join("flash"),
+    );
+    let dev = hil::dut::PtyDevice::start(env!("CARGO_BIN_EXE_hil").as_ref(), args).unwrap();
+    let path = dev.path.clone();
+    let state = state.path();
     let rig = state.join("rig.toml");
     std::fs::write(
         &rig,
@@ -102,9 +91,7 @@ fn a_board_that_answers_is_checked_against_its_mac() {
     )
     .unwrap();
     let (code, text) = doctor(&["--rig", rig.to_str().unwrap()]);
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = std::fs::remove_dir_all(&state);
+    drop(dev);
     assert!(
         text.contains("board sim on") && text.contains("answers, client_id=esp32c3-f412fa000007"),
         "{text}"

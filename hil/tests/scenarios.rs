@@ -1,206 +1,168 @@
-//! Every scenario as one test, with an insta snapshot of its normalised
-//! transcript; on embedded rumqttd (default profile) and mosquitto (`ci`).
-//! Each test is its own process under nextest, with its own broker ports,
+//! Every scenario as tests generated from the registry: one per scenario ×
+//! broker × MQTT version, with an insta snapshot of its normalised
+//! transcript, and one per negative control the scenario declares (it must
+//! fail, naming the promise it breaks). A scenario cannot exist without its
+//! tests, nor a control without the test that proves it.
+//! Each test is its own process under nextest, with its own broker address,
 //! device state dir and MAC.
 
-use hil::run::{run_one, BrokerChoice, RunOptions};
+use hil::runner::{run_one, RunOptions, Verdict};
+use hil::scenarios::{Control, Scenario, ALL};
+use hil::testbed::BrokerChoice;
+use hil_broker::MqttVersion;
+use libtest_mimic::{Arguments, Failed, Trial};
 
-fn opts(broker: BrokerChoice, bugs: &[&str]) -> RunOptions {
-    let mut o = RunOptions::sim(env!("CARGO_BIN_EXE_hil").into(), broker);
-    o.sim_bugs = bugs.iter().map(|b| b.to_string()).collect();
-    o
+fn opts(broker: BrokerChoice) -> RunOptions {
+    RunOptions::sim(env!("CARGO_BIN_EXE_hil").into(), broker)
 }
 
-fn pass(name: &str, broker: BrokerChoice, proto: hil_broker::MqttVersion) {
-    let s = hil::scenario::find(name).unwrap();
-    let label = broker.name();
-    let mut o = opts(broker, &[]);
-    o.proto = proto;
-    let r = run_one(&o, s, "24:0a:c4:00:20:01");
-    if let Some(f) = r.failure() {
-        panic!(
-            "{name} on {label} MQTT {proto}: {f}\n{}",
-            r.transcript.raw()
-        );
+fn v(mqtt: MqttVersion) -> &'static str {
+    match mqtt {
+        MqttVersion::V3_1_1 => "v3",
+        MqttVersion::V5 => "v5",
     }
-    // Not applicable (a broker that lacks a semantic, or MQTT 3.1.1 for the
-    // expiry scenarios): asserted, not snapshotted. rumqttd 0.20 caps QoS on
-    // some runs and not on others, so one combination is n/a or pass by run.
-    let verdict = match &r.verdict {
-        hil::run::Verdict::Pass => "pass".to_string(),
-        hil::run::Verdict::NotApplicable(why) => {
-            assert!(
-                why.contains("does not honour") || why.contains("needs MQTT 5"),
-                "{name}: {why}"
-            );
-            return;
+}
+
+fn pass(s: &'static Scenario, broker: BrokerChoice, mqtt: MqttVersion) -> Result<(), Failed> {
+    let label = broker.name();
+    let mut o = opts(broker);
+    o.mqtt = mqtt;
+    let r = run_one(&o, s, "24:0a:c4:00:20:01");
+    let name = s.name;
+    match &r.verdict {
+        Verdict::Pass => {}
+        // Not applicable (a broker that lacks a semantic, or MQTT 3.1.1 for the
+        // expiry scenarios): asserted, not snapshotted. rumqttd 0.20 caps QoS on
+        // some runs and not on others, so one combination is n/a or pass by run.
+        Verdict::NotApplicable(why) => {
+            if why.contains("does not honour") || why.contains("needs MQTT 5") {
+                return Ok(());
+            }
+            return Err(format!("{name}: not applicable for an unexpected reason: {why}").into());
         }
-        hil::run::Verdict::Fail(_) => unreachable!(),
-    };
-    let v = if proto == hil_broker::MqttVersion::V5 {
-        "v5"
-    } else {
-        "v3"
-    };
-    insta::assert_snapshot!(
-        format!("{name}__{label}__{v}"),
-        format!("verdict: {verdict}\n{}", r.transcript.normalized())
+        other => {
+            return Err(format!(
+                "{name} on {label} MQTT {mqtt}: {other:?}\n{}",
+                r.transcript.raw()
+            )
+            .into())
+        }
+    }
+    snapshot(
+        &format!("{name}__{label}__{}", v(mqtt)),
+        &r.transcript.normalized(),
     );
+    Ok(())
+}
+
+/// insta names a snapshot after the module of its call site: this one, as before.
+fn snapshot(name: &str, normalized: &str) {
+    insta::assert_snapshot!(name.to_string(), format!("verdict: pass\n{normalized}"));
 }
 
 /// A negative control must fail its scenario, naming the promise it breaks.
-fn caught(name: &str, bug: &str, promise: &str) {
-    caught_on(name, bug, promise, opts(BrokerChoice::Rumqttd, &[bug]))
-}
-
-/// The same on MQTT 5 and mosquitto (expiry needs both to be observable).
-fn caught_v5(name: &str, bug: &str, promise: &str) {
-    let mut o = opts(BrokerChoice::Mosquitto, &[bug]);
-    o.proto = hil_broker::MqttVersion::V5;
-    caught_on(name, bug, promise, o)
-}
-
-fn caught_on(name: &str, bug: &str, promise: &str, o: RunOptions) {
-    let s = hil::scenario::find(name).unwrap();
+fn caught(s: &'static Scenario, c: Control) -> Result<(), Failed> {
+    let mut o = opts(c.broker.choice());
+    o.mqtt = c.mqtt;
+    o.bugs = vec![c.bug];
     let r = run_one(&o, s, "24:0a:c4:00:30:01");
     match r.failure() {
-        None => panic!(
-            "--bug {bug} passed {name}; it must fail\n{}",
+        None => Err(format!(
+            "--sim-bug {} did not fail {}: {:?}\n{}",
+            c.bug.name(),
+            s.name,
+            r.verdict,
             r.transcript.raw()
-        ),
-        Some(f) => assert!(
-            f.promise.contains(promise),
-            "--bug {bug}: {name} failed for another reason: {f}\n{}",
+        )
+        .into()),
+        Some(f) if f.promise == c.breaks => Ok(()),
+        Some(f) => Err(format!(
+            "--sim-bug {}: {} failed for another reason: {f}\n{}",
+            c.bug.name(),
+            s.name,
             r.transcript.raw()
-        ),
+        )
+        .into()),
     }
 }
 
-macro_rules! scenarios {
-    ($($name:ident),*) => {
-        mod rumqttd {
-            mod v3 { $(#[test] fn $name() { crate::pass(stringify!($name), hil::run::BrokerChoice::Rumqttd, hil_broker::MqttVersion::V3_1_1) })* }
-            mod v5 { $(#[test] fn $name() { crate::pass(stringify!($name), hil::run::BrokerChoice::Rumqttd, hil_broker::MqttVersion::V5) })* }
-        }
-        mod mosquitto {
-            mod v3 { $(#[test] fn $name() { crate::pass(stringify!($name), hil::run::BrokerChoice::Mosquitto, hil_broker::MqttVersion::V3_1_1) })* }
-            mod v5 { $(#[test] fn $name() { crate::pass(stringify!($name), hil::run::BrokerChoice::Mosquitto, hil_broker::MqttVersion::V5) })* }
-        }
-    };
-}
-
-scenarios!(
-    boot_identity,
-    queued_commands,
-    telemetry_flush,
-    stable_client_id,
-    broker_restart,
-    link_blackhole,
-    effective_qos,
-    last_will,
-    session_expiry,
-    message_expiry,
-    buffer_overflow,
-    client_id_takeover,
-    duplicate_command,
-    interrupted_subscribe,
-    reconnect_storm,
-    qos_lab
-);
-
-mod negative_control {
-    use super::{caught, caught_v5};
-
-    #[test]
-    fn random_client_id() {
-        caught("stable_client_id", "random-client-id", "stable client ID");
-    }
-
-    #[test]
-    fn clean_session() {
-        caught("queued_commands", "clean-session", "persistent session");
-    }
-
-    #[test]
-    fn no_outbox() {
-        caught(
-            "telemetry_flush",
-            "no-outbox",
-            "offline telemetry is buffered",
-        );
-    }
-
-    #[test]
-    fn no_jitter() {
-        caught("broker_restart", "no-jitter", "jitter");
-    }
-
-    #[test]
-    fn no_jitter_in_a_fleet() {
-        caught("reconnect_storm", "no-jitter", "thundering herd");
-    }
-
-    #[test]
-    fn ignore_expiry_mosquitto() {
-        caught_v5("session_expiry", "ignore-expiry", "Session Expiry");
-    }
-
-    #[test]
-    fn unbounded_buffer() {
-        caught("buffer_overflow", "unbounded-buffer", "bounded buffer");
-    }
-
-    #[test]
-    fn no_dedupe() {
-        caught("duplicate_command", "no-dedupe", "executed once");
-    }
-
-    #[test]
-    fn trust_session_present() {
-        caught(
-            "interrupted_subscribe",
-            "trust-session-present",
-            "session_present=1 does not mean subscribed",
-        );
-    }
-
-    #[test]
-    fn trust_session_present_mosquitto() {
-        caught_v5(
-            "interrupted_subscribe",
-            "trust-session-present",
-            "session_present=1 does not mean subscribed",
-        );
-    }
-
-    #[test]
-    fn no_resubscribe() {
-        caught("broker_restart", "no-resubscribe", "re-subscribe");
-    }
-}
-
-#[test]
-fn cli_lists_scenarios_and_rejects_bad_input() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hil"))
-        .arg("list")
-        .output()
-        .unwrap();
+fn cli_lists_scenarios_and_rejects_bad_input() -> Result<(), Failed> {
+    let hil = env!("CARGO_BIN_EXE_hil");
+    let out = std::process::Command::new(hil).arg("list").output()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    for s in hil::scenario::ALL {
-        assert!(text.contains(s.name));
+    for s in ALL {
+        if !text.contains(s.name) {
+            return Err(format!("`hil list` lacks {}", s.name).into());
+        }
+        for c in s.catches {
+            if !text.contains(&format!("--sim-bug {}", c.bug.name())) {
+                return Err(
+                    format!("`hil list` lacks {}'s control {}", s.name, c.bug.name()).into(),
+                );
+            }
+        }
     }
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hil"))
-        .args(["run", "--broker", "nonsense"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("expected rumqttd, mosquitto, or HOST:PORT")
-    );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hil"))
-        .args(["run", "--scenario", "nope"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown scenario `nope`"));
+    for (args, code, says) in [
+        (
+            &["run", "--broker", "nonsense"][..],
+            2,
+            "expected rumqttd, mosquitto, or HOST:PORT",
+        ),
+        (
+            &["run", "--scenario", "nope"][..],
+            2,
+            "unknown scenario `nope`",
+        ),
+        (&["run", "--sim-bug", "nope"][..], 2, "--sim-bug"),
+    ] {
+        let out = std::process::Command::new(hil).args(args).output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        if out.status.code() != Some(code) || !err.contains(says) {
+            return Err(
+                format!("hil {args:?}: exit {:?}, stderr: {err}", out.status.code()).into(),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let mut trials = Vec::new();
+    for (broker, bname) in [
+        (BrokerChoice::Rumqttd, "rumqttd"),
+        (BrokerChoice::Mosquitto, "mosquitto"),
+    ] {
+        for mqtt in [MqttVersion::V3_1_1, MqttVersion::V5] {
+            for s in ALL.iter().copied() {
+                let b = broker.clone();
+                trials.push(Trial::test(
+                    format!("{bname}::{}::{}", v(mqtt), s.name),
+                    move || pass(s, b, mqtt),
+                ));
+            }
+        }
+    }
+    for s in ALL.iter().copied() {
+        for c in s.catches.iter().copied() {
+            let on = match c.broker.choice() {
+                BrokerChoice::Mosquitto => "__mosquitto",
+                _ => "",
+            };
+            trials.push(Trial::test(
+                format!(
+                    "negative_control::{}::{}{on}_{}",
+                    s.name,
+                    c.bug.name().replace('-', "_"),
+                    v(c.mqtt)
+                ),
+                move || caught(s, c),
+            ));
+        }
+    }
+    trials.push(Trial::test(
+        "cli_lists_scenarios_and_rejects_bad_input",
+        cli_lists_scenarios_and_rejects_bad_input,
+    ));
+    libtest_mimic::run(&args, trials).exit();
 }

@@ -134,7 +134,7 @@ fn bench_runs_every_rig_on_its_self_hosted_runner() {
         let path = Path::new(ROOT)
             .join("fixtures/rigs")
             .join(format!("{}.toml", rig.as_str().unwrap()));
-        hil::rig::Rig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        hil::bench::rig::Rig::load(&path).unwrap_or_else(|e| panic!("{e}"));
     }
     let r = runs(job);
     assert!(r.contains("just hil"), "{r}");

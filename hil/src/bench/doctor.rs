@@ -72,8 +72,10 @@ fn espressif_probes() -> Vec<String> {
 fn ask_status(port: &str) -> Result<String, crate::dut::DutError> {
     let t = crate::transcript::Transcript::new();
     let (mut console, _) = Console::on_port(port, &t, Source::Device)?;
-    let ack = console.command_within("!status", Duration::from_secs(3))?;
-    Ok(match ack {
+    let ack = console.command_within("!status", Duration::from_secs(3));
+    // Release the port before anyone opens it again (it is opened exclusively).
+    console.close();
+    Ok(match ack? {
         Event::Ack { fields, .. } => fields
             .iter()
             .find(|(k, _)| k == "client_id")

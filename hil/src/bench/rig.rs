@@ -217,7 +217,7 @@ mod tests {
             ("this is not toml", "expected"),
         ];
         for (text, want) in cases {
-            let err = Rig::parse(text).unwrap_err();
+            let err = Rig::parse(text).unwrap_err().to_string();
             assert!(err.contains(want), "{text:?}: {err}");
         }
     }
@@ -228,6 +228,7 @@ mod tests {
         assert!(rig
             .wifi_credentials()
             .unwrap_err()
+            .to_string()
             .contains("$HIL_TEST_UNSET_SSID"));
     }
 }

@@ -6,7 +6,9 @@ use crate::transcript::{Source, Transcript};
 use hil_session::console::{Command, LineSplitter, MAX_LINE};
 use hil_session::Event;
 use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long a device has to answer a host command.
@@ -15,6 +17,10 @@ const ACK: Duration = Duration::from_secs(10);
 pub struct Console {
     writer: Box<dyn Write + Send>,
     events: Receiver<Event>,
+    /// Tells the reader to stop at its next read timeout (serial ports time
+    /// out every 200 ms), so a closed console releases its port.
+    stop: Arc<AtomicBool>,
+    reader: Option<std::thread::JoinHandle<()>>,
     /// Every event seen so far, in order (the raw lines are in the transcript).
     pub seen: Vec<Event>,
     transcript: Transcript,
@@ -31,10 +37,14 @@ impl Console {
     ) -> Console {
         let (tx, events) = mpsc::channel();
         let t = transcript.clone();
-        std::thread::spawn(move || read_console(reader, t, tx, source));
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let reader = std::thread::spawn(move || read_console(reader, t, tx, source, flag));
         Console {
             writer,
             events,
+            stop,
+            reader: Some(reader),
             seen: Vec::new(),
             transcript: transcript.clone(),
         }
@@ -47,18 +57,27 @@ impl Console {
         source: Source,
     ) -> Result<(Console, Box<dyn serialport::SerialPort>), DutError> {
         let port = open_port(path)?;
-        let clone = |p: &Box<dyn serialport::SerialPort>| {
+        let clone = |p: &dyn serialport::SerialPort| {
             p.try_clone().map_err(|source| DutError::Open {
                 path: path.to_string(),
                 source,
             })
         };
-        let reader = clone(&port)?;
-        let control = clone(&port)?;
+        let reader = clone(port.as_ref())?;
+        let control = clone(port.as_ref())?;
         Ok((
             Console::new(Box::new(reader), Box::new(port), transcript, source),
             control,
         ))
+    }
+
+    /// Stops reading and waits for the reader to let go of the port (a
+    /// serial port is opened exclusively: the next user needs it released).
+    pub fn close(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
     }
 
     pub fn transcript(&self) -> &Transcript {
@@ -162,15 +181,22 @@ impl Console {
     }
 }
 
+impl Drop for Console {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 fn read_console(
     mut reader: Box<dyn Read + Send>,
     t: Transcript,
     tx: mpsc::Sender<Event>,
     source: Source,
+    stop: Arc<AtomicBool>,
 ) {
     let mut splitter = LineSplitter::new(MAX_LINE);
     let mut buf = [0u8; 4096];
-    loop {
+    while !stop.load(Ordering::Relaxed) {
         match reader.read(&mut buf) {
             Ok(0) => return,
             Ok(n) => {

@@ -7,9 +7,7 @@ use super::{
     Power, Provision,
 };
 use crate::transcript::{Source, Transcript};
-use hil_session::{Bug, MqttVersion};
 use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -40,32 +38,30 @@ pub struct SimLaunch {
 }
 
 impl SimLaunch {
-    pub fn new(
-        hil_exe: &Path,
-        broker: SocketAddr,
-        mac: &str,
-        mqtt: MqttVersion,
-        spec: &DeviceSpec,
-        bugs: &[Bug],
-        state_dir: &Path,
-        transcript: &Transcript,
-    ) -> SimLaunch {
-        let mut args = hil_sim::Args::new(broker.to_string(), mac.into(), state_dir.into());
+    /// The device under test of a scenario, as provisioned.
+    pub fn new(hil_exe: &Path, p: &Provision) -> SimLaunch {
+        let mut args = hil_sim::Args::new(p.broker.to_string(), p.mac.into(), p.state_dir.into());
         args.console = "pty".into();
-        args.mqtt = mqtt;
-        args.keepalive = spec.keepalive_s;
-        args.backoff_base_ms = spec.backoff_base_ms;
-        args.backoff_cap_ms = spec.backoff_cap_ms;
-        args.cmd_qos = spec.cmd_qos;
-        args.session_expiry = spec.session_expiry_s;
-        args.outbox_capacity = spec.outbox_capacity;
-        args.bugs = bugs.to_vec();
+        args.mqtt = p.mqtt;
+        args.bugs = p.bugs.to_vec();
+        apply(&mut args, &p.spec);
         SimLaunch {
             hil_exe: hil_exe.into(),
             args,
-            transcript: transcript.clone(),
+            transcript: p.transcript.clone(),
             source: Source::Device,
         }
+    }
+
+    /// Another device like this one: its own MAC, spec and flash; its
+    /// console lines are recorded as a fleet's.
+    pub fn sibling(&self, mac: &str, spec: &DeviceSpec, state_dir: &Path) -> SimLaunch {
+        let mut l = self.clone();
+        l.args.mac = mac.into();
+        l.args.state_dir = state_dir.into();
+        apply(&mut l.args, spec);
+        l.source = Source::Fleet;
+        l
     }
 
     /// Starts the device process and opens its console.
@@ -96,6 +92,16 @@ impl SimLaunch {
             }),
         ))
     }
+}
+
+/// The device's configuration as sim flags.
+fn apply(args: &mut hil_sim::Args, spec: &DeviceSpec) {
+    args.keepalive = spec.keepalive_s;
+    args.backoff_base_ms = spec.backoff_base_ms;
+    args.backoff_cap_ms = spec.backoff_cap_ms;
+    args.cmd_qos = spec.cmd_qos;
+    args.session_expiry = spec.session_expiry_s;
+    args.outbox_capacity = spec.outbox_capacity;
 }
 
 /// A device process: kill -9 is its power cut; a new process on the same
@@ -140,33 +146,18 @@ impl Backend for SimBackend {
     fn bring_up(&self, p: &Provision) -> Result<Dut, DutError> {
         p.transcript
             .runner(format!("start sim device mac={} mqtt={}", p.mac, p.mqtt));
-        self.launch(p, p.mac, &p.spec, p.state_dir).start()
+        SimLaunch::new(&self.hil_exe, p).start()
     }
 
     fn fleet(&self, p: &Provision) -> Option<Box<dyn Fleet>> {
         Some(Box::new(SimFleet {
-            base: self.launch(p, p.mac, &p.spec, p.state_dir),
+            base: SimLaunch::new(&self.hil_exe, p),
             spec: p.spec,
         }))
     }
 
     fn expected_client_id(&self, mac: &str) -> Option<String> {
         client_id_of(mac)
-    }
-}
-
-impl SimBackend {
-    fn launch(&self, p: &Provision, mac: &str, spec: &DeviceSpec, state: &Path) -> SimLaunch {
-        SimLaunch::new(
-            &self.hil_exe,
-            p.broker,
-            mac,
-            p.mqtt,
-            spec,
-            p.bugs,
-            state,
-            p.transcript,
-        )
     }
 }
 
@@ -184,20 +175,8 @@ impl Fleet for SimFleet {
             .map_err(DutError::StateDir)?;
         let mut spec = self.spec;
         edit(&mut spec);
-        let b = &self.base;
-        let mut launch = SimLaunch::new(
-            &b.hil_exe,
-            b.args.broker.parse().expect("written from a SocketAddr"),
-            mac,
-            b.args.mqtt,
-            &spec,
-            &b.args.bugs,
-            state.path(),
-            &b.transcript,
-        );
-        launch.source = Source::Fleet;
         Ok(FleetDevice {
-            dut: launch.start()?,
+            dut: self.base.sibling(mac, &spec, state.path()).start()?,
             state,
         })
     }

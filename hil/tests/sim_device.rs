@@ -1,15 +1,16 @@
-//! hil-sim against a real broker: queued commands, offline telemetry, and a
-//! stable identity across reboots. Every test runs on embedded rumqttd and on
-//! Debian's mosquitto (the `ci` nextest profile; the default profile filters
-//! the mosquitto variants out so a fresh clone needs nothing but cargo).
+//! The sim device (`hil sim`, stdio console) against a real broker, driven
+//! through the runner's own console code: queued commands, offline telemetry,
+//! and a stable identity across reboots. Every test runs on embedded rumqttd
+//! and on Debian's mosquitto (the `ci` nextest profile; the default profile
+//! filters the mosquitto variants out so a fresh clone needs nothing but cargo).
 
+use hil::dut::Console;
+use hil::transcript::{Source, Transcript};
 use hil_broker::client::ConnectOptions;
 use hil_broker::{Broker, BrokerSpec, Client, MqttVersion};
 use hil_session::Event;
-use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 enum TestBroker {
@@ -46,11 +47,11 @@ impl TestBroker {
     }
 }
 
+/// `hil sim --console stdio`, its console read by the runner's [`Console`].
 struct Sim {
     child: Child,
-    stdin: ChildStdin,
-    lines: Receiver<String>,
-    seen: Vec<String>,
+    console: Console,
+    transcript: Transcript,
     _state: tempfile::TempDir,
 }
 
@@ -59,98 +60,49 @@ const DEADLINE: Duration = Duration::from_secs(20);
 impl Sim {
     fn start(broker: SocketAddr, proto: MqttVersion, mac: &str) -> Sim {
         let state = tempfile::tempdir().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hil-sim"))
-            .args([
-                "--broker",
-                &broker.to_string(),
-                "--mac",
-                mac,
-                "--mqtt",
-                &proto.to_string(),
-            ])
-            .args([
-                "--backoff-base-ms",
-                "100",
-                "--backoff-cap-ms",
-                "1000",
-                "--seed",
-                "1",
-            ])
-            .arg("--state-dir")
-            .arg(state.path())
+        let mut args = hil_sim::Args::new(broker.to_string(), mac.into(), state.path().into());
+        args.mqtt = proto;
+        args.backoff_base_ms = 100;
+        args.backoff_cap_ms = 1000;
+        args.seed = Some(1);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hil"))
+            .arg("sim")
+            .args(args.to_argv())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
+        let transcript = Transcript::new();
+        let console = Console::new(
+            Box::new(child.stdout.take().unwrap()),
+            Box::new(child.stdin.take().unwrap()),
+            &transcript,
+            Source::Device,
+        );
         Sim {
             child,
-            stdin,
-            lines,
-            seen: Vec::new(),
+            console,
+            transcript,
             _state: state,
         }
     }
 
-    fn send(&mut self, cmd: &str) {
-        writeln!(self.stdin, "{cmd}").unwrap();
-        self.stdin.flush().unwrap();
-    }
-
-    /// Waits for the first event matching `pred`, failing with the transcript.
     fn expect(&mut self, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if let Ok(e) = Event::parse(&line) {
-                        if pred(&e) {
-                            return e;
-                        }
-                    }
-                }
-                Err(_) => panic!(
-                    "timed out waiting for {what}; device said:\n{}",
-                    self.seen.join("\n")
-                ),
-            }
-        }
+        self.console
+            .expect(what, DEADLINE, pred)
+            .unwrap_or_else(|e| panic!("{e}; the device said:\n{}", self.transcript.raw()))
     }
 
-    /// Sends a command and waits for its ack: every line the device printed
-    /// before the ack is in `seen` afterwards.
     fn command(&mut self, cmd: &str) -> Event {
-        let name = cmd
-            .trim_start_matches('!')
-            .split(' ')
-            .next()
-            .unwrap()
-            .to_string();
-        self.send(cmd);
-        self.expect(
-            &format!("ack of {cmd}"),
-            |e| matches!(e, Event::Ack { cmd, .. } if *cmd == name),
-        )
+        self.console
+            .command(cmd)
+            .unwrap_or_else(|e| panic!("{e}; the device said:\n{}", self.transcript.raw()))
     }
 
-    fn events(&self) -> Vec<Event> {
-        self.seen
-            .iter()
-            .filter_map(|l| Event::parse(l).ok())
-            .collect()
+    fn events(&mut self) -> Vec<Event> {
+        self.console.drain();
+        self.console.seen.clone()
     }
 }
 
@@ -241,7 +193,7 @@ fn offline_telemetry(kind: &str, proto: MqttVersion) {
         let msg = cloud.recv(deadline).unwrap().unwrap_or_else(|| {
             panic!(
                 "only {seqs:?} arrived; device said:\n{}",
-                sim.seen.join("\n")
+                sim.transcript.raw()
             )
         });
         let v: serde_json_lite::Value = serde_json_lite::parse(&msg.text());
