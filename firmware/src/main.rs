@@ -116,7 +116,15 @@ async fn main(spawner: Spawner) {
     let (records, corrupt) = store.load_records().await;
     let mut device = Device::boot(cfg, HwRng(rng), records);
     for key in corrupt {
-        println(&mut tx, &Event::error("flash", alloc::format!("record {key} unreadable, starting it empty")).format()).await;
+        println(
+            &mut tx,
+            &Event::error(
+                "flash",
+                alloc::format!("record {key} unreadable, starting it empty"),
+            )
+            .format(),
+        )
+        .await;
     }
 
     // Network stack on the Wi-Fi station interface; the controller itself is
@@ -134,10 +142,26 @@ async fn main(spawner: Spawner) {
     wifi::set_credentials(settings.wifi.clone());
     wifi::request(settings.wifi.is_some());
     if settings.wifi.is_none() {
-        println(&mut tx, &Event::error("config", "no Wi-Fi credentials: send !config wifi.ssid=... wifi.pass=... broker=HOST:PORT").format()).await;
+        println(
+            &mut tx,
+            &Event::error(
+                "config",
+                "no Wi-Fi credentials: send !config wifi.ssid=... wifi.pass=... broker=HOST:PORT",
+            )
+            .format(),
+        )
+        .await;
     }
 
-    run(&mut device, stack, &mut rx, &mut tx, &mut store, &mut settings).await
+    run(
+        &mut device,
+        stack,
+        &mut rx,
+        &mut tx,
+        &mut store,
+        &mut settings,
+    )
+    .await
 }
 
 async fn run(
@@ -169,13 +193,18 @@ async fn run(
                         if let Err(e) = socket.write_all(&bytes).await {
                             connected = false;
                             socket.abort();
-                            device.handle_link_down(now_ms(), LinkDownReason::Error(alloc::format!("{e:?}")));
+                            device.handle_link_down(
+                                now_ms(),
+                                LinkDownReason::Error(alloc::format!("{e:?}")),
+                            );
                         }
                     }
                 }
                 Output::Open => {
                     let result = match settings.broker {
-                        None => Err(alloc::string::String::from("no broker configured (!config broker=HOST:PORT)")),
+                        None => Err(alloc::string::String::from(
+                            "no broker configured (!config broker=HOST:PORT)",
+                        )),
                         Some(_) if !stack.is_config_up() => Err("no IP address yet".into()),
                         Some((ip, port)) => {
                             socket.abort();
@@ -183,7 +212,12 @@ async fn run(
                                 settings.keepalive_s as u64 * 2,
                             )));
                             let ep = IpEndpoint::new(embassy_net::IpAddress::Ipv4(ip), port);
-                            match embassy_time::with_timeout(Duration::from_secs(5), socket.connect(ep)).await {
+                            match embassy_time::with_timeout(
+                                Duration::from_secs(5),
+                                socket.connect(ep),
+                            )
+                            .await
+                            {
                                 Ok(Ok(())) => Ok(()),
                                 Ok(Err(e)) => Err(alloc::format!("{e:?}")),
                                 Err(_) => Err("connect timed out".into()),
@@ -221,9 +255,22 @@ async fn run(
                                 wifi::request(true);
                             }
                             // Keys only: secrets are never echoed.
-                            let keys: alloc::vec::Vec<(alloc::string::String, alloc::string::String)> =
-                                fields.iter().map(|(k, _)| (k.clone(), "set".into())).collect();
-                            println(tx, &Event::Ack { cmd: "config".into(), fields: keys }.format()).await;
+                            let keys: alloc::vec::Vec<(
+                                alloc::string::String,
+                                alloc::string::String,
+                            )> = fields
+                                .iter()
+                                .map(|(k, _)| (k.clone(), "set".into()))
+                                .collect();
+                            println(
+                                tx,
+                                &Event::Ack {
+                                    cmd: "config".into(),
+                                    fields: keys,
+                                }
+                                .format(),
+                            )
+                            .await;
                         }
                         Err(e) => println(tx, &Event::error("config", e).format()).await,
                     }
@@ -262,7 +309,15 @@ async fn run(
                             device.handle_wifi(t, false);
                         }
                         let state = if on { "on" } else { "off" };
-                        println(tx, &Event::Ack { cmd: "wifi".into(), fields: alloc::vec![("state".into(), state.into())] }.format()).await;
+                        println(
+                            tx,
+                            &Event::Ack {
+                                cmd: "wifi".into(),
+                                fields: alloc::vec![("state".into(), state.into())],
+                            }
+                            .format(),
+                        )
+                        .await;
                         continue;
                     }
                     device.handle_console_line(t, line);
@@ -283,7 +338,9 @@ async fn run(
             Either4::Fourth(up) => {
                 if up {
                     // Associated: the session is told once DHCP gave an address.
-                    let _ = embassy_time::with_timeout(Duration::from_secs(15), stack.wait_config_up()).await;
+                    let _ =
+                        embassy_time::with_timeout(Duration::from_secs(15), stack.wait_config_up())
+                            .await;
                 }
                 if !up && connected {
                     connected = false;

@@ -23,7 +23,12 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { wifi: None, broker: None, mqtt: MqttVersion::V3_1_1, keepalive_s: 30 }
+        Settings {
+            wifi: None,
+            broker: None,
+            mqtt: MqttVersion::V3_1_1,
+            keepalive_s: 30,
+        }
     }
 }
 
@@ -32,8 +37,12 @@ pub struct Changed {
 }
 
 fn parse_broker(v: &str) -> Result<(Ipv4Addr, u16), String> {
-    let (host, port) = v.rsplit_once(':').ok_or("broker=IPV4:PORT, e.g. 192.168.1.10:1883")?;
-    let ip: Ipv4Addr = host.parse().map_err(|_| "broker: an IPv4 address (names are not resolved on the device)")?;
+    let (host, port) = v
+        .rsplit_once(':')
+        .ok_or("broker=IPV4:PORT, e.g. 192.168.1.10:1883")?;
+    let ip: Ipv4Addr = host
+        .parse()
+        .map_err(|_| "broker: an IPv4 address (names are not resolved on the device)")?;
     let port: u16 = port.parse().map_err(|_| "broker: port is a number")?;
     Ok((ip, port))
 }
@@ -59,14 +68,27 @@ impl Settings {
                     pass = Some(v.clone());
                 }
                 "broker" => next.broker = Some(parse_broker(v)?),
-                "mqtt" => next.mqtt = v.parse().map_err(|e: &str| e.to_string())?,
-                other => return Err(alloc::format!("unknown setting `{other}` (wifi.ssid, wifi.pass, broker, mqtt)")),
+                "mqtt" => {
+                    next.mqtt = v
+                        .parse()
+                        .map_err(|e: hil_session::config::ParseVersionError| e.to_string())?
+                }
+                other => {
+                    return Err(alloc::format!(
+                        "unknown setting `{other}` (wifi.ssid, wifi.pass, broker, mqtt)"
+                    ))
+                }
             }
         }
         if let Some(ssid) = ssid {
-            next.wifi = Some(WifiCreds { ssid, pass: pass.unwrap_or_default() });
+            next.wifi = Some(WifiCreds {
+                ssid,
+                pass: pass.unwrap_or_default(),
+            });
         }
-        let changed = Changed { wifi: next.wifi != self.wifi };
+        let changed = Changed {
+            wifi: next.wifi != self.wifi,
+        };
         *self = next;
         Ok(changed)
     }
@@ -75,7 +97,11 @@ impl Settings {
     pub fn encode(&self) -> Vec<u8> {
         let mut s = String::new();
         if let Some(w) = &self.wifi {
-            s.push_str(&alloc::format!("wifi.ssid={}\nwifi.pass={}\n", w.ssid, w.pass));
+            s.push_str(&alloc::format!(
+                "wifi.ssid={}\nwifi.pass={}\n",
+                w.ssid,
+                w.pass
+            ));
         }
         if let Some((ip, port)) = self.broker {
             s.push_str(&alloc::format!("broker={ip}:{port}\n"));
@@ -86,7 +112,9 @@ impl Settings {
 
     pub fn decode(bytes: &[u8]) -> Settings {
         let mut out = Settings::default();
-        let Ok(text) = core::str::from_utf8(bytes) else { return out };
+        let Ok(text) = core::str::from_utf8(bytes) else {
+            return out;
+        };
         let fields: Vec<(String, String)> = text
             .lines()
             .filter_map(|l| l.split_once('='))

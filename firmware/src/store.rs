@@ -32,11 +32,22 @@ fn key_of(k: RecordKey) -> u8 {
 
 impl Store {
     pub fn new(flash: esp_hal::peripherals::FLASH<'static>) -> Self {
-        Store { flash: BlockingAsync::new(FlashStorage::new(flash)), buf: [0; 4096] }
+        Store {
+            flash: BlockingAsync::new(FlashStorage::new(flash)),
+            buf: [0; 4096],
+        }
     }
 
     async fn fetch(&mut self, key: u8) -> Option<Vec<u8>> {
-        match fetch_item::<u8, &[u8], _>(&mut self.flash, RANGE, &mut NoCache::new(), &mut self.buf, &key).await {
+        match fetch_item::<u8, &[u8], _>(
+            &mut self.flash,
+            RANGE,
+            &mut NoCache::new(),
+            &mut self.buf,
+            &key,
+        )
+        .await
+        {
             Ok(Some(v)) => Some(v.to_vec()),
             _ => None,
         }
@@ -59,17 +70,35 @@ impl Store {
 
     pub async fn save(&mut self, r: &Record) -> Result<(), &'static str> {
         let bytes = r.encode();
-        store_item(&mut self.flash, RANGE, &mut NoCache::new(), &mut self.buf, &key_of(r.key()), &bytes.as_slice())
-            .await
-            .map_err(|_| "flash write failed")
+        store_item(
+            &mut self.flash,
+            RANGE,
+            &mut NoCache::new(),
+            &mut self.buf,
+            &key_of(r.key()),
+            &bytes.as_slice(),
+        )
+        .await
+        .map_err(|_| "flash write failed")
     }
 
     pub async fn load_settings(&mut self) -> Settings {
-        self.fetch(SETTINGS_KEY).await.map(|b| Settings::decode(&b)).unwrap_or_default()
+        self.fetch(SETTINGS_KEY)
+            .await
+            .map(|b| Settings::decode(&b))
+            .unwrap_or_default()
     }
 
     pub async fn save_settings(&mut self, s: &Settings) {
         let bytes = s.encode();
-        let _ = store_item(&mut self.flash, RANGE, &mut NoCache::new(), &mut self.buf, &SETTINGS_KEY, &bytes.as_slice()).await;
+        let _ = store_item(
+            &mut self.flash,
+            RANGE,
+            &mut NoCache::new(),
+            &mut self.buf,
+            &SETTINGS_KEY,
+            &bytes.as_slice(),
+        )
+        .await;
     }
 }

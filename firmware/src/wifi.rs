@@ -36,7 +36,11 @@ fn station_config(c: &WifiCreds) -> Option<Config> {
     } else {
         AuthenticationMethodConfig::Wpa2Personal(c.pass.as_str().try_into().ok()?)
     };
-    Some(Config::Station(StationConfig::default().with_ssid(ssid).with_authentication(auth)))
+    Some(Config::Station(
+        StationConfig::default()
+            .with_ssid(ssid)
+            .with_authentication(auth),
+    ))
 }
 
 #[embassy_executor::task]

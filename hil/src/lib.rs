@@ -10,9 +10,11 @@
 //! - [`report`]: renders the events (terminal, transcripts, JUnit);
 //! - [`transcript`]: every console line, wire packet, cloud observation and
 //!   runner step of a scenario, time-ordered;
-//! - [`bench`]: boards on a bench (rig file, doctor, flashing, images).
+//! - [`bench`]: boards on a bench (rig file, flashing, images);
+//! - [`doctor`]: `hil doctor`, checks this host and a rig's boards.
 
 pub mod bench;
+pub mod doctor;
 pub mod dut;
 pub mod report;
 pub mod runner;

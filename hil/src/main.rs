@@ -193,7 +193,7 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Doctor { rig } => {
-            let report = hil::bench::doctor::run(rig.as_deref());
+            let report = hil::doctor::run(rig.as_deref());
             report.print(&mut std::io::stdout());
             if report.problems.is_empty() {
                 ExitCode::SUCCESS

@@ -21,14 +21,19 @@ pub struct Corrupt {
 impl FileFlash {
     /// Creates the dir if needed and proves it is writable now, not at the
     /// first acknowledged command.
-    pub fn open(dir: &Path) -> Result<Self, String> {
-        fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create state dir {}: {e}", dir.display()))?;
+    pub fn open(dir: &Path) -> Result<Self, crate::SimError> {
+        fs::create_dir_all(dir).map_err(|source| crate::SimError::StateDir {
+            path: dir.into(),
+            source,
+        })?;
         let probe = dir.join(".write-probe");
         File::create(&probe)
             .and_then(|mut f| f.write_all(b"ok"))
             .and_then(|_| fs::remove_file(&probe))
-            .map_err(|e| format!("state dir {} is not writable: {e}", dir.display()))?;
+            .map_err(|source| crate::SimError::NotWritable {
+                path: dir.into(),
+                source,
+            })?;
         Ok(FileFlash {
             dir: dir.to_owned(),
         })
@@ -111,6 +116,7 @@ mod tests {
         let file = dir.path().join("a-file");
         fs::write(&file, b"x").unwrap();
         let err = FileFlash::open(&file.join("sub")).err().unwrap();
-        assert!(err.contains("cannot create state dir"), "{err}");
+        assert!(matches!(err, crate::SimError::StateDir { .. }), "{err}");
+        assert!(err.to_string().contains("cannot create state dir"), "{err}");
     }
 }

@@ -135,6 +135,45 @@ impl Args {
     }
 }
 
+/// Why the sim device could not start or had to stop; each says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("--broker {broker}: {source} (expected HOST:PORT, e.g. 127.0.0.1:1883)")]
+    BadBroker {
+        broker: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("--broker {0}: resolves to no address")]
+    NoAddress(String),
+    #[error("--mac {mac}: {reason}")]
+    BadMac { mac: String, reason: String },
+    #[error("cannot create state dir {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("state dir {path} is not writable: {source}")]
+    NotWritable {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("flash write to {path} failed: {source}")]
+    FlashWrite {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot open a pseudo-terminal: {0}")]
+    Pty(String),
+    #[error("unknown setting `{0}` (wifi.ssid, wifi.pass, broker, mqtt)")]
+    UnknownSetting(String),
+    #[error("cannot store settings: {0}")]
+    Settings(#[source] io::Error),
+}
+
 struct Rng(SmallRng);
 impl RandomSource for Rng {
     fn next_u32(&mut self) -> u32 {
@@ -168,20 +207,26 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> i32 {
     }
 }
 
-fn resolve(broker: &str) -> Result<SocketAddr, String> {
+fn resolve(broker: &str) -> Result<SocketAddr, SimError> {
     let mut addrs = broker
         .to_socket_addrs()
-        .map_err(|e| format!("--broker {broker}: {e} (expected HOST:PORT, e.g. 127.0.0.1:1883)"))?;
+        .map_err(|source| SimError::BadBroker {
+            broker: broker.into(),
+            source,
+        })?;
     addrs
         .next()
-        .ok_or_else(|| format!("--broker {broker}: resolves to no address"))
+        .ok_or_else(|| SimError::NoAddress(broker.into()))
 }
 
-pub fn run(args: Args) -> Result<(), String> {
+pub fn run(args: Args) -> Result<(), SimError> {
     let mac: Mac = args
         .mac
         .parse()
-        .map_err(|e| format!("--mac {}: {e}", args.mac))?;
+        .map_err(|e: hil_session::identity::MacError| SimError::BadMac {
+            mac: args.mac.clone(),
+            reason: e.to_string(),
+        })?;
     let broker = resolve(&args.broker)?;
     let flash = FileFlash::open(&args.state_dir)?;
 
@@ -265,10 +310,10 @@ pub fn run(args: Args) -> Result<(), String> {
                                 &mut out,
                                 &Event::error("flash", format!("write failed: {e}")).format(),
                             );
-                            return Err(format!(
-                                "flash write to {} failed: {e}",
-                                args.state_dir.display()
-                            ));
+                            return Err(SimError::FlashWrite {
+                                path: args.state_dir.clone(),
+                                source: e,
+                            });
                         }
                     }
                     Output::Transmit(bytes) => {
@@ -373,15 +418,16 @@ fn spawn_reader(mut input: Box<dyn Read + Send>, tx: mpsc::Sender<Msg>) {
 
 /// Opens a pty pair, prints the device-side path on stdout (first line), and
 /// keeps the slave end open so the master never reads EIO between runner sessions.
-fn open_pty_console(tx: mpsc::Sender<Msg>) -> Result<Box<dyn Write + Send>, String> {
-    let (master, slave) =
-        serialport::TTYPort::pair().map_err(|e| format!("cannot open a pseudo-terminal: {e}"))?;
-    let path = slave.name().ok_or("the pseudo-terminal has no path")?;
+fn open_pty_console(tx: mpsc::Sender<Msg>) -> Result<Box<dyn Write + Send>, SimError> {
+    let (master, slave) = serialport::TTYPort::pair().map_err(|e| SimError::Pty(e.to_string()))?;
+    let path = slave
+        .name()
+        .ok_or_else(|| SimError::Pty("the pseudo-terminal has no path".into()))?;
     println!("{path}");
     let _ = io::stdout().flush();
     let reader = master
         .try_clone_native()
-        .map_err(|e| format!("cannot clone the pty: {e}"))?;
+        .map_err(|e| SimError::Pty(format!("cannot clone it: {e}")))?;
     // The slave handle lives as long as the process.
     std::mem::forget(slave);
     spawn_reader(Box::new(reader), tx);
@@ -394,24 +440,20 @@ fn open_pty_console(tx: mpsc::Sender<Msg>) -> Result<Box<dyn Write + Send>, Stri
 fn apply_config(
     fields: &[(String, String)],
     path: &std::path::Path,
-) -> Result<Option<SocketAddr>, String> {
+) -> Result<Option<SocketAddr>, SimError> {
     let mut broker = None;
     for (k, v) in fields {
         match k.as_str() {
             "broker" => broker = Some((v.clone(), resolve(v)?)),
             "wifi.ssid" | "wifi.pass" | "mqtt" => {}
-            other => {
-                return Err(format!(
-                    "unknown setting `{other}` (wifi.ssid, wifi.pass, broker, mqtt)"
-                ))
-            }
+            other => return Err(SimError::UnknownSetting(other.into())),
         }
     }
     if let Some((text, addr)) = broker {
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, format!("broker={text}\n"))
             .and_then(|_| std::fs::rename(&tmp, path))
-            .map_err(|e| format!("cannot store settings: {e}"))?;
+            .map_err(SimError::Settings)?;
         return Ok(Some(addr));
     }
     Ok(None)

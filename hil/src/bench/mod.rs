@@ -1,8 +1,7 @@
-//! Boards on a bench: the rig file, `hil doctor`, firmware images, and
+//! Boards on a bench: the rig file, firmware images, and
 //! flashing over the serial ROM bootloader (espflash) or a debug probe
 //! (probe-rs). Hardware setup lives here; scenarios never see it.
 
-pub mod doctor;
 pub mod firmware;
 pub mod flash;
 pub mod probe;

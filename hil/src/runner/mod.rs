@@ -305,8 +305,8 @@ fn unmet(opts: &RunOptions, s: &Scenario, mqtt: MqttVersion) -> Option<String> {
 fn judge(opts: &RunOptions, s: &Scenario, mac: &str, mqtt: MqttVersion, t: &Transcript) -> Verdict {
     match set_up(opts, s, mac, mqtt, t) {
         Err(e) => Verdict::Error(e),
-        Ok(Err(reason)) => Verdict::NotApplicable(reason),
-        Ok(Ok(mut tb)) => {
+        Ok(SetUp::NotApplicable(reason)) => Verdict::NotApplicable(reason),
+        Ok(SetUp::Ready(mut tb)) => {
             let r = (s.run)(&mut tb);
             tb.dut.drain();
             if r.is_err() {
@@ -325,6 +325,13 @@ fn judge(opts: &RunOptions, s: &Scenario, mac: &str, mqtt: MqttVersion, t: &Tran
     }
 }
 
+/// What setting a scenario up gave.
+enum SetUp {
+    Ready(Box<Testbed>),
+    /// The broker lacks a semantic the scenario needs: why.
+    NotApplicable(String),
+}
+
 /// Broker, semantic probes, proxy, device: the testbed, or why the scenario
 /// is not applicable on this broker.
 fn set_up(
@@ -333,7 +340,7 @@ fn set_up(
     mac: &str,
     mqtt: MqttVersion,
     t: &Transcript,
-) -> Result<Result<Testbed, String>, RigError> {
+) -> Result<SetUp, RigError> {
     let ip = opts.backend.listen_ip(opts.bind);
     t.runner(format!("start broker {}", opts.broker.name()));
     let mut broker = Broker::start(opts.broker.spec(&opts.hil_exe), ip)?;
@@ -350,7 +357,7 @@ fn set_up(
                 f.detail
             ));
             if f.honoured == Some(false) {
-                return Ok(Err(format!(
+                return Ok(SetUp::NotApplicable(format!(
                     "{} does not honour: {} ({})",
                     broker.name(),
                     sem.name(),
@@ -387,7 +394,7 @@ fn set_up(
         t.focus_on(id);
     }
     let configured = caps.contains(&Capability::ScenarioConfig);
-    Ok(Ok(Testbed::new(Parts {
+    Ok(SetUp::Ready(Box::new(Testbed::new(Parts {
         dut,
         broker,
         proxy,
@@ -401,7 +408,7 @@ fn set_up(
         backoff_cap_ms: configured.then_some(s.device.backoff_cap_ms),
         keepalive_s: s.device.keepalive_s,
         state,
-    })))
+    }))))
 }
 
 /// Starts the chosen broker and probes its semantics (`hil broker check`).

@@ -1,6 +1,6 @@
 //! `hil doctor`: what this host can test with, and for each problem the fix.
 
-use super::rig::{list_ports, Rig};
+use crate::bench::rig::{list_ports, Rig};
 use crate::dut::Console;
 use crate::transcript::Source;
 use hil_session::Event;
@@ -111,7 +111,7 @@ pub fn run(rig: Option<&Path>) -> Report {
     for p in &probes {
         r.fact(format!("  {p}"));
     }
-    match super::probe::list() {
+    match crate::bench::probe::list() {
         Ok(list) => r.fact(format!(
             "probe-rs sees {} probe(s){}",
             list.len(),
