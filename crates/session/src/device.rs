@@ -21,6 +21,7 @@ use alloc::collections::VecDeque;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
+use hil_packets::Incoming;
 
 /// What the device asks its driver to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -477,12 +478,12 @@ impl<R: RandomSource> Device<R> {
                     self.timers[timer_index(kind)] = after_ms.map(|ms| now + ms);
                 }
                 EngineEvent::Error(e) => self.console(Event::error("mqtt", e)),
-                EngineEvent::Connack {
+                EngineEvent::Received(Incoming::Connack {
                     session_present,
                     rc,
-                } => self.on_connack(now, session_present, rc),
-                EngineEvent::Suback { packet_id, codes } => {
-                    if Some(packet_id) == self.sub_pid {
+                }) => self.on_connack(now, session_present, rc),
+                EngineEvent::Received(Incoming::Suback { pid, codes }) => {
+                    if Some(pid) == self.sub_pid {
                         self.sub_pid = None;
                         let t = topics(&self.cfg, &self.client_id).cmd();
                         if codes.iter().all(|c| *c < 0x80) {
@@ -499,12 +500,13 @@ impl<R: RandomSource> Device<R> {
                         }
                     }
                 }
-                EngineEvent::Publish {
+                EngineEvent::Received(Incoming::Publish {
                     topic: t,
                     payload,
                     qos,
                     dup,
-                } => self.on_command(t, payload, qos, dup),
+                    ..
+                }) => self.on_command(t, payload, qos, dup),
                 EngineEvent::Released(pid) => {
                     if let Some(entry) = self.outbox.ack(pid) {
                         self.console(Event::TelemetryAcked { seq: entry.seq });

@@ -36,20 +36,8 @@ pub(crate) fn timer_index(kind: TimerKind) -> usize {
 pub(crate) enum EngineEvent {
     Send(Vec<u8>),
     Close,
-    Connack {
-        session_present: bool,
-        rc: u8,
-    },
-    Suback {
-        packet_id: u16,
-        codes: Vec<u8>,
-    },
-    Publish {
-        topic: String,
-        payload: Vec<u8>,
-        qos: u8,
-        dup: bool,
-    },
+    /// A CONNACK, SUBACK or PUBLISH from the broker.
+    Received(Incoming),
     /// The broker completed the handshake for this packet id (PUBACK, PUBCOMP, SUBACK).
     Released(u16),
     Timer {
@@ -57,6 +45,23 @@ pub(crate) enum EngineEvent {
         after_ms: Option<u64>,
     },
     Error(String),
+}
+
+/// A packet the engine could not build or send (named for the console).
+#[derive(Debug)]
+pub(crate) struct EngineError {
+    pub packet: &'static str,
+    pub error: mqtt::result_code::MqttError,
+}
+
+impl core::fmt::Display for EngineError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{}: {:?}", self.packet, self.error)
+    }
+}
+
+fn failed(packet: &'static str) -> impl Fn(mqtt::result_code::MqttError) -> EngineError + Copy {
+    move |error| EngineError { packet, error }
 }
 
 pub(crate) struct ConnectParams<'a> {
@@ -102,39 +107,18 @@ impl Engine {
                     after_ms: None,
                 }),
                 MqttEvent::NotifyError(e) => out.push(EngineEvent::Error(alloc::format!("{e:?}"))),
-                MqttEvent::NotifyPacketReceived(p) => match Incoming::from_core(&p) {
-                    Some(Incoming::Connack {
-                        session_present,
-                        rc,
-                    }) => out.push(EngineEvent::Connack {
-                        session_present,
-                        rc,
-                    }),
-                    Some(Incoming::Suback { pid, codes }) => out.push(EngineEvent::Suback {
-                        packet_id: pid,
-                        codes,
-                    }),
-                    Some(Incoming::Publish {
-                        topic,
-                        payload,
-                        qos,
-                        dup,
-                        ..
-                    }) => out.push(EngineEvent::Publish {
-                        topic,
-                        payload,
-                        qos,
-                        dup,
-                    }),
-                    None => {}
-                },
+                MqttEvent::NotifyPacketReceived(p) => {
+                    if let Some(incoming) = Incoming::from_core(&p) {
+                        out.push(EngineEvent::Received(incoming));
+                    }
+                }
             }
         }
         out
     }
 
-    pub fn connect(&mut self, p: &ConnectParams<'_>) -> Result<Vec<EngineEvent>, String> {
-        let err = |e: mqtt::result_code::MqttError| alloc::format!("CONNECT: {e:?}");
+    pub fn connect(&mut self, p: &ConnectParams<'_>) -> Result<Vec<EngineEvent>, EngineError> {
+        let err = failed("CONNECT");
         let packet = build::connect(
             self.version,
             &build::Connect {
@@ -163,8 +147,8 @@ impl Engine {
         qos_level: u8,
         retain: bool,
         dup: bool,
-    ) -> Result<(Option<u16>, Vec<EngineEvent>), String> {
-        let err = |e: mqtt::result_code::MqttError| alloc::format!("PUBLISH: {e:?}");
+    ) -> Result<(Option<u16>, Vec<EngineEvent>), EngineError> {
+        let err = failed("PUBLISH");
         let pid = if qos_level > 0 {
             Some(self.conn.acquire_packet_id().map_err(err)?)
         } else {
@@ -191,8 +175,8 @@ impl Engine {
         &mut self,
         topic: &str,
         qos_level: u8,
-    ) -> Result<(u16, Vec<EngineEvent>), String> {
-        let err = |e: mqtt::result_code::MqttError| alloc::format!("SUBSCRIBE: {e:?}");
+    ) -> Result<(u16, Vec<EngineEvent>), EngineError> {
+        let err = failed("SUBSCRIBE");
         let pid = self.conn.acquire_packet_id().map_err(err)?;
         let packet = build::subscribe(self.version, pid, topic, qos_level).map_err(err)?;
         let events = self.conn.send(packet);

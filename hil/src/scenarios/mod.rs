@@ -4,27 +4,10 @@
 //! client, judges by the wire tap and the cloud side, and fails with the
 //! promise it guards named first.
 //!
-//! Adding a scenario: one file here, one line in [`ALL`].
+//! Adding a scenario: one file here, one line in `registry!` below.
 
 pub mod promise;
 pub mod steps;
-
-mod boot_identity;
-mod broker_restart;
-mod buffer_overflow;
-mod client_id_takeover;
-mod duplicate_command;
-mod effective_qos;
-mod interrupted_subscribe;
-mod last_will;
-mod link_blackhole;
-mod message_expiry;
-mod qos_lab;
-mod queued_commands;
-mod reconnect_storm;
-mod session_expiry;
-mod stable_client_id;
-mod telemetry_flush;
 
 pub use promise::Promise;
 
@@ -33,25 +16,33 @@ use crate::testbed::{BrokerChoice, RigError, Testbed};
 use hil_broker::check::Semantic;
 use hil_session::{Bug, MqttVersion};
 
-/// The registry: every scenario, in the order `hil run` runs them.
-pub static ALL: &[&Scenario] = &[
-    &boot_identity::SCENARIO,
-    &queued_commands::SCENARIO,
-    &telemetry_flush::SCENARIO,
-    &stable_client_id::SCENARIO,
-    &broker_restart::SCENARIO,
-    &link_blackhole::SCENARIO,
-    &effective_qos::SCENARIO,
-    &last_will::SCENARIO,
-    &session_expiry::SCENARIO,
-    &message_expiry::SCENARIO,
-    &buffer_overflow::SCENARIO,
-    &client_id_takeover::SCENARIO,
-    &duplicate_command::SCENARIO,
-    &interrupted_subscribe::SCENARIO,
-    &reconnect_storm::SCENARIO,
-    &qos_lab::SCENARIO,
-];
+/// Declares each scenario's module and lists it in [`ALL`]: one line each.
+macro_rules! registry {
+    ($($name:ident),* $(,)?) => {
+        $(mod $name;)*
+        /// The registry: every scenario, in the order `hil run` runs them.
+        pub static ALL: &[&Scenario] = &[$(&$name::SCENARIO),*];
+    };
+}
+
+registry! {
+    boot_identity,
+    queued_commands,
+    telemetry_flush,
+    stable_client_id,
+    broker_restart,
+    link_blackhole,
+    effective_qos,
+    last_will,
+    session_expiry,
+    message_expiry,
+    buffer_overflow,
+    client_id_takeover,
+    duplicate_command,
+    interrupted_subscribe,
+    reconnect_storm,
+    qos_lab,
+}
 
 pub struct Scenario {
     pub name: &'static str,
