@@ -28,6 +28,7 @@ macro_rules! registry {
 registry! {
     boot_identity,
     queued_commands,
+    asleep_commands,
     telemetry_flush,
     stable_client_id,
     broker_restart,
