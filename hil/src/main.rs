@@ -85,8 +85,12 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// List the scenarios.
-    List,
+    /// List the scenarios, with the negative controls each must catch.
+    List {
+        /// The README's scenario table (Markdown), generated from the registry.
+        #[arg(long)]
+        markdown: bool,
+    },
     /// Check this host: serial ports, probes, wokwi-cli, and a rig's boards, broker address and Wi-Fi.
     Doctor {
         #[arg(long)]
@@ -159,14 +163,19 @@ fn usage(cmd: &str, e: impl std::fmt::Display) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::List => {
+        Cmd::List { markdown: true } => {
+            print!("{}", hil::scenarios::markdown_table());
+            ExitCode::SUCCESS
+        }
+        Cmd::List { markdown: false } => {
             let w = hil::scenarios::name_width();
             for s in hil::scenarios::ALL {
                 println!("{:<w$} {}", s.name, s.about);
                 for c in s.catches {
                     println!(
-                        "{:<w$}   caught: --sim-bug {} breaks \"{}\"",
+                        "{:<w$}   caught on {}: --sim-bug {} breaks \"{}\"",
                         "",
+                        c.place(),
                         c.bug.name(),
                         c.breaks
                     );

@@ -134,7 +134,7 @@ fn queued_commands(kind: &str, proto: MqttVersion) {
     });
     sim.command("!wifi off");
     let mut cloud = cloud(&broker, proto, "cloud-cmd");
-    let topic = format!("devices/{id}/cmd");
+    let topic = hil_session::Topics::new("devices", &id).cmd();
     for n in 1..=5 {
         let payload = format!("{{\"id\":\"c{n}\",\"do\":\"blink\"}}");
         cloud.publish(&topic, payload.as_bytes(), 1, false).unwrap();
@@ -179,7 +179,7 @@ fn offline_telemetry(kind: &str, proto: MqttVersion) {
     let mut cloud = cloud(&broker, proto, "cloud-telemetry");
     assert_eq!(
         cloud
-            .subscribe(&format!("devices/{id}/telemetry"), 1)
+            .subscribe(&hil_session::Topics::new("devices", &id).telemetry(), 1)
             .unwrap(),
         1
     );

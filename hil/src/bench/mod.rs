@@ -79,7 +79,7 @@ pub enum FlashError {
 
 /// A rig file that cannot be used, and what to fix.
 #[derive(Debug, thiserror::Error)]
-pub enum RigError {
+pub enum RigFileError {
     #[error("cannot read rig file {path}: {source}")]
     Read {
         path: String,
@@ -90,7 +90,7 @@ pub enum RigError {
     Invalid {
         path: String,
         #[source]
-        source: Box<RigError>,
+        source: Box<RigFileError>,
     },
     #[error("{0}")]
     Toml(#[from] toml::de::Error),

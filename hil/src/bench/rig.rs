@@ -18,7 +18,7 @@
 //! mac = "24:0a:c4:12:34:56"      # expected factory MAC: the client ID is checked against it
 //! ```
 
-use super::RigError;
+use super::RigFileError;
 use serde::Deserialize;
 use std::net::IpAddr;
 use std::path::Path;
@@ -62,29 +62,29 @@ fn default_chip() -> String {
 }
 
 impl Rig {
-    pub fn load(path: &Path) -> Result<Rig, RigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| RigError::Read {
+    pub fn load(path: &Path) -> Result<Rig, RigFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| RigFileError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        Rig::parse(&text).map_err(|e| RigError::Invalid {
+        Rig::parse(&text).map_err(|e| RigFileError::Invalid {
             path: path.display().to_string(),
             source: Box::new(e),
         })
     }
 
-    pub fn parse(text: &str) -> Result<Rig, RigError> {
+    pub fn parse(text: &str) -> Result<Rig, RigFileError> {
         let rig: Rig = toml::from_str(text)?;
         if rig.boards.is_empty() {
-            return Err(RigError::NoBoards);
+            return Err(RigFileError::NoBoards);
         }
         for b in &rig.boards {
             if b.port.is_none() && b.usb_serial.is_none() {
-                return Err(RigError::NoPort(b.name.clone()));
+                return Err(RigFileError::NoPort(b.name.clone()));
             }
             if let Some(mac) = &b.mac {
                 mac.parse::<hil_session::Mac>()
-                    .map_err(|e| RigError::BadMac {
+                    .map_err(|e| RigFileError::BadMac {
                         board: b.name.clone(),
                         mac: mac.clone(),
                         reason: e.to_string(),
@@ -92,7 +92,7 @@ impl Rig {
             }
             b.chip
                 .parse::<espflash::target::Chip>()
-                .map_err(|_| RigError::UnknownChip {
+                .map_err(|_| RigFileError::UnknownChip {
                     board: b.name.clone(),
                     chip: b.chip.clone(),
                 })?;
@@ -100,41 +100,41 @@ impl Rig {
         let mut names: Vec<&str> = rig.boards.iter().map(|b| b.name.as_str()).collect();
         names.sort();
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
-            return Err(RigError::DuplicateBoard(w[0].into()));
+            return Err(RigFileError::DuplicateBoard(w[0].into()));
         }
         Ok(rig)
     }
 
-    pub fn board(&self, name: Option<&str>) -> Result<&Board, RigError> {
+    pub fn board(&self, name: Option<&str>) -> Result<&Board, RigFileError> {
         match name {
             Some(n) => self.boards.iter().find(|b| b.name == n).ok_or_else(|| {
                 let names: Vec<&str> = self.boards.iter().map(|b| b.name.as_str()).collect();
-                RigError::NoSuchBoard {
+                RigFileError::NoSuchBoard {
                     name: n.into(),
                     known: names.join(", "),
                 }
             }),
             None if self.boards.len() == 1 => Ok(&self.boards[0]),
-            None => Err(RigError::WhichBoard),
+            None => Err(RigFileError::WhichBoard),
         }
     }
 
     /// Credentials from the environment; a named variable that is unset is an error.
-    pub fn wifi_credentials(&self) -> Result<Option<(String, String)>, RigError> {
+    pub fn wifi_credentials(&self) -> Result<Option<(String, String)>, RigFileError> {
         let Some(w) = &self.wifi else { return Ok(None) };
-        let get = |v: &str| std::env::var(v).map_err(|_| RigError::WifiEnvUnset(v.into()));
+        let get = |v: &str| std::env::var(v).map_err(|_| RigFileError::WifiEnvUnset(v.into()));
         Ok(Some((get(&w.ssid_env)?, get(&w.pass_env)?)))
     }
 }
 
 impl Board {
     /// The port path: as given, or found by USB serial number.
-    pub fn resolve_port(&self) -> Result<String, RigError> {
+    pub fn resolve_port(&self) -> Result<String, RigFileError> {
         if let Some(p) = &self.port {
             return Ok(p.clone());
         }
         let sn = self.usb_serial.as_deref().unwrap_or_default();
-        find_by_usb_serial(sn).ok_or_else(|| RigError::PortNotFound {
+        find_by_usb_serial(sn).ok_or_else(|| RigFileError::PortNotFound {
             board: self.name.clone(),
             serial: sn.into(),
         })

@@ -84,6 +84,15 @@ impl ControlBroker {
 }
 
 impl Control {
+    /// Where the control is proven, in words: "rumqttd, MQTT 3.1.1".
+    pub fn place(&self) -> String {
+        let broker = match self.broker {
+            ControlBroker::Rumqttd => "rumqttd",
+            ControlBroker::Mosquitto => "mosquitto",
+        };
+        format!("{broker}, MQTT {}", self.mqtt)
+    }
+
     /// The usual place to prove a control: embedded rumqttd, MQTT 3.1.1.
     pub const fn on_rumqttd(bug: Bug, breaks: Promise) -> Control {
         Control {
@@ -127,6 +136,60 @@ impl Need {
             _ => None,
         }
     }
+}
+
+impl Need {
+    /// A short label, for `hil list` and the README.
+    pub fn label(&self) -> String {
+        match self {
+            Need::Can(c) => format!("{c:?}")
+                .chars()
+                .enumerate()
+                .flat_map(|(i, ch)| {
+                    let sep = (i > 0 && ch.is_ascii_uppercase()).then_some(' ');
+                    sep.into_iter()
+                        .chain(std::iter::once(ch.to_ascii_lowercase()))
+                })
+                .collect(),
+            Need::Mqtt5 => "MQTT 5".into(),
+            Need::Semantic(s) => format!("broker: {}", s.name()),
+        }
+    }
+}
+
+/// The scenario table of the README, generated from the registry
+/// (`hil list --markdown`; a test keeps the README in step).
+pub fn markdown_table() -> String {
+    let mut out = String::from(
+        "| scenario | what it proves | needs | negative controls that must fail it |\n|---|---|---|---|\n",
+    );
+    for s in ALL {
+        let needs: Vec<String> = s.needs.iter().map(Need::label).collect();
+        let controls: Vec<String> = s
+            .catches
+            .iter()
+            .map(|c| {
+                format!(
+                    "`--sim-bug {}` on {} (breaks: {})",
+                    c.bug.name(),
+                    c.place(),
+                    c.breaks
+                )
+            })
+            .collect();
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} |\n",
+            s.name,
+            s.about.replace('|', "\\|"),
+            needs.join(", "),
+            if controls.is_empty() {
+                "none yet".to_string()
+            } else {
+                controls.join("; ")
+            }
+        ));
+    }
+    out
 }
 
 /// A broken promise: which, and what was seen.
