@@ -1,8 +1,8 @@
 //! The Last Will `offline` on a cut link and on a power cut; the retained
 //! status is `online` after each recovery.
 
-use super::steps::{
-    client_id, cloud_err, connack, fail, retained_online, rig, status, subscribed, STEP,
+use super::steps::{watch_status, 
+    client_id, connack, fail, retained_online, rig, status, subscribed, STEP,
 };
 use super::{Need, Outcome, Promise, Scenario};
 use crate::dut::{Capability, DeviceSpec};
@@ -27,15 +27,7 @@ fn run(tb: &mut Testbed) -> Outcome {
     const P: Promise = Promise::LastWill;
     let id = client_id(tb)?;
     subscribed(&mut tb.dut)?;
-    let topic = tb.topics(&id).status();
-    let mut cloud = tb.cloud("cloud-will")?;
-    cloud
-        .subscribe(&topic, 1)
-        .map_err(cloud_err("cloud-will"))?;
-    if !status(&mut cloud, &topic, "online", STEP)? {
-        return Err(fail(P, "no retained `online` while connected"));
-    }
-    tb.t().cloud("status online (retained)");
+    let (mut cloud, topic) = watch_status(tb, &id, "cloud-will", P)?;
     // 1. The link is cut (RST both ways).
     tb.t().runner("link: cut");
     tb.link().cut();

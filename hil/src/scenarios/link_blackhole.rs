@@ -2,8 +2,8 @@
 //! within 1.5 x keep-alive; the broker publishes the Will; the retained
 //! status is `online` again after recovery.
 
-use super::steps::{
-    client_id, cloud_err, connack, fail, on, retained_online, status, subscribed, STEP,
+use super::steps::{watch_status, 
+    client_id, connack, fail, on, retained_online, status, subscribed, STEP,
 };
 use super::{Need, Outcome, Promise, Scenario};
 use crate::dut::{Capability, DeviceSpec};
@@ -28,15 +28,7 @@ fn run(tb: &mut Testbed) -> Outcome {
     const WILL: Promise = Promise::LastWill;
     let id = client_id(tb)?;
     subscribed(&mut tb.dut)?;
-    let topic = tb.topics(&id).status();
-    let mut cloud = tb.cloud("cloud-status")?;
-    cloud
-        .subscribe(&topic, 1)
-        .map_err(cloud_err("cloud-status"))?;
-    if !status(&mut cloud, &topic, "online", STEP)? {
-        return Err(fail(WILL, "no retained `online` status while connected"));
-    }
-    tb.t().cloud("status online (retained)");
+    let (mut cloud, topic) = watch_status(tb, &id, "cloud-status", WILL)?;
     tb.t().runner("link: blackhole");
     tb.link().blackhole(true);
     let t0 = Instant::now();

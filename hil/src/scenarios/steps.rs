@@ -191,6 +191,24 @@ pub fn status(cloud: &mut Client, topic: &str, want: &str, within: Duration) -> 
     Ok(got.is_some())
 }
 
+/// A cloud client on the device's status topic, once it has seen the
+/// retained `online` of the connected device; and the topic.
+pub fn watch_status(
+    tb: &Testbed,
+    id: &str,
+    name: &str,
+    promise: Promise,
+) -> Result<(Client, String), Stop> {
+    let topic = tb.topics(id).status();
+    let mut cloud = tb.cloud(name)?;
+    cloud.subscribe(&topic, 1).map_err(cloud_err(name))?;
+    if !status(&mut cloud, &topic, "online", STEP)? {
+        return Err(fail(promise, "no retained `online` status while connected"));
+    }
+    tb.t().cloud("status online (retained)");
+    Ok((cloud, topic))
+}
+
 /// A new subscriber to the status topic must be told `online` (retained).
 pub fn retained_online(
     tb: &Testbed,
