@@ -1,6 +1,8 @@
 use clap::{Parser, Subcommand};
 use hil::dut::{SerialBackend, SerialOptions, WokwiBackend};
-use hil::report::{Fanout, JunitReporter, Reporter, TerminalReporter, TranscriptWriter};
+use hil::report::{
+    FailureEvidence, Fanout, JunitReporter, Reporter, TerminalReporter, TranscriptWriter,
+};
 use hil::runner::RunOptions;
 use hil::testbed::BrokerChoice;
 use hil_broker::MqttVersion;
@@ -365,8 +367,9 @@ fn run(opts: &RunOptions, out: Option<PathBuf>, junit: Option<PathBuf>) -> ExitC
         Err(e) => return usage("run", e),
     };
     let mut terminal = TerminalReporter::new(true, Some(out.clone()));
+    let mut evidence = FailureEvidence::new(&out.join("failed"));
     let mut junit = junit.map(JunitReporter::new);
-    let mut reporters: Vec<&mut dyn Reporter> = vec![&mut files, &mut terminal];
+    let mut reporters: Vec<&mut dyn Reporter> = vec![&mut files, &mut evidence, &mut terminal];
     if let Some(j) = junit.as_mut() {
         reporters.push(j);
     }

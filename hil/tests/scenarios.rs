@@ -12,6 +12,23 @@ use hil::testbed::BrokerChoice;
 use hil_broker::MqttVersion;
 use libtest_mimic::{Arguments, Failed, Trial};
 
+/// Keeps a failed test's evidence under `target/hil/failed/<test>/` (CI
+/// archives the folder) and says where, with the lines that decided it.
+fn evidence(test: &str, r: &hil::runner::ScenarioResult) -> String {
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").into());
+    let dir = std::path::Path::new(&target).join("hil").join("failed");
+    let kept = match hil::report::evidence::write(&dir, test, r) {
+        Ok(folder) => format!("evidence kept in {}", folder.display()),
+        Err(e) => format!("evidence not kept: {e}"),
+    };
+    format!(
+        "{}
+{kept}",
+        hil::report::evidence::summary(r)
+    )
+}
+
 fn opts(broker: BrokerChoice) -> RunOptions {
     RunOptions::sim(env!("CARGO_BIN_EXE_hil").into(), broker)
 }
@@ -40,12 +57,9 @@ fn pass(s: &'static Scenario, broker: BrokerChoice, mqtt: MqttVersion) -> Result
             }
             return Err(format!("{name}: not applicable for an unexpected reason: {why}").into());
         }
-        other => {
-            return Err(format!(
-                "{name} on {label} MQTT {mqtt}: {other:?}\n{}",
-                r.transcript.raw()
-            )
-            .into())
+        _ => {
+            let test = format!("{label}-{}-{name}", v(mqtt));
+            return Err(evidence(&test, &r).into());
         }
     }
     snapshot(
@@ -66,21 +80,22 @@ fn caught(s: &'static Scenario, c: Control) -> Result<(), Failed> {
     o.mqtt = c.mqtt;
     o.bugs = vec![c.bug];
     let r = run_one(&o, s, "24:0a:c4:00:30:01");
+    let test = format!("control-{}-{}", s.name, c.bug.name());
     match r.failure() {
+        Some(f) if f.promise == c.breaks => Ok(()),
         None => Err(format!(
-            "--sim-bug {} did not fail {}: {:?}\n{}",
+            "--sim-bug {} did not fail {}\n{}",
             c.bug.name(),
             s.name,
-            r.verdict,
-            r.transcript.raw()
+            evidence(&test, &r)
         )
         .into()),
-        Some(f) if f.promise == c.breaks => Ok(()),
-        Some(f) => Err(format!(
-            "--sim-bug {}: {} failed for another reason: {f}\n{}",
+        Some(_) => Err(format!(
+            "--sim-bug {}: {} failed for another reason than {:?}\n{}",
             c.bug.name(),
             s.name,
-            r.transcript.raw()
+            c.breaks,
+            evidence(&test, &r)
         )
         .into()),
     }
@@ -160,6 +175,21 @@ fn main() {
             ));
         }
     }
+    trials.push(Trial::test(
+        "every_scenario_declares_a_negative_control",
+        || {
+            let bare: Vec<&str> = ALL
+                .iter()
+                .filter(|s| s.catches.is_empty())
+                .map(|s| s.name)
+                .collect();
+            if bare.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("scenarios without a negative control: {bare:?}").into())
+            }
+        },
+    ));
     trials.push(Trial::test(
         "cli_lists_scenarios_and_rejects_bad_input",
         cli_lists_scenarios_and_rejects_bad_input,

@@ -31,9 +31,16 @@ pub enum Bug {
     /// Trusts session_present=1 to mean "subscribed": a link or power loss
     /// between CONNECT and SUBACK leaves a session without the subscription.
     TrustSessionPresent,
+    /// CONNECT without a Last Will: nobody learns that the device vanished.
+    NoWill,
+    /// Declares a 600 s keep-alive: a dead link goes unnoticed for 15 minutes.
+    LongKeepalive,
+    /// Subscribes to its commands at QoS 0 whatever was configured: the QoS
+    /// mismatch pitfall (commands published at QoS 2 arrive at most once).
+    SubscribeQos0,
 }
 
-pub const ALL_BUGS: [Bug; 9] = [
+pub const ALL_BUGS: [Bug; 12] = [
     Bug::RandomClientId,
     Bug::CleanSession,
     Bug::NoOutbox,
@@ -43,6 +50,9 @@ pub const ALL_BUGS: [Bug; 9] = [
     Bug::UnboundedBuffer,
     Bug::IgnoreExpiry,
     Bug::TrustSessionPresent,
+    Bug::NoWill,
+    Bug::LongKeepalive,
+    Bug::SubscribeQos0,
 ];
 
 impl Bug {
@@ -57,6 +67,9 @@ impl Bug {
             Bug::UnboundedBuffer => "unbounded-buffer",
             Bug::IgnoreExpiry => "ignore-expiry",
             Bug::TrustSessionPresent => "trust-session-present",
+            Bug::NoWill => "no-will",
+            Bug::LongKeepalive => "long-keepalive",
+            Bug::SubscribeQos0 => "subscribe-qos0",
         }
     }
 }
@@ -68,7 +81,7 @@ impl FromStr for Bug {
             .iter()
             .copied()
             .find(|b| b.name() == s)
-            .ok_or("unknown bug: random-client-id, clean-session, no-outbox, no-jitter, no-resubscribe, no-dedupe, unbounded-buffer, ignore-expiry, trust-session-present")
+            .ok_or("unknown bug: random-client-id, clean-session, no-outbox, no-jitter, no-resubscribe, no-dedupe, unbounded-buffer, ignore-expiry, trust-session-present, no-will, long-keepalive, subscribe-qos0")
     }
 }
 
@@ -83,6 +96,26 @@ impl Bugs {
     }
     pub fn has(&self, bug: Bug) -> bool {
         self.0 & (1 << bug as u32) != 0
+    }
+}
+
+impl Config {
+    /// The keep-alive the device declares (a negative control may lie long).
+    pub fn keepalive(&self) -> u16 {
+        if self.bugs.has(Bug::LongKeepalive) {
+            600
+        } else {
+            self.keepalive_s
+        }
+    }
+
+    /// The QoS the device subscribes to its commands with.
+    pub fn sub_qos(&self) -> u8 {
+        if self.bugs.has(Bug::SubscribeQos0) {
+            0
+        } else {
+            self.cmd_qos
+        }
     }
 }
 

@@ -134,7 +134,7 @@ impl<R: RandomSource> Device<R> {
         }
         let id = client_id(&cfg.chip, &cfg.mac);
         let mut d = Device {
-            engine: Engine::new(cfg.mqtt, cfg.keepalive_s),
+            engine: Engine::new(cfg.mqtt, cfg.keepalive()),
             client_id: id,
             rng,
             boot_count,
@@ -260,8 +260,8 @@ impl<R: RandomSource> Device<R> {
         let params = ConnectParams {
             client_id: &self.client_id.clone(),
             clean,
-            keepalive_s: self.cfg.keepalive_s,
-            will_topic: &will,
+            keepalive_s: self.cfg.keepalive(),
+            will_topic: (!self.cfg.bugs.has(Bug::NoWill)).then_some(will.as_str()),
             session_expiry_s: if clean {
                 0
             } else if self.cfg.bugs.has(Bug::IgnoreExpiry) {
@@ -487,7 +487,7 @@ impl<R: RandomSource> Device<R> {
                         self.sub_pid = None;
                         let t = topics(&self.cfg, &self.client_id).cmd();
                         if codes.iter().all(|c| *c < 0x80) {
-                            self.subscription = Some((t.clone(), self.cfg.cmd_qos));
+                            self.subscription = Some((t.clone(), self.cfg.sub_qos()));
                             self.out.push_back(Output::Persist(Record::Subscription(
                                 self.subscription.clone(),
                             )));
@@ -541,7 +541,7 @@ impl<R: RandomSource> Device<R> {
         // A session without a confirmed subscription (lost between an earlier
         // CONNECT and its SUBACK) needs the SUBSCRIBE as much as no session.
         let confirmed = self.cfg.bugs.has(Bug::TrustSessionPresent)
-            || self.subscription.as_ref() == Some(&(t.clone(), self.cfg.cmd_qos));
+            || self.subscription.as_ref() == Some(&(t.clone(), self.cfg.sub_qos()));
         let resubscribe = (!session_present || !confirmed) && !skip_for_bug;
         if resubscribe {
             if self.subscription.take().is_some() {
@@ -550,7 +550,7 @@ impl<R: RandomSource> Device<R> {
                 self.out
                     .push_back(Output::Persist(Record::Subscription(None)));
             }
-            match self.engine.subscribe(&t, self.cfg.cmd_qos) {
+            match self.engine.subscribe(&t, self.cfg.sub_qos()) {
                 Ok((pid, events)) => {
                     self.sub_pid = Some(pid);
                     self.subscribed_once = true;

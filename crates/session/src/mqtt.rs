@@ -68,7 +68,8 @@ pub(crate) struct ConnectParams<'a> {
     pub client_id: &'a str,
     pub clean: bool,
     pub keepalive_s: u16,
-    pub will_topic: &'a str,
+    /// None: no Last Will (a negative control).
+    pub will_topic: Option<&'a str>,
     pub session_expiry_s: u32,
 }
 
@@ -125,8 +126,8 @@ impl Engine {
                 client_id: p.client_id,
                 clean: p.clean,
                 keepalive_s: p.keepalive_s,
-                will: Some(build::Will {
-                    topic: p.will_topic,
+                will: p.will_topic.map(|topic| build::Will {
+                    topic,
                     payload: b"offline",
                     qos: 1,
                     retain: true,

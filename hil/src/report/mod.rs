@@ -2,10 +2,12 @@
 //! shows progress and the summary table; the transcript writer leaves each
 //! scenario's raw and normalised transcript; JUnit goes to CI.
 
+pub mod evidence;
 mod junit;
 mod terminal;
 mod transcripts;
 
+pub use evidence::FailureEvidence;
 pub use junit::JunitReporter;
 pub use terminal::TerminalReporter;
 pub use transcripts::TranscriptWriter;

@@ -1,18 +1,20 @@
 //! The device boots, reports a client ID derived from its MAC, and answers
-//! `!status` with the same ID.
+//! `!status` with the same ID; the CONNECT on the wire carries that ID (the
+//! console only states it: the wire proves it).
 
 use super::steps::{client_id, fail, on, subscribed, STEP};
-use super::{Need, Outcome, Promise, Scenario};
+use super::{Control, Need, Outcome, Promise, Scenario};
+use hil_session::Bug;
 use crate::dut::{Capability, DeviceSpec};
-use crate::testbed::Testbed;
+use crate::testbed::{Dir, Packet, Testbed};
 use hil_session::Event;
 
 pub static SCENARIO: Scenario = Scenario {
     name: "boot_identity",
     about: "the device boots, reports a client ID derived from its MAC, and answers !status with the same ID",
-    needs: &[Need::Can(Capability::Reset)],
+    needs: &[Need::Can(Capability::Reset), Need::Can(Capability::ReachesBroker)],
     device: DeviceSpec::DEFAULT,
-    catches: &[],
+    catches: &[Control::on_rumqttd(Bug::RandomClientId, Promise::StableClientId)],
     run,
 };
 
@@ -65,9 +67,24 @@ fn run(tb: &mut Testbed) -> Outcome {
             format!("!status reports client ID {reported:?}, the boot said {id}"),
         ));
     }
-    if tb.can(Capability::ReachesBroker) {
-        // Let the connection settle so the transcript is the same every run.
-        subscribed(&mut tb.dut)?;
+    // Let the connection settle (the transcript is then the same every run).
+    subscribed(&mut tb.dut)?;
+    // The evidence: what the device said on the wire, not on its console.
+    let connects: Vec<String> = tb
+        .wire()
+        .packets(Dir::Up)
+        .into_iter()
+        .filter_map(|p| match p {
+            Packet::Connect { client_id, .. } => Some(client_id),
+            _ => None,
+        })
+        .collect();
+    match connects.first() {
+        None => return Err(fail(P, format!("the console says {id}, but no CONNECT reached the wire"))),
+        Some(c) if *c != id => {
+            return Err(fail(P, format!("the console says client ID {id}, the wire shows CONNECT client_id={c}")))
+        }
+        Some(_) => {}
     }
     tb.t()
         .runner(format!("verdict: client ID {id} at boot and in !status"));

@@ -2,7 +2,8 @@
 //! runner reports the duplicate client ID pitfall from the wire.
 
 use super::steps::{client_id, connack, fail, on, rig, subscribed, STEP};
-use super::{Need, Outcome, Promise, Scenario};
+use super::{Control, Need, Outcome, Promise, Scenario};
+use hil_session::Bug;
 use crate::dut::{Capability, DeviceSpec};
 use crate::testbed::{Dir, Packet, Testbed};
 use hil_broker::check::Semantic;
@@ -17,7 +18,7 @@ pub static SCENARIO: Scenario = Scenario {
         Need::Semantic(Semantic::Takeover),
     ],
     device: DeviceSpec::DEFAULT,
-    catches: &[],
+    catches: &[Control::on_rumqttd(Bug::RandomClientId, Promise::DuplicateClientIdDetected)],
     run,
 };
 

@@ -3,9 +3,10 @@
 //! mismatch pitfall.
 
 use super::steps::{cloud_err, cmd_of, command, device_id, fail, on, rig, subscribed, STEP};
-use super::{Need, Outcome, Promise, Scenario};
+use super::{Control, ControlBroker, Need, Outcome, Promise, Scenario};
+use hil_session::{Bug, MqttVersion};
 use crate::dut::{Capability, DeviceSpec};
-use crate::testbed::Testbed;
+use crate::testbed::{Dir, Packet, Testbed};
 use hil_broker::check::Semantic;
 
 pub static SCENARIO: Scenario = Scenario {
@@ -17,7 +18,12 @@ pub static SCENARIO: Scenario = Scenario {
         Need::Semantic(Semantic::QosCapping),
     ],
     device: DeviceSpec::DEFAULT,
-    catches: &[],
+    catches: &[Control::new(
+        Bug::SubscribeQos0,
+        Promise::EffectiveQos,
+        ControlBroker::Mosquitto,
+        MqttVersion::V3_1_1,
+    )],
     run,
 };
 
@@ -45,6 +51,30 @@ fn run(tb: &mut Testbed) -> Outcome {
             .expect("the command", STEP, |e| cmd_of(e, &cid).is_some())
             .map_err(on(P))?;
         let (qos, _) = cmd_of(&got, &cid).expect("matched above");
+        // The evidence: what the device asked for and what it was given, on the wire.
+        let topic = tb.topics(&id).cmd();
+        let asked = tb.wire().packets(Dir::Up).into_iter().find_map(|p| match p {
+            Packet::Subscribe { filters, .. } => {
+                filters.into_iter().find(|(f, _)| *f == topic).map(|(_, q)| q)
+            }
+            _ => None,
+        });
+        if asked != Some(sub_qos) {
+            return Err(fail(
+                P,
+                format!("the device was configured to subscribe at QoS {sub_qos}; the wire shows SUBSCRIBE at {asked:?}: the QoS mismatch pitfall"),
+            ));
+        }
+        let delivered = tb.wire().packets(Dir::Down).into_iter().find_map(|p| match p {
+            Packet::Publish { payload, qos, .. } if payload.contains(&cid) => Some(qos),
+            _ => None,
+        });
+        if delivered != Some(qos) {
+            return Err(fail(
+                P,
+                format!("the console says {cid} arrived at QoS {qos}, the wire shows {delivered:?}"),
+            ));
+        }
         let want = 2.min(granted);
         if qos != want {
             return Err(fail(

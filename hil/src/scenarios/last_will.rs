@@ -4,7 +4,8 @@
 use super::steps::{watch_status, 
     client_id, connack, fail, retained_online, rig, status, subscribed, STEP,
 };
-use super::{Need, Outcome, Promise, Scenario};
+use super::{Control, Need, Outcome, Promise, Scenario};
+use hil_session::Bug;
 use crate::dut::{Capability, DeviceSpec};
 use crate::testbed::Testbed;
 use hil_broker::check::Semantic;
@@ -19,7 +20,7 @@ pub static SCENARIO: Scenario = Scenario {
         Need::Semantic(Semantic::LastWill),
     ],
     device: DeviceSpec::DEFAULT,
-    catches: &[],
+    catches: &[Control::on_rumqttd(Bug::NoWill, Promise::LastWill)],
     run,
 };
 

@@ -5,7 +5,8 @@
 use super::steps::{watch_status, 
     client_id, connack, fail, on, retained_online, status, subscribed, STEP,
 };
-use super::{Need, Outcome, Promise, Scenario};
+use super::{Control, Need, Outcome, Promise, Scenario};
+use hil_session::Bug;
 use crate::dut::{Capability, DeviceSpec};
 use crate::testbed::{Dir, Packet, Testbed};
 use hil_session::Event;
@@ -19,9 +20,18 @@ pub static SCENARIO: Scenario = Scenario {
         keepalive_s: 2,
         ..DeviceSpec::DEFAULT
     },
-    catches: &[],
+    catches: &[
+        Control::on_rumqttd(Bug::LongKeepalive, Promise::DeadLinkNoticed),
+        Control::on_rumqttd(Bug::NoWill, Promise::LastWill),
+    ],
     run,
 };
+
+/// How long a dead link may go unnoticed: 1.5 x the 2 s keep-alive the
+/// scenario asks for, plus 0.5 s for scheduling.
+const BUDGET: Duration = Duration::from_millis(3500);
+/// The close reaches the proxy a moment after the console line.
+const CLOSE_SLACK: Duration = Duration::from_millis(500);
 
 fn run(tb: &mut Testbed) -> Outcome {
     const P: Promise = Promise::DeadLinkNoticed;
@@ -29,11 +39,9 @@ fn run(tb: &mut Testbed) -> Outcome {
     let id = client_id(tb)?;
     subscribed(&mut tb.dut)?;
     let (mut cloud, topic) = watch_status(tb, &id, "cloud-status", WILL)?;
-    tb.t().runner("link: blackhole");
-    tb.link().blackhole(true);
-    let t0 = Instant::now();
-    // The device's own keep-alive, as its CONNECT declared it on the wire.
-    let ka_s = tb
+    // The budget is the scenario's, not the device's: a device that declares
+    // a long keep-alive would be blind to a dead link for 1.5 times that.
+    let declared = tb
         .wire()
         .packets(Dir::Up)
         .iter()
@@ -42,16 +50,48 @@ fn run(tb: &mut Testbed) -> Outcome {
             Packet::Connect { keepalive, .. } => Some(*keepalive),
             _ => None,
         })
-        .unwrap_or(tb.keepalive_s());
-    let ka = Duration::from_secs(ka_s as u64);
-    // 1.5 x keep-alive, plus 0.5 s for the sim's scheduling.
-    let limit = ka * 3 / 2 + Duration::from_millis(500);
+        .ok_or_else(|| fail(P, "no CONNECT on the wire"))?;
+    let ka = Duration::from_secs(declared as u64);
+    if ka * 3 / 2 > BUDGET || declared == 0 {
+        return Err(fail(
+            P,
+            format!(
+                "the device declares keep-alive {declared} s: a dead link would go unnoticed for {:.1} s, over the {:.1} s budget",
+                (ka * 3 / 2).as_secs_f32(),
+                BUDGET.as_secs_f32()
+            ),
+        ));
+    }
+    let conn = tb
+        .wire()
+        .last_connection()
+        .ok_or_else(|| fail(P, "no connection on the wire"))?;
+    tb.t().runner("link: blackhole");
+    tb.link().blackhole(true);
+    let t0 = Instant::now();
     tb.dut
-        .expect("the device to notice the dead link", limit, |e| {
+        .expect("the device to notice the dead link", BUDGET, |e| {
             matches!(e, Event::MqttDisconnected { .. })
         })
         .map_err(on(P))?;
-    let noticed = t0.elapsed();
+    // The evidence: the device closed the silent connection (the console
+    // only says so), within the budget.
+    let closed = tb.wire().closed_by_device(conn, t0 + BUDGET + CLOSE_SLACK);
+    let noticed = match closed {
+        Some(at) if at.duration_since(t0) <= BUDGET + CLOSE_SLACK => at.duration_since(t0),
+        Some(at) => {
+            return Err(fail(
+                P,
+                format!("the device closed the silent link after {:.2} s, over the {:.1} s budget", at.duration_since(t0).as_secs_f32(), BUDGET.as_secs_f32()),
+            ))
+        }
+        None => {
+            return Err(fail(
+                P,
+                "the console says the link is down, but the device never closed the silent connection on the wire",
+            ))
+        }
+    };
     tb.t().runner("device noticed the dead link");
     // The broker's own keep-alive (1.5 x) ends the session and fires the Will.
     if !status(
@@ -83,8 +123,8 @@ fn run(tb: &mut Testbed) -> Outcome {
         noticed.as_secs_f32()
     ));
     tb.t().runner(format!(
-        "verdict: dead link noticed within {:.1} s (1.5 x keep-alive + 0.5 s)",
-        limit.as_secs_f32()
+        "verdict: the device closed the silent link within the {:.1} s budget",
+        BUDGET.as_secs_f32()
     ));
     Ok(())
 }

@@ -4,7 +4,8 @@
 use super::steps::{
     await_command, client_id, cloud_err, command, connack, fail, on, ran, sentinel, subscribed,
 };
-use super::{Need, Outcome, Promise, Scenario};
+use super::{Control, ControlBroker, Need, Outcome, Promise, Scenario};
+use hil_session::{Bug, MqttVersion};
 use crate::dut::{Capability, DeviceSpec};
 use crate::testbed::{Dir, Packet, Testbed};
 use hil_broker::check::Semantic;
@@ -20,7 +21,12 @@ pub static SCENARIO: Scenario = Scenario {
         Need::Semantic(Semantic::MessageExpiry),
     ],
     device: DeviceSpec::DEFAULT,
-    catches: &[],
+    catches: &[Control::new(
+        Bug::CleanSession,
+        Promise::MessageExpiry,
+        ControlBroker::Rumqttd,
+        MqttVersion::V5,
+    )],
     run,
 };
 

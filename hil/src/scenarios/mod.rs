@@ -93,6 +93,20 @@ impl Control {
         format!("{broker}, MQTT {}", self.mqtt)
     }
 
+    pub const fn new(
+        bug: Bug,
+        breaks: Promise,
+        broker: ControlBroker,
+        mqtt: MqttVersion,
+    ) -> Control {
+        Control {
+            bug,
+            breaks,
+            broker,
+            mqtt,
+        }
+    }
+
     /// The usual place to prove a control: embedded rumqttd, MQTT 3.1.1.
     pub const fn on_rumqttd(bug: Bug, breaks: Promise) -> Control {
         Control {

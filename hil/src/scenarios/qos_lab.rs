@@ -3,7 +3,8 @@
 //! lost, duplicated and DUP-flagged resends per QoS.
 
 use super::steps::{cloud_err, cmd_of, command, device_id, fail, on, rig, STEP};
-use super::{Need, Outcome, Promise, Scenario};
+use super::{Control, ControlBroker, Need, Outcome, Promise, Scenario};
+use hil_session::{Bug, MqttVersion};
 use crate::dut::{Capability, DeviceSpec};
 use crate::testbed::rules::CutAfterPublishes;
 use crate::testbed::{Dir, Packet, Testbed};
@@ -27,7 +28,12 @@ pub static SCENARIO: Scenario = Scenario {
         keepalive_s: 10,
         ..DeviceSpec::DEFAULT
     },
-    catches: &[],
+    catches: &[Control::new(
+        Bug::SubscribeQos0,
+        Promise::QosSemantics,
+        ControlBroker::Mosquitto,
+        MqttVersion::V3_1_1,
+    )],
     run,
 };
 

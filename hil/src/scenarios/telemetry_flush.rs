@@ -5,7 +5,7 @@ use super::steps::{client_id, cloud_err, fail, on, subscribed, telemetry_seq, ST
 use super::{Control, Need, Outcome, Promise, Scenario};
 use crate::dut::{Capability, DeviceSpec};
 use crate::testbed::{Dir, Packet, Testbed};
-use hil_session::Bug;
+use hil_session::{Bug, Event};
 use std::time::Instant;
 
 pub static SCENARIO: Scenario = Scenario {
@@ -33,7 +33,26 @@ fn run(tb: &mut Testbed) -> Outcome {
         .map_err(cloud_err("cloud-telemetry"))?;
     subscribed(&mut tb.dut)?;
     tb.dut.command("!wifi off").map_err(on(P))?;
+    let mark = tb.dut.seen.len();
     tb.dut.command(&format!("!telemetry {M}")).map_err(on(P))?;
+    // The device's claim: the readings it says it buffered while offline.
+    let buffered = |seen: &[Event]| -> Vec<u32> {
+        seen.iter()
+            .filter_map(|e| match e {
+                Event::TelemetryBuffered { seq, .. } => Some(*seq),
+                _ => None,
+            })
+            .collect()
+    };
+    while buffered(&tb.dut.seen[mark..]).len() < M as usize {
+        tb.dut
+            .expect("`telemetry.buffered` lines", STEP, |e| {
+                matches!(e, Event::TelemetryBuffered { .. })
+            })
+            .map_err(on(P))?;
+    }
+    let claimed = buffered(&tb.dut.seen[mark..]);
+    let wire_mark = tb.wire().packets(Dir::Up).len();
     tb.dut.command("!wifi on").map_err(on(P))?;
     let deadline = Instant::now() + STEP;
     let mut seqs: Vec<u32> = Vec::new();
@@ -72,30 +91,44 @@ fn run(tb: &mut Testbed) -> Outcome {
     if seqs != (first..first + M).collect::<Vec<_>>() {
         return Err(fail(P, format!("sequence not contiguous: {seqs:?}")));
     }
-    // The wire side: a reading the device published twice carries DUP the second time.
-    let mut published: Vec<u32> = Vec::new();
-    for p in tb.wire().packets(Dir::Up) {
-        if let Packet::Publish {
-            topic,
-            dup,
-            payload,
-            ..
-        } = p
-        {
-            if !topic.ends_with("/telemetry") {
-                continue;
-            }
-            let Some(seq) = telemetry_seq(&payload) else {
-                continue;
-            };
-            if published.contains(&seq) && !dup {
+    // Cross-check the claim: the cloud got exactly the readings the console
+    // said were buffered, not fresh ones numbered to look right.
+    if seqs != claimed {
+        return Err(fail(
+            P,
+            format!("the console says it buffered seq {claimed:?}, the cloud got seq {seqs:?}"),
+        ));
+    }
+    // The wire side: after the outage the device published those readings and
+    // no others; a resend carries DUP and the same payload.
+    let mut published: Vec<(u32, String)> = Vec::new();
+    for p in tb.wire().packets(Dir::Up).into_iter().skip(wire_mark) {
+        let Packet::Publish { topic, dup, payload, .. } = p else { continue };
+        if !topic.ends_with("/telemetry") {
+            continue;
+        }
+        let Some(seq) = telemetry_seq(&payload) else { continue };
+        if !claimed.contains(&seq) {
+            return Err(fail(
+                P,
+                format!("the wire shows seq {seq} published after the outage; the console buffered {claimed:?}"),
+            ));
+        }
+        if let Some((_, first)) = published.iter().find(|(s, _)| *s == seq) {
+            if !dup {
                 return Err(fail(
                     Promise::ResendCarriesDup,
                     format!("the device sent seq {seq} again without DUP"),
                 ));
             }
-            published.push(seq);
+            if *first != payload {
+                return Err(fail(
+                    P,
+                    format!("seq {seq} was published with two payloads: {first} and {payload}"),
+                ));
+            }
         }
+        published.push((seq, payload));
     }
     tb.t().runner(format!(
         "verdict: {M} readings, seq {first}..{}",

@@ -252,6 +252,18 @@ impl Pump {
         loop {
             let n = match from.read(&mut buf) {
                 Ok(0) | Err(_) => {
+                    // A connection the proxy cut is no longer listed: only a
+                    // close by one of the two ends is evidence of anything.
+                    if self
+                        .st
+                        .lock()
+                        .unwrap()
+                        .conns
+                        .iter()
+                        .any(|(c, ..)| *c == conn)
+                    {
+                        self.log.push(WireEvent::Closed { conn, by: dir });
+                    }
                     // In a blackhole the far end hears nothing, not even the close.
                     if !self.st.lock().unwrap().blackhole {
                         let _ = to.shutdown(Shutdown::Write);

@@ -4,7 +4,7 @@
 
 use crate::transcript::{Source, Transcript};
 pub use hil_packets::tap::{Dir, Packet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 /// What the tap saw: a decoded packet, or a connection attempt.
@@ -21,6 +21,12 @@ pub enum WireEvent {
         dir: Dir,
         packet: Packet,
     },
+    /// One side closed or reset the connection: `Dir::Up`, the device
+    /// (evidence that it noticed a dead link); `Dir::Down`, the broker.
+    Closed {
+        conn: u32,
+        by: Dir,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -33,6 +39,8 @@ pub struct WireRecord {
 #[derive(Clone)]
 pub struct WireLog {
     records: Arc<Mutex<Vec<WireRecord>>>,
+    /// Signalled on every new record, for [`WireLog::wait_for`].
+    arrived: Arc<Condvar>,
     transcript: Transcript,
 }
 
@@ -40,6 +48,7 @@ impl WireLog {
     pub(crate) fn new(transcript: &Transcript) -> WireLog {
         WireLog {
             records: Arc::new(Mutex::new(Vec::new())),
+            arrived: Arc::new(Condvar::new()),
             transcript: transcript.clone(),
         }
     }
@@ -54,6 +63,10 @@ impl WireLog {
                 conn,
                 reached_broker: false,
             } => format!("#{conn} device connect attempt reset (broker unreachable)"),
+            WireEvent::Closed { conn, by } => match by {
+                Dir::Up => format!("#{conn} closed by the device"),
+                Dir::Down => format!("#{conn} closed by the broker"),
+            },
             WireEvent::Packet { conn, dir, packet } => {
                 let arrow = if *dir == Dir::Up {
                     "device -> broker"
@@ -68,6 +81,27 @@ impl WireLog {
             at: Instant::now(),
             event,
         });
+        self.arrived.notify_all();
+    }
+
+    /// Waits until the tap has seen a record matching `pred` (the evidence a
+    /// console line claims may reach the tap a moment later); None at the deadline.
+    pub fn wait_for(
+        &self,
+        deadline: Instant,
+        pred: impl Fn(&WireRecord) -> bool,
+    ) -> Option<WireRecord> {
+        let mut records = self.records.lock().unwrap();
+        loop {
+            if let Some(r) = records.iter().find(|r| pred(r)) {
+                return Some(r.clone());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            records = self.arrived.wait_timeout(records, left).unwrap().0;
+        }
     }
 
     /// A fault the proxy applied, for the transcript.
@@ -88,6 +122,29 @@ impl WireLog {
                 _ => None,
             })
             .collect()
+    }
+
+    /// When the device closed connection `conn`, waiting for it until `deadline`.
+    pub fn closed_by_device(&self, conn: u32, deadline: Instant) -> Option<Instant> {
+        self.wait_for(
+            deadline,
+            |r| matches!(r.event, WireEvent::Closed { conn: c, by: Dir::Up } if c == conn),
+        )
+        .map(|r| r.at)
+    }
+
+    /// The newest connection that reached the broker.
+    pub fn last_connection(&self) -> Option<u32> {
+        self.records()
+            .into_iter()
+            .rev()
+            .find_map(|r| match r.event {
+                WireEvent::Attempt {
+                    conn,
+                    reached_broker: true,
+                } => Some(conn),
+                _ => None,
+            })
     }
 
     /// The instants of the device's connection attempts (accepted or reset).
