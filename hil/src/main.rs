@@ -70,6 +70,11 @@ enum Cmd {
         /// rumqttd (embedded, default), mosquitto (from PATH), or HOST:PORT of an external broker.
         #[arg(long, default_value = "rumqttd")]
         broker: BrokerChoice,
+        /// External broker: a shell command that kills it and starts it again
+        /// (readiness is then proven by CONNACK); enables broker_restart and
+        /// reconnect_storm on it.
+        #[arg(long, value_name = "CMD")]
+        broker_restart: Option<String>,
         /// MQTT version for every scenario. Default: 3.1.1, and 5 for the
         /// scenarios that need it (session and message expiry).
         #[arg(long)]
@@ -223,7 +228,12 @@ fn main() -> ExitCode {
             match hil::runner::check_broker(&RunOptions::sim(exe, broker), mqtt) {
                 Ok(report) => {
                     print!("{}", report.table());
-                    ExitCode::SUCCESS
+                    if report.findings.iter().all(|f| f.honoured.is_none()) {
+                        eprintln!("hil broker check: error: nothing could be probed");
+                        ExitCode::from(3)
+                    } else {
+                        ExitCode::SUCCESS
+                    }
                 }
                 Err(e) => {
                     eprintln!("hil broker check: error: {e}");
@@ -269,12 +279,26 @@ fn main() -> ExitCode {
             wokwi_project,
             wokwi_timeout_ms,
             broker,
+            broker_restart,
             mqtt,
             scenarios,
             sim_bugs,
             junit,
             out,
         } => {
+            let broker = match (broker, broker_restart) {
+                (BrokerChoice::External { addr, .. }, Some(cmd)) => BrokerChoice::External {
+                    addr,
+                    restart: Some(cmd),
+                },
+                (_, Some(_)) => {
+                    return usage(
+                        "run",
+                        "--broker-restart is for an external broker (--broker HOST:PORT)",
+                    )
+                }
+                (b, None) => b,
+            };
             let exe = match std::env::current_exe() {
                 Ok(p) => p,
                 Err(e) => return usage("run", format!("cannot find my own executable: {e}")),

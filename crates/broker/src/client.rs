@@ -473,6 +473,13 @@ pub fn wait_ready(
                 c.disconnect();
                 return Ok(());
             }
+            // A broker that answers with a refusal is up, and refusing.
+            Err(e @ ClientError::Refused(_)) => {
+                return Err(ClientError::NotReady {
+                    addr,
+                    last: Box::new(e),
+                })
+            }
             Err(e) => e,
         };
         if Instant::now() >= deadline {

@@ -203,6 +203,36 @@ pub fn run(opts: &RunOptions, emit: &mut dyn FnMut(&RunEvent)) -> Result<Summary
         bugs: opts.bugs.clone(),
     }));
     let started = Instant::now();
+    let pre = match preflight(opts, &selected) {
+        Ok(p) => p,
+        Err(e) => {
+            // One error for the run, at once: not a wait per scenario.
+            let t = Transcript::new();
+            t.runner(format!("RIG ERROR: {e}"));
+            let r = Arc::new(ScenarioResult {
+                name: "broker-preflight",
+                verdict: Verdict::Error(e),
+                duration: started.elapsed(),
+                mqtt: opts.mqtt,
+                transcript: t,
+            });
+            emit(&RunEvent::ScenarioStarted {
+                index: 0,
+                name: r.name,
+            });
+            emit(&RunEvent::ScenarioFinished {
+                index: 0,
+                result: r.clone(),
+            });
+            let summary = Summary {
+                results: vec![r],
+                wall: started.elapsed(),
+            };
+            emit(&RunEvent::Finished(summary.clone()));
+            return Ok(summary);
+        }
+    };
+    let pre = &pre;
     let (tx, rx) = mpsc::channel::<RunEvent>();
     std::thread::scope(|scope| {
         // The scenarios run on a worker; events come back here, so reporters
@@ -223,7 +253,13 @@ pub fn run(opts: &RunOptions, emit: &mut dyn FnMut(&RunEvent)) -> Result<Summary
                     });
                 });
                 let mac = format!("24:0a:c4:00:10:{:02x}", index + 1);
-                let r = Arc::new(run_scenario(opts, s, &mac, Transcript::with_sink(sink)));
+                let r = Arc::new(run_scenario(
+                    opts,
+                    pre,
+                    s,
+                    &mac,
+                    Transcript::with_sink(sink),
+                ));
                 results.push(r.clone());
                 let _ = tx.send(RunEvent::ScenarioFinished { index, result: r });
             }
@@ -246,16 +282,82 @@ pub fn run(opts: &RunOptions, emit: &mut dyn FnMut(&RunEvent)) -> Result<Summary
 
 /// Runs one scenario on a fresh broker and a fresh (or freshly reset) device.
 pub fn run_one(opts: &RunOptions, s: &Scenario, mac: &str) -> ScenarioResult {
-    run_scenario(opts, s, mac, Transcript::new())
+    let t = Transcript::new();
+    match preflight(opts, &[s]) {
+        Ok(pre) => run_scenario(opts, &pre, s, mac, t),
+        Err(e) => ScenarioResult {
+            name: s.name,
+            verdict: Verdict::Error(e),
+            duration: Duration::ZERO,
+            mqtt: opts.mqtt,
+            transcript: t,
+        },
+    }
 }
 
-fn run_scenario(opts: &RunOptions, s: &Scenario, mac: &str, t: Transcript) -> ScenarioResult {
-    let mut mqtt = opts.mqtt;
-    if opts.auto_v5 && mqtt != MqttVersion::V5 && s.needs.contains(&Need::Mqtt5) {
-        mqtt = MqttVersion::V5;
+/// The MQTT version a scenario runs on in this run.
+fn version_for(opts: &RunOptions, s: &Scenario) -> MqttVersion {
+    if opts.auto_v5 && s.needs.contains(&Need::Mqtt5) {
+        MqttVersion::V5
+    } else {
+        opts.mqtt
     }
+}
+
+/// What was learnt of a broker the runner did not start, once per run.
+#[derive(Default)]
+struct Preflight {
+    /// The broker refused an MQTT 5 CONNECT: why.
+    v5_refused: Option<String>,
+}
+
+/// How long an external broker has to answer the first CONNECT.
+const PREFLIGHT: Duration = Duration::from_secs(3);
+
+/// An external broker must answer before anything runs: unreachable is one
+/// rig error for the run; a refused MQTT 5 makes the v5 scenarios n/a.
+fn preflight(opts: &RunOptions, selected: &[&Scenario]) -> Result<Preflight, RigError> {
+    let Some(addr) = opts.broker.external_addr() else {
+        return Ok(Preflight::default());
+    };
+    let mut versions: Vec<MqttVersion> = selected.iter().map(|s| version_for(opts, s)).collect();
+    versions.sort_by_key(|v| v.level());
+    versions.dedup();
+    let mut pre = Preflight::default();
+    for v in versions {
+        // A broker that is up answers an MQTT 5 CONNECT at once, or never will.
+        let within = if v == MqttVersion::V5 {
+            Duration::from_secs(1)
+        } else {
+            PREFLIGHT
+        };
+        match hil_broker::client::wait_ready(addr, v, Instant::now() + within) {
+            Ok(()) => {}
+            Err(hil_broker::ClientError::NotReady { last, .. })
+                if v == MqttVersion::V5
+                    && !matches!(*last, hil_broker::ClientError::Unreachable { .. }) =>
+            {
+                pre.v5_refused = Some(format!("the broker refused an MQTT 5 CONNECT: {last}"));
+            }
+            Err(source) => return Err(RigError::BrokerUnreachable { addr, source }),
+        }
+    }
+    Ok(pre)
+}
+
+fn run_scenario(
+    opts: &RunOptions,
+    pre: &Preflight,
+    s: &Scenario,
+    mac: &str,
+    t: Transcript,
+) -> ScenarioResult {
+    let mqtt = version_for(opts, s);
     let started = Instant::now();
-    let verdict = match unmet(opts, s, mqtt) {
+    let refused = (mqtt == MqttVersion::V5)
+        .then(|| pre.v5_refused.clone())
+        .flatten();
+    let verdict = match refused.or_else(|| unmet(opts, s, mqtt)) {
         Some(reason) => Verdict::NotApplicable(reason),
         None => judge(opts, s, mac, mqtt, &t),
     };
@@ -293,7 +395,8 @@ fn unmet(opts: &RunOptions, s: &Scenario, mqtt: MqttVersion) -> Option<String> {
     s.needs.iter().find_map(|n| match n {
         Need::Can(c) if !caps.contains(c) => Some(
             if *c == Capability::BrokerRestart && opts.backend.capabilities().contains(c) {
-                "the external broker cannot be restarted by the runner".to_string()
+                "no restart command for the external broker: pass --broker-restart 'CMD'"
+                    .to_string()
             } else {
                 opts.backend.why_not(*c)
             },
@@ -363,6 +466,28 @@ fn set_up(
                     sem.name(),
                     f.detail
                 )));
+            }
+        }
+    }
+    // A broker the runner did not start may hold the device's session from an
+    // earlier run: a clean-session connect with its client ID ends it, so
+    // leftovers cannot answer for the device.
+    if opts.broker.external_addr().is_some() {
+        if let Some(id) = opts.backend.expected_client_id(mac) {
+            let mut o = hil_broker::client::ConnectOptions::new(&id);
+            o.clean = true;
+            o.session_expiry_s = Some(0);
+            match hil_broker::Client::connect(broker.addr(mqtt), mqtt, &o) {
+                Ok(c) => {
+                    c.disconnect();
+                    t.runner(format!("broker: cleared any session left for {id}"));
+                }
+                Err(source) => {
+                    return Err(RigError::BrokerUnreachable {
+                        addr: broker.addr(mqtt),
+                        source,
+                    })
+                }
             }
         }
     }

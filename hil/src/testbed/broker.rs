@@ -10,8 +10,12 @@ pub enum BrokerChoice {
     Rumqttd,
     /// Debian's mosquitto from PATH: the reference broker.
     Mosquitto,
-    /// A broker that is already running.
-    External(SocketAddr),
+    /// A broker that is already running, and how to restart it.
+    External {
+        addr: SocketAddr,
+        /// A shell command that kills the broker and starts it again.
+        restart: Option<String>,
+    },
 }
 
 /// A `--broker` value that names no broker.
@@ -25,10 +29,19 @@ impl std::str::FromStr for BrokerChoice {
         match s {
             "rumqttd" => Ok(BrokerChoice::Rumqttd),
             "mosquitto" => Ok(BrokerChoice::Mosquitto),
-            other => other
-                .parse()
-                .map(BrokerChoice::External)
-                .map_err(|_| UnknownBroker(other.into())),
+            // HOST:PORT, host names too (resolved once, here).
+            other => {
+                use std::net::ToSocketAddrs;
+                other
+                    .to_socket_addrs()
+                    .ok()
+                    .and_then(|mut a| a.next())
+                    .map(|addr| BrokerChoice::External {
+                        addr,
+                        restart: None,
+                    })
+                    .ok_or_else(|| UnknownBroker(other.into()))
+            }
         }
     }
 }
@@ -38,7 +51,7 @@ impl BrokerChoice {
         match self {
             BrokerChoice::Rumqttd => "rumqttd",
             BrokerChoice::Mosquitto => "mosquitto",
-            BrokerChoice::External(_) => "external",
+            BrokerChoice::External { .. } => "external",
         }
     }
 
@@ -50,15 +63,26 @@ impl BrokerChoice {
                 args: vec!["broker".into(), "serve".into()],
             },
             BrokerChoice::Mosquitto => BrokerSpec::Mosquitto { persistence: true },
-            BrokerChoice::External(addr) => BrokerSpec::External {
+            BrokerChoice::External { addr, restart } => BrokerSpec::External {
                 addr: *addr,
-                restart: None,
+                restart: restart.clone(),
             },
         }
     }
 
     /// Whether the testbed can kill and start it again.
     pub fn can_restart(&self) -> bool {
-        !matches!(self, BrokerChoice::External(_))
+        match self {
+            BrokerChoice::External { restart, .. } => restart.is_some(),
+            _ => true,
+        }
+    }
+
+    /// A broker the runner did not start: reachability is checked once per run.
+    pub fn external_addr(&self) -> Option<SocketAddr> {
+        match self {
+            BrokerChoice::External { addr, .. } => Some(*addr),
+            _ => None,
+        }
     }
 }

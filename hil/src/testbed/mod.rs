@@ -16,7 +16,7 @@ pub use wire::{Dir, Packet, WireEvent, WireLog, WireRecord};
 use crate::dut::{Capability, Dut, DutError, Fleet};
 use crate::transcript::Transcript;
 use hil_broker::client::{ClientError, ConnectOptions};
-use hil_broker::{Broker, BrokerError, Client, MqttVersion, Restart};
+use hil_broker::{Broker, BrokerError, BrokerSpec, Client, MqttVersion, Restart};
 use hil_session::Topics;
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,14 @@ use std::time::{Duration, Instant};
 pub enum RigError {
     #[error("broker: {0}")]
     Broker(#[from] BrokerError),
+    #[error(
+        "the broker at {addr} is unreachable: {source} (is it running? is the address right?)"
+    )]
+    BrokerUnreachable {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: ClientError,
+    },
     #[error(transparent)]
     Proxy(#[from] ProxyError),
     #[error("device: {0}")]
@@ -61,6 +69,8 @@ pub struct Testbed {
     expected_client_id: Option<String>,
     backoff_cap_ms: Option<u64>,
     keepalive_s: u16,
+    /// An external broker "killed": the proxy refuses until its restart.
+    external_down: bool,
     _state: tempfile::TempDir,
 }
 
@@ -101,6 +111,7 @@ impl Testbed {
             expected_client_id: p.expected_client_id,
             backoff_cap_ms: p.backoff_cap_ms,
             keepalive_s: p.keepalive_s,
+            external_down: false,
             _state: p.state,
         }
     }
@@ -151,16 +162,28 @@ impl Testbed {
         &self.broker
     }
 
-    /// kill -9 of the broker.
+    /// kill -9 of the broker. An external broker is restarted by its own
+    /// command; until then the device finds it down, as it would a dead one:
+    /// the proxy cuts its link and refuses new connections.
     pub fn crash_broker(&mut self) {
         self.t.runner("broker: kill -9");
-        self.broker.stop(Restart::Kill);
+        if matches!(self.broker.spec(), BrokerSpec::External { .. }) {
+            self.proxy.refuse(true);
+            self.proxy.cut();
+            self.external_down = true;
+        } else {
+            self.broker.stop(Restart::Kill);
+        }
     }
 
-    /// Starts the broker again on the same address; ready when it answers CONNECT.
+    /// Starts the broker again on the same address (an external one through
+    /// its restart command); ready when it answers CONNECT.
     pub fn restart_broker(&mut self) -> Result<(), RigError> {
         self.t.runner("broker: start again");
         self.broker.start_again()?;
+        if std::mem::take(&mut self.external_down) {
+            self.proxy.refuse(false);
+        }
         Ok(())
     }
 
