@@ -82,6 +82,11 @@ enum Cmd {
         /// Run only these scenarios (repeatable); see `hil list`.
         #[arg(long = "scenario")]
         scenarios: Vec<String>,
+        /// Make the broker break an MQTT rule through the proxy (raise-qos,
+        /// clear-dup, deny-session-present; repeatable): a self-test of the
+        /// conformance monitor, whose verdicts must then be `broker`.
+        #[arg(long = "inject-broker-fault", value_parser = parse_fault)]
+        broker_faults: Vec<hil::testbed::rules::BrokerFault>,
         /// Pass a negative control to the sim device (repeatable): the run should fail.
         #[arg(long = "sim-bug", value_parser = parse_bug)]
         sim_bugs: Vec<Bug>,
@@ -160,6 +165,10 @@ enum BrokerCmd {
 // clap reports value-parser errors as strings; the session's own error says what is expected.
 fn parse_bug(s: &str) -> Result<Bug, String> {
     s.parse().map_err(|e: &str| e.to_string())
+}
+
+fn parse_fault(s: &str) -> Result<hil::testbed::rules::BrokerFault, String> {
+    s.parse()
 }
 
 fn usage(cmd: &str, e: impl std::fmt::Display) -> ExitCode {
@@ -282,6 +291,7 @@ fn main() -> ExitCode {
             broker_restart,
             mqtt,
             scenarios,
+            broker_faults,
             sim_bugs,
             junit,
             out,
@@ -310,6 +320,7 @@ fn main() -> ExitCode {
             }
             opts.scenarios = scenarios;
             opts.bugs = sim_bugs;
+            opts.broker_faults = broker_faults;
             if let Some(ip) = bind {
                 opts.bind = ip;
             }

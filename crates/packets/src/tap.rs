@@ -31,6 +31,8 @@ pub enum Packet {
         keepalive: u16,
         will: Option<(String, u8, bool)>,
         level: u8,
+        /// MQTT 5 Session Expiry Interval (None: absent, or 3.1.1). Not shown.
+        session_expiry: Option<u32>,
     },
     Connack {
         session_present: bool,
@@ -110,6 +112,7 @@ impl fmt::Display for Packet {
                 keepalive,
                 will,
                 level,
+                ..
             } => {
                 write!(
                     f,
@@ -280,6 +283,10 @@ impl Decoder {
                                 .will_topic()
                                 .map(|t| (t.to_string(), c.will_qos() as u8, c.will_retain())),
                             level,
+                            session_expiry: c.props().iter().find_map(|pr| match pr {
+                                mqtt_protocol_core::mqtt::packet::Property::SessionExpiryInterval(v) => Some(v.val()),
+                                _ => None,
+                            }),
                         }
                     } else {
                         let (c, _) = v3_1_1::Connect::parse(data).map_err(m)?;
@@ -291,6 +298,7 @@ impl Decoder {
                                 .will_topic()
                                 .map(|t| (t.to_string(), c.will_qos() as u8, c.will_retain())),
                             level,
+                            session_expiry: None,
                         }
                     }
                 }
@@ -438,7 +446,8 @@ mod tests {
                 clean: false,
                 keepalive: 30,
                 will: Some(("devices/x/status".into(), 1, true)),
-                level: 4
+                level: 4,
+                session_expiry: None,
             }]
         );
         assert_eq!(

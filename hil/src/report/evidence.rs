@@ -44,6 +44,14 @@ fn verdict_text(v: &Verdict) -> String {
         Verdict::Fail(f) => f.to_string(),
         Verdict::NotApplicable(why) => format!("not applicable: {why}"),
         Verdict::Error(e) => format!("rig error: {e}"),
+        Verdict::Broker { deviations, device } => format!(
+            "{}{}",
+            super::terminal::broker_text(deviations),
+            device
+                .as_ref()
+                .map(|f| format!(" (and {f})"))
+                .unwrap_or_default()
+        ),
     }
 }
 
@@ -82,7 +90,10 @@ pub fn write(dir: &Path, name: &str, r: &ScenarioResult) -> Result<PathBuf, Repo
 impl Reporter for FailureEvidence {
     fn report(&mut self, event: &RunEvent) -> Result<(), ReportError> {
         if let RunEvent::ScenarioFinished { result, .. } = event {
-            if matches!(result.verdict, Verdict::Fail(_) | Verdict::Error(_)) {
+            if matches!(
+                result.verdict,
+                Verdict::Fail(_) | Verdict::Error(_) | Verdict::Broker { .. }
+            ) {
                 write(&self.dir, result.name, result)?;
             }
         }

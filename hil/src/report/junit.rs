@@ -39,6 +39,11 @@ impl Reporter for JunitReporter {
                         st.set_message(format!("rig error: {e}"));
                         st
                     }
+                    Verdict::Broker { deviations, .. } => {
+                        let mut st = TestCaseStatus::skipped();
+                        st.set_message(super::terminal::broker_text(deviations));
+                        st
+                    }
                     Verdict::NotApplicable(why) => {
                         let mut st = TestCaseStatus::skipped();
                         st.set_message(format!("not applicable: {why}"));

@@ -33,7 +33,17 @@ fn short(v: &Verdict) -> (&'static str, String) {
         Verdict::Fail(f) => ("FAIL", f.to_string()),
         Verdict::NotApplicable(why) => ("n/a", why.clone()),
         Verdict::Error(e) => ("ERROR", format!("rig error: {e}")),
+        Verdict::Broker { deviations, .. } => ("broker", broker_text(deviations)),
     }
+}
+
+/// The rules a broker broke, for one line.
+pub fn broker_text(deviations: &[crate::testbed::monitor::Deviation]) -> String {
+    let rules: Vec<String> = deviations.iter().map(|d| d.to_string()).collect();
+    format!(
+        "the broker broke a rule, the device was not judged: {}",
+        rules.join("; ")
+    )
 }
 
 fn table(s: &Summary, transcripts: Option<&PathBuf>) {
@@ -60,10 +70,11 @@ fn table(s: &Summary, transcripts: Option<&PathBuf>) {
         _ => "NOTHING JUDGED",
     };
     println!(
-        "verdict: {verdict} ({} passed, {} failed, {} not applicable, {} rig errors) in {:.1}s",
+        "verdict: {verdict} ({} passed, {} failed, {} not applicable, {} broker, {} rig errors) in {:.1}s",
         s.passed(),
         s.failed(),
         s.not_applicable(),
+        s.broker(),
         s.errors(),
         s.wall.as_secs_f64()
     );
@@ -116,6 +127,7 @@ impl Reporter for TerminalReporter {
                     Verdict::Fail(_) => "FAIL ",
                     Verdict::NotApplicable(_) => "N/A  ",
                     Verdict::Error(_) => "ERROR",
+                    Verdict::Broker { .. } => "BROKR",
                 };
                 eprintln!(
                     "  {status} {:<w$} {:>6.2}s",
@@ -127,6 +139,12 @@ impl Reporter for TerminalReporter {
                     Verdict::Fail(f) => eprintln!("        {f}"),
                     Verdict::NotApplicable(why) => eprintln!("        not applicable: {why}"),
                     Verdict::Error(e) => eprintln!("        rig error: {e}"),
+                    Verdict::Broker { deviations, device } => {
+                        eprintln!("        {}", broker_text(deviations));
+                        if let Some(f) = device {
+                            eprintln!("        (and the scenario failed: {f})");
+                        }
+                    }
                     Verdict::Pass => {}
                 }
             }

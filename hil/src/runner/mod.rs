@@ -7,6 +7,8 @@
 
 use crate::dut::{Backend, Capability, DutError, Provision, SimBackend};
 use crate::scenarios::{self, Failure, Need, Scenario, Stop};
+use crate::testbed::monitor::{self, Deviation};
+use crate::testbed::rules::BrokerFault;
 use crate::testbed::{BrokerChoice, FaultProxy, Parts, RigError, Testbed};
 use crate::transcript::{Entry, Transcript};
 use hil_broker::{Broker, MqttVersion};
@@ -31,6 +33,9 @@ pub struct RunOptions {
     pub scenarios: Vec<String>,
     /// Negative controls given to the device.
     pub bugs: Vec<Bug>,
+    /// Rules the proxy makes the broker break (a self-test of the
+    /// conformance monitor: the verdict must be `broker`, naming the rule).
+    pub broker_faults: Vec<BrokerFault>,
 }
 
 impl RunOptions {
@@ -47,6 +52,7 @@ impl RunOptions {
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             scenarios: vec![],
             bugs: vec![],
+            broker_faults: vec![],
         }
     }
 }
@@ -59,6 +65,13 @@ pub enum Verdict {
     Fail(Failure),
     /// The backend, protocol or broker cannot serve the scenario: never counted as passed.
     NotApplicable(String),
+    /// The broker broke an MQTT rule the scenario relies on (named by its
+    /// clause): the device could not be judged. What the device did, if the
+    /// scenario also failed, is kept beside it.
+    Broker {
+        deviations: Vec<Deviation>,
+        device: Option<Failure>,
+    },
     /// The rig failed (broker, proxy, port, flash): the device was not judged.
     Error(RigError),
 }
@@ -113,6 +126,9 @@ impl Summary {
     }
     pub fn errors(&self) -> usize {
         self.count(|v| matches!(v, Verdict::Error(_)))
+    }
+    pub fn broker(&self) -> usize {
+        self.count(|v| matches!(v, Verdict::Broker { .. }))
     }
 
     /// 0 every judged scenario passed and one at least was judged; 1 a device
@@ -366,6 +382,11 @@ fn run_scenario(
         Verdict::Fail(f) => t.runner(format!("FAILED: {f}")),
         Verdict::NotApplicable(why) => t.runner(format!("not applicable: {why}")),
         Verdict::Error(e) => t.runner(format!("RIG ERROR: {e}")),
+        Verdict::Broker { deviations, .. } => {
+            for d in deviations {
+                t.runner(format!("BROKER BROKE A RULE: {d}"));
+            }
+        }
     }
     if mqtt != opts.mqtt {
         t.runner("this scenario needs MQTT 5: run on MQTT 5");
@@ -419,10 +440,21 @@ fn judge(opts: &RunOptions, s: &Scenario, mac: &str, mqtt: MqttVersion, t: &Tran
                     t.note(format!("broker log, last lines:\n{log}"));
                 }
             }
-            match r {
-                Ok(()) => Verdict::Pass,
-                Err(Stop::Fail(f)) => Verdict::Fail(f),
-                Err(Stop::Rig(e)) => Verdict::Error(e),
+            // The broker is judged by the wire too: a run on a broker that
+            // broke a rule the scenario relies on judges nothing of the device.
+            let deviations = monitor::check(&tb.wire().records());
+            match (r, deviations.is_empty()) {
+                (Ok(()), true) => Verdict::Pass,
+                (Err(Stop::Fail(f)), true) => Verdict::Fail(f),
+                (Err(Stop::Rig(e)), true) => Verdict::Error(e),
+                (Err(Stop::Fail(f)), false) => Verdict::Broker {
+                    deviations,
+                    device: Some(f),
+                },
+                (_, false) => Verdict::Broker {
+                    deviations,
+                    device: None,
+                },
             }
         }
     }
@@ -497,6 +529,11 @@ fn set_up(
         .map_err(RigError::StateDir)?;
     // The device always reaches the broker through the fault proxy.
     let proxy = FaultProxy::start(ip, broker.addr(mqtt), t)?;
+    let faults: Vec<_> = opts
+        .broker_faults
+        .iter()
+        .map(|f| proxy.install(*f))
+        .collect();
     let hold = |on: bool| proxy.refuse(on);
     let p = Provision {
         broker: proxy.addr(),
@@ -533,6 +570,7 @@ fn set_up(
         backoff_cap_ms: configured.then_some(s.device.backoff_cap_ms),
         keepalive_s: s.device.keepalive_s,
         state,
+        rules: faults,
     }))))
 }
 

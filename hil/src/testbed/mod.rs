@@ -5,6 +5,7 @@
 //! `wire()`. Hardware and process details stay behind the device backend.
 
 mod broker;
+pub mod monitor;
 mod proxy;
 pub mod rules;
 pub mod wire;
@@ -71,6 +72,8 @@ pub struct Testbed {
     keepalive_s: u16,
     /// An external broker "killed": the proxy refuses until its restart.
     external_down: bool,
+    /// Packet rules installed for the whole scenario.
+    _rules: Vec<RuleGuard>,
     _state: tempfile::TempDir,
 }
 
@@ -93,6 +96,7 @@ pub struct Parts {
     pub backoff_cap_ms: Option<u64>,
     pub keepalive_s: u16,
     pub state: tempfile::TempDir,
+    pub rules: Vec<RuleGuard>,
 }
 
 impl Testbed {
@@ -112,6 +116,7 @@ impl Testbed {
             backoff_cap_ms: p.backoff_cap_ms,
             keepalive_s: p.keepalive_s,
             external_down: false,
+            _rules: p.rules,
             _state: p.state,
         }
     }
@@ -167,6 +172,7 @@ impl Testbed {
     /// the proxy cuts its link and refuses new connections.
     pub fn crash_broker(&mut self) {
         self.t.runner("broker: kill -9");
+        self.proxy.wire().push(WireEvent::BrokerRestart);
         if matches!(self.broker.spec(), BrokerSpec::External { .. }) {
             self.proxy.refuse(true);
             self.proxy.cut();

@@ -147,7 +147,8 @@ impl FaultProxy {
     /// Resets every live connection, both sides.
     pub fn cut(&self) {
         let mut st = self.state.lock().unwrap();
-        for (_, d, u) in st.conns.drain(..) {
+        for (conn, d, u) in st.conns.drain(..) {
+            self.log.push(WireEvent::Cut { conn });
             reset(&d);
             reset(&u);
         }
@@ -161,7 +162,8 @@ impl FaultProxy {
         if !on {
             // Connections that lived through the blackhole are dead to both
             // ends by now; new ones pass.
-            for (_, d, u) in st.conns.drain(..) {
+            for (conn, d, u) in st.conns.drain(..) {
+                self.log.push(WireEvent::Cut { conn });
                 reset(&d);
                 reset(&u);
             }
@@ -210,6 +212,7 @@ impl FaultProxy {
         let held = std::mem::take(&mut st.held);
         st.conns.retain(|(conn, d, u)| {
             if held.contains(conn) {
+                self.log.push(WireEvent::Cut { conn: *conn });
                 reset(d);
                 reset(u);
                 false
@@ -287,7 +290,7 @@ impl Pump {
                     } else {
                         let mut action = Action::Pass;
                         for (_, rule) in s.rules.iter_mut() {
-                            let a = rule.on_packet(conn, dir, &frame.packet);
+                            let a = rule.on_packet(conn, dir, &frame);
                             if a != Action::Pass {
                                 action = a;
                                 break;
@@ -305,10 +308,15 @@ impl Pump {
                         action
                     }
                 };
+                // The tap records what crossed the proxy: a rewrite as rewritten.
+                let frame = match &action {
+                    Action::Replace(f) => f.clone(),
+                    _ => frame,
+                };
                 self.log.push(WireEvent::Packet {
                     conn,
                     dir,
-                    packet: frame.packet,
+                    packet: frame.packet.clone(),
                 });
                 if !latency.is_zero() {
                     // The latency fault itself: this packet is late by design.
@@ -316,8 +324,7 @@ impl Pump {
                 }
                 let cut = action == Action::CutAfter;
                 let bytes = match action {
-                    Action::Pass | Action::CutAfter => frame.bytes,
-                    Action::Replace(b) => b,
+                    Action::Pass | Action::CutAfter | Action::Replace(_) => frame.bytes,
                     Action::Delay(d) => {
                         // The delay rule itself: late by design.
                         std::thread::sleep(d);
@@ -329,6 +336,8 @@ impl Pump {
                     return;
                 }
                 if cut {
+                    self.st.lock().unwrap().conns.retain(|(c, ..)| *c != conn);
+                    self.log.push(WireEvent::Cut { conn });
                     self.log
                         .note(format!("#{conn} link cut after a marked packet"));
                     reset(&to);

@@ -5,6 +5,7 @@
 //! new flag in the proxy.
 
 use super::wire::{Dir, Packet};
+pub use hil_packets::tap::Frame;
 use std::time::Duration;
 
 /// What the proxy does with one packet.
@@ -16,8 +17,8 @@ pub enum Action {
     Delay(Duration),
     /// Swallow it: the far end never sees it; the connection goes on.
     Drop,
-    /// Forward these bytes instead (a rewritten packet).
-    Replace(Vec<u8>),
+    /// Forward this packet instead (a rewrite: the tap logs what was sent).
+    Replace(Frame),
     /// Stall the connection in this direction from this packet on: nothing
     /// more is forwarded until the connection is cut. The runner is told.
     Hold,
@@ -27,7 +28,7 @@ pub enum Action {
 
 /// A packet rule. `conn` numbers the proxy's connections from 1.
 pub trait Rule: Send {
-    fn on_packet(&mut self, conn: u32, dir: Dir, packet: &Packet) -> Action;
+    fn on_packet(&mut self, conn: u32, dir: Dir, frame: &Frame) -> Action;
 }
 
 /// Holds back the next SUBSCRIBE a device sends, and all that its connection
@@ -39,8 +40,8 @@ pub struct HoldNextSubscribe {
 }
 
 impl Rule for HoldNextSubscribe {
-    fn on_packet(&mut self, _conn: u32, dir: Dir, packet: &Packet) -> Action {
-        if !self.spent && dir == Dir::Up && matches!(packet, Packet::Subscribe { .. }) {
+    fn on_packet(&mut self, _conn: u32, dir: Dir, frame: &Frame) -> Action {
+        if !self.spent && dir == Dir::Up && matches!(frame.packet, Packet::Subscribe { .. }) {
             self.spent = true;
             return Action::Hold;
         }
@@ -62,8 +63,8 @@ impl CutAfterPublishes {
 }
 
 impl Rule for CutAfterPublishes {
-    fn on_packet(&mut self, _conn: u32, dir: Dir, packet: &Packet) -> Action {
-        if let (Dir::Down, Packet::Publish { payload, .. }) = (dir, packet) {
+    fn on_packet(&mut self, _conn: u32, dir: Dir, frame: &Frame) -> Action {
+        if let (Dir::Down, Packet::Publish { payload, .. }) = (dir, &frame.packet) {
             if let Some(i) = self
                 .markers
                 .iter()
@@ -77,12 +78,90 @@ impl Rule for CutAfterPublishes {
     }
 }
 
+/// A broker that breaks an MQTT rule on purpose, so tests can prove the
+/// conformance monitor names the rule (and never blames the device).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BrokerFault {
+    /// Delivers QoS 1 PUBLISHes at QoS 2, above what it granted.
+    RaiseQos,
+    /// Clears DUP on the PUBLISHes it re-delivers.
+    ClearDup,
+    /// Answers session_present=0 for a session it kept.
+    DenySessionPresent,
+}
+
+impl BrokerFault {
+    pub fn name(self) -> &'static str {
+        match self {
+            BrokerFault::RaiseQos => "raise-qos",
+            BrokerFault::ClearDup => "clear-dup",
+            BrokerFault::DenySessionPresent => "deny-session-present",
+        }
+    }
+}
+
+impl std::str::FromStr for BrokerFault {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        [
+            BrokerFault::RaiseQos,
+            BrokerFault::ClearDup,
+            BrokerFault::DenySessionPresent,
+        ]
+        .into_iter()
+        .find(|f| f.name() == s)
+        .ok_or_else(|| {
+            format!("unknown broker fault `{s}`: raise-qos, clear-dup, deny-session-present")
+        })
+    }
+}
+
+impl Rule for BrokerFault {
+    fn on_packet(&mut self, _conn: u32, dir: Dir, frame: &Frame) -> Action {
+        if dir != Dir::Down || frame.bytes.len() < 3 {
+            return Action::Pass;
+        }
+        let mut out = frame.clone();
+        match (*self, &mut out.packet) {
+            // PUBLISH fixed header: 0011 DUP QoS(2) RETAIN.
+            (BrokerFault::RaiseQos, Packet::Publish { qos, .. }) if *qos == 1 => {
+                *qos = 2;
+                out.bytes[0] = (out.bytes[0] & !0x06) | (2 << 1);
+            }
+            (BrokerFault::ClearDup, Packet::Publish { dup, .. }) if *dup => {
+                *dup = false;
+                out.bytes[0] &= !0x08;
+            }
+            // CONNACK: fixed header, remaining length (one byte here), then
+            // the acknowledge flags whose bit 0 is session_present.
+            (
+                BrokerFault::DenySessionPresent,
+                Packet::Connack {
+                    session_present, ..
+                },
+            ) if *session_present && out.bytes[1] < 0x80 => {
+                *session_present = false;
+                out.bytes[2] &= !0x01;
+            }
+            _ => return Action::Pass,
+        }
+        Action::Replace(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn publish(payload: &str) -> Packet {
-        Packet::Publish {
+    fn frame(packet: Packet) -> Frame {
+        Frame {
+            packet,
+            bytes: vec![0x32, 0, 0],
+        }
+    }
+
+    fn publish(payload: &str) -> Frame {
+        frame(Packet::Publish {
             topic: "t".into(),
             qos: 1,
             dup: false,
@@ -90,18 +169,21 @@ mod tests {
             pid: Some(1),
             payload: payload.into(),
             expiry: None,
-        }
+        })
     }
 
     #[test]
     fn hold_next_subscribe_holds_once_and_only_upstream() {
         let mut r = HoldNextSubscribe::default();
-        let sub = Packet::Subscribe {
+        let sub = frame(Packet::Subscribe {
             pid: 1,
             filters: vec![("a".into(), 1)],
-        };
+        });
         assert_eq!(r.on_packet(1, Dir::Down, &sub), Action::Pass);
-        assert_eq!(r.on_packet(1, Dir::Up, &Packet::Pingreq), Action::Pass);
+        assert_eq!(
+            r.on_packet(1, Dir::Up, &frame(Packet::Pingreq)),
+            Action::Pass
+        );
         assert_eq!(r.on_packet(1, Dir::Up, &sub), Action::Hold);
         assert_eq!(r.on_packet(2, Dir::Up, &sub), Action::Pass);
     }

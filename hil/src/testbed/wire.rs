@@ -21,6 +21,12 @@ pub enum WireEvent {
         dir: Dir,
         packet: Packet,
     },
+    /// The testbed killed and restarted the broker (sessions may be gone).
+    BrokerRestart,
+    /// The proxy itself reset the connection (a link fault).
+    Cut {
+        conn: u32,
+    },
     /// One side closed or reset the connection: `Dir::Up`, the device
     /// (evidence that it noticed a dead link); `Dir::Down`, the broker.
     Closed {
@@ -63,6 +69,8 @@ impl WireLog {
                 conn,
                 reached_broker: false,
             } => format!("#{conn} device connect attempt reset (broker unreachable)"),
+            WireEvent::BrokerRestart => "broker restarted by the testbed".to_string(),
+            WireEvent::Cut { conn } => format!("#{conn} cut by the proxy"),
             WireEvent::Closed { conn, by } => match by {
                 Dir::Up => format!("#{conn} closed by the device"),
                 Dir::Down => format!("#{conn} closed by the broker"),

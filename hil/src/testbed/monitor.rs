@@ -1,0 +1,240 @@
+//! The broker conformance monitor: reads what the wire tap saw and names
+//! every MQTT rule the broker broke towards the device, by its conformance
+//! clause. A scenario run on a broker that broke one cannot judge the device;
+//! the runner then reports `broker` with the rule, never a device failure.
+//!
+//! Driven by the spec's clauses, not by one broker's quirks:
+//! - delivered QoS <= the QoS the broker granted ([MQTT-3.8.4-6] in 3.1.1,
+//!   [MQTT-3.8.4-8] in 5);
+//! - a PUBLISH the broker re-delivers on a resumed session carries DUP
+//!   ([MQTT-3.3.1-1], [MQTT-4.4.0-1]);
+//! - CONNACK session_present=1 when a session exists for a clean_session=0
+//!   CONNECT ([MQTT-3.2.2-2] in 3.1.1, [MQTT-3.2.2-3] in 5), and 0 for a
+//!   clean one ([MQTT-3.2.2-1], [MQTT-3.2.2-2] in 5);
+//! - a second CONNECT with the same client ID closes the first connection
+//!   ([MQTT-3.1.4-2] in 3.1.1, [MQTT-3.1.4-3] in 5).
+//!
+//! A broker restart (the testbed's own kill) ends what is known of sessions:
+//! keeping them across a restart is a broker's choice, not a rule.
+
+use super::wire::{Dir, Packet, WireEvent, WireRecord};
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// One broken rule: its clause, in words, and what the wire showed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deviation {
+    pub clause: &'static str,
+    pub rule: &'static str,
+    pub detail: String,
+}
+
+impl fmt::Display for Deviation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{}] {}: {}", self.clause, self.rule, self.detail)
+    }
+}
+
+#[derive(Default)]
+struct Conn {
+    client: Option<String>,
+    clean: bool,
+    level: u8,
+    expiry: Option<u32>,
+    accepted: bool,
+    closed: bool,
+    /// Packet ids the broker must re-deliver with DUP on this connection.
+    redeliver: HashSet<u16>,
+    subscribing: HashMap<u16, Vec<String>>,
+}
+
+#[derive(Default)]
+struct Session {
+    /// Known to exist at the broker (None: unknown, after a broker restart).
+    exists: Option<bool>,
+    granted: HashMap<String, u8>,
+    /// QoS > 0 PUBLISHes sent to the device and not acknowledged.
+    unacked: HashSet<u16>,
+    ended: Option<Instant>,
+    expiry: Option<u32>,
+    live: Option<u32>,
+}
+
+fn v5(level: u8) -> bool {
+    level == 5
+}
+
+/// Every deviation in `records`, in the order they happened.
+pub fn check(records: &[WireRecord]) -> Vec<Deviation> {
+    let mut conns: HashMap<u32, Conn> = HashMap::new();
+    let mut sessions: HashMap<String, Session> = HashMap::new();
+    let mut takeovers: Vec<(u32, String)> = Vec::new();
+    let mut out = Vec::new();
+    for r in records {
+        match &r.event {
+            WireEvent::BrokerRestart => {
+                for s in sessions.values_mut() {
+                    s.exists = None;
+                    s.unacked.clear();
+                    s.granted.clear();
+                }
+            }
+            WireEvent::Attempt { .. } => {}
+            WireEvent::Closed { conn, .. } | WireEvent::Cut { conn } => {
+                if let Some(c) = conns.get_mut(conn) {
+                    c.closed = true;
+                    if let Some(s) = c.client.as_ref().and_then(|id| sessions.get_mut(id)) {
+                        if s.live == Some(*conn) {
+                            s.live = None;
+                            s.ended = Some(r.at);
+                        }
+                    }
+                }
+            }
+            WireEvent::Packet { conn, dir, packet } => {
+                let c = conns.entry(*conn).or_default();
+                match (dir, packet) {
+                    (
+                        Dir::Up,
+                        Packet::Connect {
+                            client_id,
+                            clean,
+                            level,
+                            session_expiry,
+                            ..
+                        },
+                    ) => {
+                        c.client = Some(client_id.clone());
+                        c.clean = *clean;
+                        c.level = *level;
+                        c.expiry = *session_expiry;
+                    }
+                    (
+                        Dir::Down,
+                        Packet::Connack {
+                            session_present,
+                            rc,
+                        },
+                    ) if *rc == 0 => {
+                        c.accepted = true;
+                        let Some(id) = c.client.clone() else { continue };
+                        let s = sessions.entry(id.clone()).or_default();
+                        let expired = match (s.ended, s.expiry) {
+                            _ if !v5(c.level) => false,
+                            (Some(end), Some(e)) => {
+                                r.at.duration_since(end)
+                                    > Duration::from_secs(e as u64) + Duration::from_millis(500)
+                            }
+                            (Some(_), None) => true,
+                            (None, _) => false,
+                        };
+                        if c.clean && *session_present {
+                            out.push(Deviation {
+                                clause: if v5(c.level) {
+                                    "MQTT-3.2.2-2"
+                                } else {
+                                    "MQTT-3.2.2-1"
+                                },
+                                rule: "session_present=0 for a clean session",
+                                detail: format!(
+                                    "{id}: CONNACK session_present=1 to a clean CONNECT (#{conn})"
+                                ),
+                            });
+                        }
+                        if !c.clean && s.exists == Some(true) && !expired && !session_present {
+                            out.push(Deviation {
+                                clause: if v5(c.level) { "MQTT-3.2.2-3" } else { "MQTT-3.2.2-2" },
+                                rule: "session_present=1 when the broker holds the session",
+                                detail: format!("{id}: CONNACK session_present=0 on #{conn}, though its session (clean_session=0, not expired) was not ended"),
+                            });
+                        }
+                        if *session_present {
+                            c.redeliver = s.unacked.clone();
+                        } else {
+                            s.unacked.clear();
+                            s.granted.clear();
+                        }
+                        if let Some(old) = s.live.replace(*conn) {
+                            takeovers.push((old, id.clone()));
+                        }
+                        s.exists = Some(!c.clean || (v5(c.level) && c.expiry.unwrap_or(0) > 0));
+                        s.expiry = c.expiry;
+                        s.ended = None;
+                    }
+                    (Dir::Up, Packet::Subscribe { pid, filters }) => {
+                        c.subscribing
+                            .insert(*pid, filters.iter().map(|(f, _)| f.clone()).collect());
+                    }
+                    (Dir::Down, Packet::Suback { pid, codes }) => {
+                        let filters = c.subscribing.remove(pid).unwrap_or_default();
+                        if let Some(s) = c.client.as_ref().and_then(|id| sessions.get_mut(id)) {
+                            for (f, code) in filters.into_iter().zip(codes) {
+                                if *code < 0x80 {
+                                    s.granted.insert(f, *code);
+                                }
+                            }
+                        }
+                    }
+                    (
+                        Dir::Down,
+                        Packet::Publish {
+                            topic,
+                            qos,
+                            dup,
+                            pid,
+                            ..
+                        },
+                    ) => {
+                        let level = c.level;
+                        let resend = pid.is_some_and(|p| c.redeliver.remove(&p));
+                        let Some(id) = c.client.clone() else { continue };
+                        let s = sessions.entry(id.clone()).or_default();
+                        if let Some(granted) = s.granted.get(topic) {
+                            if qos > granted {
+                                out.push(Deviation {
+                                    clause: if v5(level) { "MQTT-3.8.4-8" } else { "MQTT-3.8.4-6" },
+                                    rule: "delivered QoS = min(publish, granted)",
+                                    detail: format!("{id}: PUBLISH on {topic} at QoS {qos}, the subscription was granted QoS {granted}"),
+                                });
+                            }
+                        }
+                        if resend && !dup {
+                            out.push(Deviation {
+                                clause: "MQTT-3.3.1-1",
+                                rule: "a re-delivered PUBLISH carries DUP",
+                                detail: format!("{id}: pid {} re-delivered on the resumed session (#{conn}) with DUP=0", pid.unwrap_or(0)),
+                            });
+                        }
+                        if let Some(p) = pid {
+                            s.unacked.insert(*p);
+                        }
+                    }
+                    (Dir::Up, Packet::Puback { pid } | Packet::Pubrec { pid }) => {
+                        if let Some(s) = c.client.as_ref().and_then(|id| sessions.get_mut(id)) {
+                            s.unacked.remove(pid);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    for (old, id) in takeovers {
+        if conns.get(&old).is_some_and(|c| !c.closed) {
+            let level = conns.get(&old).map(|c| c.level).unwrap_or(4);
+            out.push(Deviation {
+                clause: if v5(level) {
+                    "MQTT-3.1.4-3"
+                } else {
+                    "MQTT-3.1.4-2"
+                },
+                rule: "a second CONNECT with the same client ID closes the first",
+                detail: format!(
+                    "{id}: connection #{old} stayed open after a new one took its client ID"
+                ),
+            });
+        }
+    }
+    out
+}
