@@ -3,7 +3,7 @@
 //! persistent session and stable identity survive a power cycle, not just a
 //! Wi-Fi outage. The wire proves the wake-up CONNECT resumed the session.
 
-use super::steps::{client_id, cloud_err, command, connack, executed, fail, rig, sentinel, subscribed};
+use super::steps::{client_id, cloud_err, command, dut_connack, dut_subscribed, executed, fail, rig, sentinel};
 use super::{Control, Need, Outcome, Promise, Scenario};
 use crate::dut::{Capability, DeviceSpec};
 use crate::testbed::{Dir, Packet, Testbed};
@@ -24,7 +24,7 @@ pub static SCENARIO: Scenario = Scenario {
 fn run(tb: &mut Testbed) -> Outcome {
     const P: Promise = Promise::QueuedCommandsOnce;
     let id = client_id(tb)?;
-    subscribed(&mut tb.dut)?;
+    dut_subscribed(tb)?;
     let topic = tb.topics(&id).cmd();
     tb.dut.power_off().map_err(rig)?;
     let mut cloud = tb.cloud("cloud-asleep")?;
@@ -41,7 +41,7 @@ fn run(tb: &mut Testbed) -> Outcome {
     let woke_at = tb.wire().packets(Dir::Up).len();
     tb.dut.power_on().map_err(rig)?;
     tb.t().runner("power restored: the device wakes from its flash");
-    if !connack(&mut tb.dut, "CONNACK after waking", P)? {
+    if !dut_connack(tb, "CONNACK after waking", P)? {
         return Err(fail(
             Promise::PersistentSession,
             "CONNACK session_present=0 after waking: the commands queued while the device slept are lost",

@@ -2,7 +2,7 @@
 //! `!status` with the same ID; the CONNECT on the wire carries that ID (the
 //! console only states it: the wire proves it).
 
-use super::steps::{client_id, fail, on, subscribed, STEP};
+use super::steps::{STEP, client_id, dut_subscribed, fail, on};
 use super::{Control, Need, Outcome, Promise, Scenario};
 use hil_session::Bug;
 use crate::dut::{Capability, DeviceSpec};
@@ -68,7 +68,7 @@ fn run(tb: &mut Testbed) -> Outcome {
         ));
     }
     // Let the connection settle (the transcript is then the same every run).
-    subscribed(&mut tb.dut)?;
+    dut_subscribed(tb)?;
     // The evidence: what the device said on the wire, not on its console.
     let connects: Vec<String> = tb
         .wire()

@@ -2,7 +2,7 @@
 //! delays, reconnects, re-subscribes when the session was lost, and gets a
 //! command published after the restart.
 
-use super::steps::{client_id, connack, fail, on, sentinel, subscribed, STEP};
+use super::steps::{client_id, dut_connack, dut_subscribed, fail, sentinel, subscribed_for};
 use super::{Control, Need, Outcome, Promise, Scenario, Stop};
 use crate::dut::{Capability, DeviceSpec};
 use crate::testbed::Testbed;
@@ -37,7 +37,7 @@ fn run(tb: &mut Testbed) -> Outcome {
     const P: Promise = Promise::CappedBackoff;
     let id = client_id(tb)?;
     let topic = tb.topics(&id).cmd();
-    subscribed(&mut tb.dut)?;
+    dut_subscribed(tb)?;
     // A persisting broker must have stored the subscription before it dies,
     // or it restores a session without it and still says session_present=1.
     if !tb
@@ -67,7 +67,7 @@ fn run(tb: &mut Testbed) -> Outcome {
             .unwrap_or(30_000)
     });
     let within = Duration::from_millis(cap) + Duration::from_secs(5);
-    let sp = connack(&mut tb.dut, "CONNACK", P)?;
+    let sp = dut_connack(tb, "CONNACK", P)?;
     let took = back.elapsed();
     if took > within {
         return Err(fail(
@@ -164,11 +164,9 @@ fn run(tb: &mut Testbed) -> Outcome {
     tb.t()
         .runner(format!("device reconnected; session_present={}", sp as u8));
     if !sp {
-        tb.dut
-            .expect("re-subscription after session_present=0", STEP, |e| {
-                matches!(e, Event::MqttSubscribed { .. })
-            })
-            .map_err(on(Promise::Resubscribe))?;
+        // Claimed on the console, proven by the broker's SUBACK on the wire.
+        let wire = tb.wire().clone();
+        subscribed_for(&mut tb.dut, &wire, Promise::Resubscribe)?;
     }
     let mut cloud = tb.cloud("cloud-after-restart")?;
     sentinel(tb, &mut cloud, &topic, Promise::CommandsAfterRestart).map_err(|stop| match stop {

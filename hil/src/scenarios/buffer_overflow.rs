@@ -1,7 +1,7 @@
 //! An outage that overflows the telemetry buffer drops the oldest, counts
 //! the drops on the console and in telemetry, and flushes the rest in order.
 
-use super::steps::{client_id, cloud_err, fail, json_u32, on, subscribed, telemetry_seq, STEP};
+use super::steps::{STEP, client_id, cloud_err, dut_subscribed, fail, json_u32, on, telemetry_seq};
 use super::{Control, Need, Outcome, Promise, Scenario};
 use crate::dut::{Capability, DeviceSpec};
 use crate::testbed::Testbed;
@@ -32,7 +32,7 @@ pub static SCENARIO: Scenario = Scenario {
 fn run(tb: &mut Testbed) -> Outcome {
     const P: Promise = Promise::DropsCounted;
     let id = client_id(tb)?;
-    subscribed(&mut tb.dut)?;
+    dut_subscribed(tb)?;
     let mut cloud = tb.cloud("cloud-overflow")?;
     cloud
         .subscribe(&tb.topics(&id).telemetry(), 1)

@@ -1,7 +1,7 @@
 //! A second device with the same client ID takes the session over; the
 //! runner reports the duplicate client ID pitfall from the wire.
 
-use super::steps::{client_id, connack, fail, on, rig, subscribed, STEP};
+use super::steps::{STEP, client_id, connack, dut_subscribed, fail, on, rig};
 use super::{Control, Need, Outcome, Promise, Scenario};
 use hil_session::Bug;
 use crate::dut::{Capability, DeviceSpec};
@@ -25,11 +25,11 @@ pub static SCENARIO: Scenario = Scenario {
 fn run(tb: &mut Testbed) -> Outcome {
     const P: Promise = Promise::DuplicateClientIdDetected;
     let id = client_id(tb)?;
-    subscribed(&mut tb.dut)?;
+    dut_subscribed(tb)?;
     // A second device with the same MAC: a cloned board, or a random-ID fallback gone wrong.
     let mac = tb.mac().to_string();
     let mut twin = tb.fleet()?.start(&mac, &|_| {}).map_err(rig)?;
-    connack(&mut twin, "the twin's CONNACK", P)?;
+    connack(&mut twin, tb.wire(), "the twin's CONNACK", P)?;
     // Its flash holds no confirmed subscription, so it subscribes whatever
     // session_present says; wait for it, so the wire log is complete.
     twin.expect("the twin's subscription", STEP, |e| {

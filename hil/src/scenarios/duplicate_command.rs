@@ -1,7 +1,7 @@
 //! A command delivered twice (QoS 1 at-least-once) is acknowledged twice and
 //! executed once.
 
-use super::steps::{client_id, cloud_err, executed, fail, sentinel, subscribed};
+use super::steps::{client_id, cloud_err, dut_subscribed, executed, fail, sentinel};
 use super::{Control, Need, Outcome, Promise, Scenario};
 use crate::dut::{Capability, DeviceSpec};
 use crate::testbed::Testbed;
@@ -20,7 +20,7 @@ pub static SCENARIO: Scenario = Scenario {
 fn run(tb: &mut Testbed) -> Outcome {
     const P: Promise = Promise::ExecutedOnce;
     let id = client_id(tb)?;
-    subscribed(&mut tb.dut)?;
+    dut_subscribed(tb)?;
     let topic = tb.topics(&id).cmd();
     let mut cloud = tb.cloud("cloud-dup")?;
     let cid = format!("d1-{}", tb.nonce());

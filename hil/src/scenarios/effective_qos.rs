@@ -2,7 +2,7 @@
 //! min(publish, subscription); a lower subscription is reported as the QoS
 //! mismatch pitfall.
 
-use super::steps::{cloud_err, cmd_of, command, device_id, fail, on, rig, subscribed, STEP};
+use super::steps::{STEP, cloud_err, cmd_of, command, device_id, dut_subscribed, fail, on, rig, subscribed};
 use super::{Control, ControlBroker, Need, Outcome, Promise, Scenario};
 use hil_session::{Bug, MqttVersion};
 use crate::dut::{Capability, DeviceSpec};
@@ -29,7 +29,7 @@ pub static SCENARIO: Scenario = Scenario {
 
 fn run(tb: &mut Testbed) -> Outcome {
     const P: Promise = Promise::EffectiveQos;
-    subscribed(&mut tb.dut)?;
+    dut_subscribed(tb)?;
     let mut cloud = tb.cloud("cloud-qos")?;
     let mut mismatches = Vec::new();
     for (n, sub_qos) in [(1u8, 0u8), (2, 1), (3, 2)] {
@@ -39,7 +39,7 @@ fn run(tb: &mut Testbed) -> Outcome {
             .start(&mac, &|s| s.cmd_qos = sub_qos)
             .map_err(rig)?;
         let id = device_id(&mut dev, P)?;
-        let granted = subscribed(&mut dev)?;
+        let granted = subscribed(&mut dev, tb.wire())?;
         let cid = format!("q{n}-{}", tb.nonce());
         cloud
             .publish(&tb.topics(&id).cmd(), command(&cid).as_bytes(), 2, false)

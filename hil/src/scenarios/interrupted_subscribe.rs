@@ -2,7 +2,7 @@
 //! comes back without the subscription; the device must subscribe again and
 //! get its command.
 
-use super::steps::{await_command, cloud_err, command, connack, fail, on, online, rig, STEP};
+use super::steps::{STEP, await_command, cloud_err, command, connack, dut_subscribed, fail, on, online, rig};
 use super::{Control, Need, Outcome, Promise, Scenario, Stop};
 use crate::dut::{Capability, DeviceSpec, Dut};
 use crate::testbed::{RigError, Testbed};
@@ -39,7 +39,7 @@ fn resubscribes_and_gets_a_command(
     cloud: &mut Client,
     tag: &str,
 ) -> Outcome {
-    if !connack(dev, "CONNACK after the interruption", P)? {
+    if !connack(dev, tb.wire(), "CONNACK after the interruption", P)? {
         return Err(Stop::Rig(RigError::BrokerBehaviour(format!(
             "{id}: session_present=0 after the interruption; the broker dropped the persistent session, so the pitfall cannot show"
         ))));
@@ -63,7 +63,7 @@ fn resubscribes_and_gets_a_command(
 }
 
 fn run(tb: &mut Testbed) -> Outcome {
-    super::steps::subscribed(&mut tb.dut)?;
+    dut_subscribed(tb)?;
     let mut cloud = tb.cloud("cloud-sub")?;
 
     // 1. Link loss between CONNACK and SUBACK.
@@ -72,7 +72,7 @@ fn run(tb: &mut Testbed) -> Outcome {
         .fleet()?
         .start("24:0a:c4:00:70:01", &|_| {})
         .map_err(rig)?;
-    let (id, _) = online(&mut dev, P)?;
+    let (id, _) = online(&mut dev, tb.wire(), P)?;
     if !hold.wait(Instant::now() + STEP) {
         return Err(fail(P, format!("{id} never sent its SUBSCRIBE")));
     }
@@ -88,7 +88,7 @@ fn run(tb: &mut Testbed) -> Outcome {
         .fleet()?
         .start("24:0a:c4:00:70:02", &|_| {})
         .map_err(rig)?;
-    let (id, _) = online(&mut dev, P)?;
+    let (id, _) = online(&mut dev, tb.wire(), P)?;
     if !hold.wait(Instant::now() + STEP) {
         return Err(fail(P, format!("{id} never sent its SUBSCRIBE")));
     }

@@ -1,9 +1,7 @@
 //! The Last Will `offline` on a cut link and on a power cut; the retained
 //! status is `online` after each recovery.
 
-use super::steps::{watch_status, 
-    client_id, connack, fail, retained_online, rig, status, subscribed, STEP,
-};
+use super::steps::{STEP, client_id, dut_connack, dut_subscribed, fail, retained_online, rig, status, watch_status};
 use super::{Control, Need, Outcome, Promise, Scenario};
 use hil_session::Bug;
 use crate::dut::{Capability, DeviceSpec};
@@ -27,7 +25,7 @@ pub static SCENARIO: Scenario = Scenario {
 fn run(tb: &mut Testbed) -> Outcome {
     const P: Promise = Promise::LastWill;
     let id = client_id(tb)?;
-    subscribed(&mut tb.dut)?;
+    dut_subscribed(tb)?;
     let (mut cloud, topic) = watch_status(tb, &id, "cloud-will", P)?;
     // 1. The link is cut (RST both ways).
     tb.t().runner("link: cut");
@@ -36,7 +34,7 @@ fn run(tb: &mut Testbed) -> Outcome {
         return Err(fail(P, "no Last Will `offline` after the link was cut"));
     }
     tb.t().cloud("status offline (Last Will after the cut)");
-    connack(&mut tb.dut, "CONNACK", P)?;
+    dut_connack(tb, "CONNACK", P)?;
     if !status(&mut cloud, &topic, "online", STEP)? {
         return Err(fail(P, "no `online` after reconnecting"));
     }
@@ -52,7 +50,7 @@ fn run(tb: &mut Testbed) -> Outcome {
     tb.dut.power_on().map_err(rig)?;
     tb.t()
         .runner("power restored: the device boots from its flash");
-    connack(&mut tb.dut, "CONNACK", P)?;
+    dut_connack(tb, "CONNACK", P)?;
     if !status(&mut cloud, &topic, "online", STEP)? {
         return Err(fail(P, "no `online` after the power came back"));
     }

@@ -2,9 +2,7 @@
 //! within 1.5 x keep-alive; the broker publishes the Will; the retained
 //! status is `online` again after recovery.
 
-use super::steps::{watch_status, 
-    client_id, connack, fail, on, retained_online, status, subscribed, STEP,
-};
+use super::steps::{STEP, client_id, dut_connack, dut_subscribed, fail, on, retained_online, status, watch_status};
 use super::{Control, Need, Outcome, Promise, Scenario};
 use hil_session::Bug;
 use crate::dut::{Capability, DeviceSpec};
@@ -37,7 +35,7 @@ fn run(tb: &mut Testbed) -> Outcome {
     const P: Promise = Promise::DeadLinkNoticed;
     const WILL: Promise = Promise::LastWill;
     let id = client_id(tb)?;
-    subscribed(&mut tb.dut)?;
+    dut_subscribed(tb)?;
     let (mut cloud, topic) = watch_status(tb, &id, "cloud-status", WILL)?;
     // The budget is the scenario's, not the device's: a device that declares
     // a long keep-alive would be blind to a dead link for 1.5 times that.
@@ -108,7 +106,7 @@ fn run(tb: &mut Testbed) -> Outcome {
     tb.t().cloud("status offline (Last Will)");
     tb.t().runner("link: restored");
     tb.link().blackhole(false);
-    connack(&mut tb.dut, "CONNACK", P)?;
+    dut_connack(tb, "CONNACK", P)?;
     if !status(&mut cloud, &topic, "online", STEP)? {
         return Err(fail(
             WILL,

@@ -1,9 +1,7 @@
 //! MQTT 5: a command that expires during the outage is not delivered; a
 //! longer-lived one is, with its remaining interval (read on the wire).
 
-use super::steps::{
-    await_command, client_id, cloud_err, command, connack, fail, on, ran, sentinel, subscribed,
-};
+use super::steps::{await_command, client_id, cloud_err, command, dut_connack, dut_subscribed, fail, on, ran, sentinel};
 use super::{Control, ControlBroker, Need, Outcome, Promise, Scenario};
 use hil_session::{Bug, MqttVersion};
 use crate::dut::{Capability, DeviceSpec};
@@ -36,7 +34,7 @@ const OUTAGE: Duration = Duration::from_millis(2500);
 fn run(tb: &mut Testbed) -> Outcome {
     const P: Promise = Promise::MessageExpiry;
     let id = client_id(tb)?;
-    subscribed(&mut tb.dut)?;
+    dut_subscribed(tb)?;
     let topic = tb.topics(&id).cmd();
     let mut cloud = tb.cloud("cloud-msg-expiry")?;
     tb.dut.command("!wifi off").map_err(on(P))?;
@@ -54,7 +52,7 @@ fn run(tb: &mut Testbed) -> Outcome {
     ));
     tb.dut.pass_time(OUTAGE);
     tb.dut.command("!wifi on").map_err(on(P))?;
-    connack(&mut tb.dut, "CONNACK", P)?;
+    dut_connack(tb, "CONNACK", P)?;
     await_command(&mut tb.dut, "the long-lived command", &long, P)?;
     sentinel(tb, &mut cloud, &topic, P)?;
     if ran(&tb.dut, &short) {

@@ -2,7 +2,7 @@
 //! right after a seeded 20 % of the broker's PUBLISHes; a table of delivered,
 //! lost, duplicated and DUP-flagged resends per QoS.
 
-use super::steps::{cloud_err, cmd_of, command, device_id, fail, on, rig, STEP};
+use super::steps::{STEP, cloud_err, cmd_of, command, device_id, dut_subscribed, fail, on, rig};
 use super::{Control, ControlBroker, Need, Outcome, Promise, Scenario};
 use hil_session::{Bug, MqttVersion};
 use crate::dut::{Capability, DeviceSpec};
@@ -53,7 +53,7 @@ fn hit(ids: &[String], qos: u8) -> Vec<String> {
 
 fn run(tb: &mut Testbed) -> Outcome {
     const P: Promise = Promise::QosSemantics;
-    super::steps::subscribed(&mut tb.dut)?;
+    dut_subscribed(tb)?;
     // The lab device subscribes at QoS 2, so the delivered QoS is the publisher's.
     let mut dev = tb
         .fleet()?

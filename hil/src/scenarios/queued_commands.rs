@@ -1,7 +1,7 @@
 //! Commands published at QoS 1 and 2 while the device is offline arrive
 //! once each, in order, on a session the broker kept.
 
-use super::steps::{client_id, cloud_err, connack, executed, fail, on, sentinel, subscribed};
+use super::steps::{client_id, cloud_err, dut_connack, dut_subscribed, executed, fail, on, sentinel};
 use super::{Control, Need, Outcome, Promise, Scenario};
 use crate::dut::{Capability, DeviceSpec};
 use crate::testbed::Testbed;
@@ -26,7 +26,7 @@ pub static SCENARIO: Scenario = Scenario {
 fn run(tb: &mut Testbed) -> Outcome {
     const P: Promise = Promise::QueuedCommandsOnce;
     let id = client_id(tb)?;
-    subscribed(&mut tb.dut)?;
+    dut_subscribed(tb)?;
     tb.dut.command("!wifi off").map_err(on(P))?;
     let mut cloud = tb.cloud("cloud-commands")?;
     let topic = tb.topics(&id).cmd();
@@ -41,7 +41,7 @@ fn run(tb: &mut Testbed) -> Outcome {
         expected.push(cid);
     }
     tb.dut.command("!wifi on").map_err(on(P))?;
-    if !connack(&mut tb.dut, "CONNACK", P)? {
+    if !dut_connack(tb, "CONNACK", P)? {
         return Err(fail(
             Promise::PersistentSession,
             "CONNACK session_present=0 after the outage: the broker did not keep the session, so commands queued for the device are lost",

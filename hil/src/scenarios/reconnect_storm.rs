@@ -2,10 +2,7 @@
 //! reconnects (measured at the wire tap); every device reconnects and gets
 //! its command.
 
-use super::steps::{
-    await_command, command, connack, device_id, fail, on, publish_reconnecting, rig, subscribed,
-    STEP,
-};
+use super::steps::{STEP, await_command, command, connack, device_id, dut_subscribed, fail, on, publish_reconnecting, rig, subscribed};
 use super::{Control, Need, Outcome, Promise, Scenario};
 use crate::dut::{Capability, DeviceSpec, FleetDevice};
 use crate::testbed::Testbed;
@@ -56,7 +53,7 @@ fn histogram(times: &[Instant], start: Instant, bucket: Duration) -> (Vec<usize>
 
 fn run(tb: &mut Testbed) -> Outcome {
     const P: Promise = Promise::Jitter;
-    subscribed(&mut tb.dut)?;
+    dut_subscribed(tb)?;
     let mut fleet: Vec<(FleetDevice, String)> = Vec::new();
     for n in 0..FLEET {
         let mac = format!("24:0a:c4:00:{:02x}:{:02x}", 0x50 + n / 256, n % 256);
@@ -71,7 +68,7 @@ fn run(tb: &mut Testbed) -> Outcome {
     }
     for (dev, id) in fleet.iter_mut() {
         *id = device_id(dev, P)?;
-        subscribed(dev)?;
+        subscribed(dev, tb.wire())?;
     }
     tb.t().runner(format!("{FLEET} devices online"));
     let topics: Vec<String> = fleet.iter().map(|(_, id)| tb.topics(id).cmd()).collect();
@@ -84,7 +81,7 @@ fn run(tb: &mut Testbed) -> Outcome {
     let mut cloud = tb.cloud("cloud-storm")?;
     let cid = format!("storm-{}", tb.nonce());
     for ((dev, _), topic) in fleet.iter_mut().zip(&topics) {
-        if !connack(dev, "reconnect", P)? {
+        if !connack(dev, tb.wire(), "reconnect", P)? {
             dev.expect("re-subscription", STEP, |e| {
                 matches!(e, Event::MqttSubscribed { .. })
             })

@@ -1,9 +1,7 @@
 //! MQTT 5: offline shorter than the Session Expiry Interval keeps the
 //! session; longer loses it, the device re-subscribes and nothing stale runs.
 
-use super::steps::{
-    await_command, client_id, cloud_err, command, connack, fail, on, ran, sentinel, subscribed,
-};
+use super::steps::{await_command, client_id, cloud_err, command, dut_connack, dut_subscribed, fail, on, ran, sentinel};
 use super::{Control, Need, Outcome, Promise, Scenario};
 use crate::dut::{Capability, DeviceSpec};
 use crate::testbed::Testbed;
@@ -34,7 +32,7 @@ const LONG_OUTAGE: Duration = Duration::from_millis(3500);
 fn run(tb: &mut Testbed) -> Outcome {
     const P: Promise = Promise::SessionExpiry;
     let id = client_id(tb)?;
-    subscribed(&mut tb.dut)?;
+    dut_subscribed(tb)?;
     let topic = tb.topics(&id).cmd();
     let mut cloud = tb.cloud("cloud-expiry")?;
     // Short outage: well inside the device's 2 s interval.
@@ -46,7 +44,7 @@ fn run(tb: &mut Testbed) -> Outcome {
     tb.t()
         .cloud(format!("publish {kept} qos=1 during a short outage"));
     tb.dut.command("!wifi on").map_err(on(P))?;
-    if !connack(&mut tb.dut, "CONNACK", P)? {
+    if !dut_connack(tb, "CONNACK", P)? {
         return Err(fail(
             P,
             "session_present=0 after an outage shorter than the Session Expiry Interval",
@@ -64,13 +62,13 @@ fn run(tb: &mut Testbed) -> Outcome {
     ));
     tb.dut.pass_time(LONG_OUTAGE);
     tb.dut.command("!wifi on").map_err(on(P))?;
-    if connack(&mut tb.dut, "CONNACK", P)? {
+    if dut_connack(tb, "CONNACK", P)? {
         return Err(fail(
             P,
             "session_present=1 after an outage longer than the Session Expiry Interval",
         ));
     }
-    subscribed(&mut tb.dut)?;
+    dut_subscribed(tb)?;
     sentinel(tb, &mut cloud, &topic, P)?;
     if ran(&tb.dut, &stale) {
         return Err(fail(P, "a command from the expired session was executed"));

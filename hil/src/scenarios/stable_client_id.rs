@@ -1,7 +1,7 @@
 //! The client ID is the same after three reboots and an outage, on the
 //! console and in every CONNECT on the wire; the session survives.
 
-use super::steps::{client_id, connack, fail, on, subscribed, STEP};
+use super::steps::{STEP, client_id, dut_connack, dut_subscribed, fail, on};
 use super::{Control, Need, Outcome, Promise, Scenario};
 use crate::dut::{Capability, DeviceSpec};
 use crate::testbed::{Dir, Packet, Testbed};
@@ -27,7 +27,7 @@ pub static SCENARIO: Scenario = Scenario {
 fn run(tb: &mut Testbed) -> Outcome {
     const P: Promise = Promise::StableClientId;
     let first = client_id(tb)?;
-    subscribed(&mut tb.dut)?;
+    dut_subscribed(tb)?;
     let keeps = tb.broker().sessions_on_restart() != SessionsOnRestart::Unknown;
     // Boot counts are relative: a board (or a reused sim) has booted before.
     let first_boot = tb
@@ -59,7 +59,7 @@ fn run(tb: &mut Testbed) -> Outcome {
                 format!("boot {boot}: client ID {id}, first boot had {first}"),
             ));
         }
-        let sp = connack(&mut tb.dut, "CONNACK", P)?;
+        let sp = dut_connack(tb, "CONNACK", P)?;
         if keeps && !sp {
             return Err(fail(
                 Promise::PersistentSession,
@@ -69,7 +69,7 @@ fn run(tb: &mut Testbed) -> Outcome {
     }
     tb.dut.command("!wifi off").map_err(on(P))?;
     tb.dut.command("!wifi on").map_err(on(P))?;
-    connack(&mut tb.dut, "CONNACK", P)?;
+    dut_connack(tb, "CONNACK", P)?;
     let ids: Vec<&String> = tb
         .dut
         .seen

@@ -4,7 +4,7 @@
 
 use super::{Failure, Promise, Stop};
 use crate::dut::{Dut, DutError};
-use crate::testbed::{RigError, Testbed};
+use crate::testbed::{Dir, Packet, RigError, Testbed, WireEvent, WireLog, WireRecord};
 use hil_broker::client::ClientError;
 use hil_broker::Client;
 use hil_session::Event;
@@ -72,45 +72,165 @@ pub fn client_id(tb: &mut Testbed) -> Result<String, Stop> {
     device_id(&mut tb.dut, Promise::StableClientId)
 }
 
-/// The device's next CONNACK: its session_present (a refusal breaks `promise`).
-pub fn connack(dev: &mut Dut, what: &str, promise: Promise) -> Result<bool, Stop> {
-    match dev
-        .expect(what, STEP, |e| matches!(e, Event::MqttConnack { .. }))
-        .map_err(on(promise))?
-    {
-        Event::MqttConnack {
-            session_present,
-            rc,
-        } => {
-            if rc != 0 {
-                return Err(fail(
-                    promise,
-                    format!("broker refused the connection, rc={rc}"),
-                ));
+/// How long the wire may lag the console line that reports what crossed it.
+const WIRE_LAG: Duration = Duration::from_secs(2);
+
+/// The client IDs a device has reported (a device with random IDs reports several).
+fn ids_of(dev: &Dut) -> Vec<String> {
+    dev.seen
+        .iter()
+        .filter_map(|e| match e {
+            Event::Id { client_id } => Some(client_id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// How many `pred` packets the wire shows broker -> device on connections
+/// whose CONNECT carried one of `ids`.
+fn on_wire(records: &[WireRecord], ids: &[String], pred: impl Fn(&Packet) -> bool) -> usize {
+    let mut mine = std::collections::HashSet::new();
+    let mut n = 0;
+    for r in records {
+        if let WireEvent::Packet { conn, dir, packet } = &r.event {
+            match (dir, packet) {
+                (Dir::Up, Packet::Connect { client_id, .. }) if ids.contains(client_id) => {
+                    mine.insert(*conn);
+                }
+                (Dir::Down, p) if mine.contains(conn) && pred(p) => n += 1,
+                _ => {}
             }
-            Ok(session_present)
         }
-        _ => unreachable!("matched above"),
+    }
+    n
+}
+
+/// A claim on the console must be on the wire: the device's `claims`-th
+/// report of `what` needs as many matching packets from the broker.
+fn confirm(
+    dev: &Dut,
+    wire: &WireLog,
+    what: &str,
+    claims: usize,
+    promise: Promise,
+    pred: impl Fn(&Packet) -> bool,
+) -> Result<(), Stop> {
+    let ids = ids_of(dev);
+    let deadline = Instant::now() + WIRE_LAG;
+    loop {
+        let records = wire.records();
+        let n = on_wire(&records, &ids, &pred);
+        if n >= claims {
+            return Ok(());
+        }
+        // The tap may not have recorded it yet: wait for its next record.
+        if !wire.wait_beyond(records.len(), deadline) {
+            return Err(fail(
+                promise,
+                format!(
+                    "the console reports {what} ({claims} so far), the wire shows {n} for {ids:?}"
+                ),
+            ));
+        }
     }
 }
 
-/// The device's next confirmed subscription; its granted QoS.
-pub fn subscribed(dev: &mut Dut) -> Result<u8, Stop> {
-    match dev
+/// The device's next CONNACK: its session_present (a refusal breaks
+/// `promise`). The claim is cross-checked: the wire must show that CONNACK.
+pub fn connack(dev: &mut Dut, wire: &WireLog, what: &str, promise: Promise) -> Result<bool, Stop> {
+    let Event::MqttConnack {
+        session_present,
+        rc,
+    } = dev
+        .expect(what, STEP, |e| matches!(e, Event::MqttConnack { .. }))
+        .map_err(on(promise))?
+    else {
+        unreachable!("matched above")
+    };
+    let claims = dev
+        .seen
+        .iter()
+        .filter(|e| matches!(e, Event::MqttConnack { .. }))
+        .count();
+    confirm(
+        dev,
+        wire,
+        &format!("CONNACK session_present={}", session_present as u8),
+        claims,
+        promise,
+        |p| matches!(p, Packet::Connack { .. }),
+    )?;
+    let consistent = on_wire(
+        &wire.records(),
+        &ids_of(dev),
+        |p| matches!(p, Packet::Connack { session_present: sp, .. } if *sp == session_present),
+    );
+    if consistent == 0 {
+        return Err(fail(
+            promise,
+            format!(
+                "the console says session_present={}, no CONNACK on the wire says so",
+                session_present as u8
+            ),
+        ));
+    }
+    if rc != 0 {
+        return Err(fail(
+            promise,
+            format!("broker refused the connection, rc={rc}"),
+        ));
+    }
+    Ok(session_present)
+}
+
+/// The device's next confirmed subscription; its granted QoS. The claim is
+/// cross-checked: the wire must show the broker's SUBACK.
+pub fn subscribed(dev: &mut Dut, wire: &WireLog) -> Result<u8, Stop> {
+    subscribed_for(dev, wire, Promise::SubscribesToCommands)
+}
+
+/// [`subscribed`], failing `P` when it does not happen.
+pub fn subscribed_for(dev: &mut Dut, wire: &WireLog, promise: Promise) -> Result<u8, Stop> {
+    let Event::MqttSubscribed { qos, .. } = dev
         .expect("subscription to its command topic", STEP, |e| {
             matches!(e, Event::MqttSubscribed { .. })
         })
-        .map_err(on(Promise::SubscribesToCommands))?
-    {
-        Event::MqttSubscribed { qos, .. } => Ok(qos),
-        _ => unreachable!("matched above"),
-    }
+        .map_err(on(promise))?
+    else {
+        unreachable!("matched above")
+    };
+    let claims = dev
+        .seen
+        .iter()
+        .filter(|e| matches!(e, Event::MqttSubscribed { .. }))
+        .count();
+    confirm(
+        dev,
+        wire,
+        "a SUBACK",
+        claims,
+        promise,
+        |p| matches!(p, Packet::Suback { codes, .. } if codes.contains(&qos)),
+    )?;
+    Ok(qos)
+}
+
+/// [`connack`] of the device under test.
+pub fn dut_connack(tb: &mut Testbed, what: &str, promise: Promise) -> Result<bool, Stop> {
+    let wire = tb.wire().clone();
+    connack(&mut tb.dut, &wire, what, promise)
+}
+
+/// [`subscribed`] of the device under test.
+pub fn dut_subscribed(tb: &mut Testbed) -> Result<u8, Stop> {
+    let wire = tb.wire().clone();
+    subscribed(&mut tb.dut, &wire)
 }
 
 /// A fresh device's client ID and its first CONNACK's session_present.
-pub fn online(dev: &mut Dut, promise: Promise) -> Result<(String, bool), Stop> {
+pub fn online(dev: &mut Dut, wire: &WireLog, promise: Promise) -> Result<(String, bool), Stop> {
     let id = device_id(dev, promise)?;
-    let sp = connack(dev, "CONNACK", promise)?;
+    let sp = connack(dev, wire, "CONNACK", promise)?;
     Ok((id, sp))
 }
 

@@ -1,7 +1,7 @@
 //! Readings taken during a Wi-Fi outage are published in order, contiguous,
 //! none lost; a resend carries DUP.
 
-use super::steps::{client_id, cloud_err, fail, on, subscribed, telemetry_seq, STEP};
+use super::steps::{STEP, client_id, cloud_err, dut_subscribed, fail, on, telemetry_seq};
 use super::{Control, Need, Outcome, Promise, Scenario};
 use crate::dut::{Capability, DeviceSpec};
 use crate::testbed::{Dir, Packet, Testbed};
@@ -31,7 +31,7 @@ fn run(tb: &mut Testbed) -> Outcome {
     cloud
         .subscribe(&tb.topics(&id).telemetry(), 1)
         .map_err(cloud_err("cloud-telemetry"))?;
-    subscribed(&mut tb.dut)?;
+    dut_subscribed(tb)?;
     tb.dut.command("!wifi off").map_err(on(P))?;
     let mark = tb.dut.seen.len();
     tb.dut.command(&format!("!telemetry {M}")).map_err(on(P))?;

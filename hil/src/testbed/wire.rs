@@ -132,6 +132,19 @@ impl WireLog {
             .collect()
     }
 
+    /// Waits until the tap holds more than `len` records; false at the deadline.
+    pub fn wait_beyond(&self, len: usize, deadline: Instant) -> bool {
+        let mut records = self.records.lock().unwrap();
+        while records.len() <= len {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            records = self.arrived.wait_timeout(records, left).unwrap().0;
+        }
+        true
+    }
+
     /// When the device closed connection `conn`, waiting for it until `deadline`.
     pub fn closed_by_device(&self, conn: u32, deadline: Instant) -> Option<Instant> {
         self.wait_for(
