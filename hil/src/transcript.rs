@@ -43,6 +43,19 @@ pub struct Entry {
 /// Told of every entry as it is recorded (the runner turns them into events).
 pub type Sink = Arc<dyn Fn(&Entry) + Send + Sync>;
 
+impl Entry {
+    /// `[  1.234] device  @hil ...\n`: one line of the raw transcript.
+    pub fn line(&self) -> String {
+        format!(
+            "[{:>4}.{:03}] {} {}\n",
+            self.at.as_secs(),
+            self.at.subsec_millis(),
+            self.source.label(),
+            self.text
+        )
+    }
+}
+
 #[derive(Clone)]
 pub struct Transcript {
     start: Instant,
@@ -158,17 +171,7 @@ impl Transcript {
 
     /// `[  1.234] device  @hil ...`, every line, as it happened.
     pub fn raw(&self) -> String {
-        let mut out = String::new();
-        for e in self.entries() {
-            out.push_str(&format!(
-                "[{:>4}.{:03}] {} {}\n",
-                e.at.as_secs(),
-                e.at.subsec_millis(),
-                e.source.label(),
-                e.text
-            ));
-        }
-        out
+        self.entries().iter().map(Entry::line).collect()
     }
 
     /// Stable for review: the device's self-ordered events, then the runner's

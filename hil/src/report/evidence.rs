@@ -26,15 +26,7 @@ pub fn summary(r: &ScenarioResult) -> String {
     let entries = r.transcript.entries();
     let start = entries.len().saturating_sub(LAST_LINES);
     let mut out = format!("{}: {}\n\nlast lines:\n", r.name, verdict_text(&r.verdict));
-    for e in &entries[start..] {
-        out.push_str(&format!(
-            "[{:>4}.{:03}] {} {}\n",
-            e.at.as_secs(),
-            e.at.subsec_millis(),
-            e.source.label(),
-            e.text
-        ));
-    }
+    out.extend(entries[start..].iter().map(|e| e.line()));
     out
 }
 
