@@ -105,16 +105,17 @@ fn on_wire(records: &[WireRecord], ids: &[String], pred: impl Fn(&Packet) -> boo
     n
 }
 
-/// A claim on the console must be on the wire: the device's `claims`-th
-/// report of `what` needs as many matching packets from the broker.
+/// A claim on the console must be on the wire: each of the device's reports
+/// (`claimed` events so far) needs a matching packet from the broker.
 fn confirm(
     dev: &Dut,
     wire: &WireLog,
     what: &str,
-    claims: usize,
+    claimed: impl Fn(&Event) -> bool,
     promise: Promise,
     pred: impl Fn(&Packet) -> bool,
 ) -> Result<(), Stop> {
+    let claims = dev.seen.iter().filter(|e| claimed(e)).count();
     let ids = ids_of(dev);
     let deadline = Instant::now() + WIRE_LAG;
     loop {
@@ -147,16 +148,11 @@ pub fn connack(dev: &mut Dut, wire: &WireLog, what: &str, promise: Promise) -> R
     else {
         unreachable!("matched above")
     };
-    let claims = dev
-        .seen
-        .iter()
-        .filter(|e| matches!(e, Event::MqttConnack { .. }))
-        .count();
     confirm(
         dev,
         wire,
         &format!("CONNACK session_present={}", session_present as u8),
-        claims,
+        |e| matches!(e, Event::MqttConnack { .. }),
         promise,
         |p| matches!(p, Packet::Connack { .. }),
     )?;
@@ -189,7 +185,7 @@ pub fn subscribed(dev: &mut Dut, wire: &WireLog) -> Result<u8, Stop> {
     subscribed_for(dev, wire, Promise::SubscribesToCommands)
 }
 
-/// [`subscribed`], failing `P` when it does not happen.
+/// [`subscribed`], failing `promise` when it does not happen.
 pub fn subscribed_for(dev: &mut Dut, wire: &WireLog, promise: Promise) -> Result<u8, Stop> {
     let Event::MqttSubscribed { qos, .. } = dev
         .expect("subscription to its command topic", STEP, |e| {
@@ -199,16 +195,11 @@ pub fn subscribed_for(dev: &mut Dut, wire: &WireLog, promise: Promise) -> Result
     else {
         unreachable!("matched above")
     };
-    let claims = dev
-        .seen
-        .iter()
-        .filter(|e| matches!(e, Event::MqttSubscribed { .. }))
-        .count();
     confirm(
         dev,
         wire,
         "a SUBACK",
-        claims,
+        |e| matches!(e, Event::MqttSubscribed { .. }),
         promise,
         |p| matches!(p, Packet::Suback { codes, .. } if codes.contains(&qos)),
     )?;
