@@ -116,7 +116,8 @@ impl Shared {
                             retain,
                             message_expiry: expiry_s,
                         }),
-                        None => continue,
+                        // The cloud client learns of a server DISCONNECT from the close.
+                        Some(Incoming::Disconnect { .. }) | None => continue,
                     };
                     let _ = tx.send(msg);
                 }
@@ -206,6 +207,7 @@ impl Client {
                         retain: *retain,
                     }),
                 session_expiry_s: opts.session_expiry_s,
+                max_packet_size: None,
             },
         )
         .map_err(perr)?;

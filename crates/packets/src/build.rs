@@ -4,7 +4,7 @@ use crate::MqttVersion;
 use alloc::vec;
 use alloc::vec::Vec;
 use mqtt_protocol_core::mqtt::packet::{
-    v3_1_1, v5_0, MessageExpiryInterval, Packet, Property, Qos, SessionExpiryInterval, SubEntry,
+    v3_1_1, v5_0, MaximumPacketSize, MessageExpiryInterval, Packet, Property, Qos, SessionExpiryInterval, SubEntry,
     SubOpts,
 };
 use mqtt_protocol_core::mqtt::result_code::MqttError;
@@ -36,6 +36,9 @@ pub struct Connect<'a> {
     pub will: Option<Will<'a>>,
     /// MQTT 5 Session Expiry Interval; 0 or None sends none (ignored on 3.1.1).
     pub session_expiry_s: Option<u32>,
+    /// MQTT 5 Maximum Packet Size the client accepts (ignored on 3.1.1, which
+    /// has no way to announce it: the device still enforces it there).
+    pub max_packet_size: Option<u32>,
 }
 
 pub fn connect(v: MqttVersion, c: &Connect<'_>) -> Result<Packet, MqttError> {
@@ -58,10 +61,17 @@ pub fn connect(v: MqttVersion, c: &Connect<'_>) -> Result<Packet, MqttError> {
             if let Some(w) = &c.will {
                 b = b.will_message(w.topic, w.payload.to_vec(), qos(w.qos), w.retain)?;
             }
+            let mut props = Vec::new();
             if let Some(s) = c.session_expiry_s.filter(|s| *s > 0) {
-                b = b.props(vec![Property::SessionExpiryInterval(
-                    SessionExpiryInterval::new(s)?,
-                )]);
+                props.push(Property::SessionExpiryInterval(SessionExpiryInterval::new(
+                    s,
+                )?));
+            }
+            if let Some(m) = c.max_packet_size.filter(|m| *m > 0) {
+                props.push(Property::MaximumPacketSize(MaximumPacketSize::new(m)?));
+            }
+            if !props.is_empty() {
+                b = b.props(props);
             }
             b.build()?.into()
         }

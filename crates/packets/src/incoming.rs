@@ -23,6 +23,10 @@ pub enum Incoming {
         /// MQTT 5 Message Expiry Interval as delivered (the remaining time).
         expiry_s: Option<u32>,
     },
+    /// MQTT 5: the server ends the connection with a reason code.
+    Disconnect {
+        reason: u8,
+    },
 }
 
 impl Incoming {
@@ -64,6 +68,9 @@ impl Incoming {
                     Property::MessageExpiryInterval(v) => Some(v.val()),
                     _ => None,
                 }),
+            },
+            Packet::V5_0Disconnect(d) => Incoming::Disconnect {
+                reason: d.reason_code().map(|r| r as u8).unwrap_or(0),
             },
             _ => return None,
         })

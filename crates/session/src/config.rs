@@ -142,6 +142,11 @@ pub struct Config {
     pub max_inflight: usize,
     /// Give up on a connection that has not answered CONNECT by then.
     pub connack_timeout_ms: u64,
+    /// Largest packet the device accepts from the broker, in bytes: refused
+    /// from its fixed header before it is buffered, and announced as Maximum
+    /// Packet Size in an MQTT 5 CONNECT. 16 KiB fits the ESP32-C3's RAM with
+    /// Wi-Fi and TCP buffers beside it.
+    pub max_packet_size: u32,
     /// Firmware version reported at boot.
     pub version: String,
     pub bugs: Bugs,
@@ -163,6 +168,7 @@ impl Config {
             inbox_capacity: 64,
             max_inflight: 16,
             connack_timeout_ms: 10_000,
+            max_packet_size: 16 * 1024,
             version: String::from(env!("CARGO_PKG_VERSION")),
             bugs: Bugs::default(),
         }

@@ -150,6 +150,23 @@ fn parse_fields(mut rest: &str) -> Result<Vec<(String, String)>, ParseError> {
     }
 }
 
+/// Longest field value a device prints, in bytes (before quoting).
+pub const MAX_VALUE: usize = 512;
+
+fn bounded(mut v: String) -> String {
+    if v.len() <= MAX_VALUE {
+        return v;
+    }
+    let mut cut = MAX_VALUE;
+    while !v.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let rest = v.len() - cut;
+    v.truncate(cut);
+    v.push_str(&alloc::format!("...[+{rest} bytes]"));
+    v
+}
+
 impl Line {
     pub fn new(name: &str) -> Self {
         Line {
@@ -158,8 +175,11 @@ impl Line {
         }
     }
 
+    /// Adds `key=value`; a value longer than [`MAX_VALUE`] bytes is cut at a
+    /// character boundary and ends in `...[+N bytes]`, so one line stays
+    /// bounded whatever the network sent (a 2 MB payload is not a 2 MB line).
     pub fn field(mut self, key: &str, value: impl ToString) -> Self {
-        self.fields.push((key.to_owned(), value.to_string()));
+        self.fields.push((key.to_owned(), bounded(value.to_string())));
         self
     }
 
@@ -714,6 +734,22 @@ mod tests {
             .format(),
             "@hil mqtt.connack session_present=1 rc=0"
         );
+    }
+
+    #[test]
+    fn a_long_value_is_cut_with_a_marker() {
+        let payload = "é".repeat(1_000_000); // 2 MB, two bytes a char
+        let line = Event::Cmd {
+            id: "c1".into(),
+            qos: 1,
+            dup: false,
+            payload,
+        }
+        .format();
+        assert!(line.len() < MAX_VALUE + 100, "{} bytes", line.len());
+        assert!(line.ends_with("...[+1999488 bytes]\""), "{}", &line[line.len() - 40..]);
+        let back = Event::parse(&line).unwrap();
+        assert!(matches!(back, Event::Cmd { payload, .. } if payload.starts_with("éé")));
     }
 
     #[test]

@@ -3,16 +3,19 @@
 //! clock); outputs are polled in order with [`Device::poll_output`].
 //!
 //! Why one ordered output queue rather than quinn's separate polls: a
-//! `Persist` must reach flash before the bytes that acknowledge what it
-//! records (a PUBACK for a command, a PUBLISH for a reading marked sent). Every
-//! input handler therefore emits its records and console lines first and its
-//! network outputs (`Transmit`, `Open`, `Close`) last, and a caller that
-//! performs outputs in the order polled is crash-safe by construction.
+//! `Persist` must reach flash before anything that claims what it records.
+//! Every input handler emits its outputs in three groups: first its records,
+//! then its console lines, then its network and radio outputs (`Transmit`,
+//! `Open`, `Close`, `Wifi`, `Reboot`). A caller that performs outputs in the
+//! order polled never prints `telemetry.buffered seq=N` before the reading and
+//! its sequence number are on flash, and never sends a PUBACK before the
+//! command it acknowledges is remembered: crash-safe by construction.
 
 use crate::backoff::{Backoff, RandomSource};
 use crate::config::{Bug, Config, MqttVersion};
 use crate::console::{Command, Event, LineError};
 use crate::identity::{client_id, Topics};
+use crate::guard::{Guard, Violation};
 use crate::inbox::Inbox;
 use crate::mqtt::{timer_index, ConnectParams, Engine, EngineEvent, TIMER_KINDS};
 use crate::outbox::Outbox;
@@ -96,10 +99,25 @@ pub struct Device<R: RandomSource> {
     /// The command subscription the broker confirmed (filter, requested QoS),
     /// persisted: session_present=1 alone does not prove it exists.
     subscription: Option<(String, u8)>,
+    /// Frames this connection's bytes; refuses what would hurt the engine.
+    guard: Guard,
+    /// Packets refused by the guard or the engine since boot (`!status`).
+    rejected: u32,
+    /// The timer being fired, so an engine close can say it was keep-alive.
+    firing: Option<mqtt_protocol_core::mqtt::connection::TimerKind>,
+    /// Sequence numbers below this are reserved on flash (`Record::SeqMark`).
+    seq_mark: u32,
     out: VecDeque<Output>,
-    /// Network outputs of the handler in progress, released after its records.
+    /// Console lines of the handler in progress, released after its records.
+    lines: Vec<Output>,
+    /// Network outputs of the handler in progress, released after its lines.
     net: Vec<Output>,
 }
+
+/// Sequence numbers are reserved on flash this many at a time, ahead of use:
+/// one extra write per 32 readings buys "never reused, even if the outbox
+/// record is lost".
+const SEQ_BLOCK: u32 = 32;
 
 fn topics(cfg: &Config, client_id: &str) -> Topics {
     Topics::new(&cfg.prefix, client_id)
@@ -119,12 +137,26 @@ impl<R: RandomSource> Device<R> {
         let mut inbox = Inbox::new(cfg.inbox_capacity);
         let mut boot_count = 0;
         let mut subscription = None;
+        let mut seq_mark = None;
+        let mut restored = None;
         for r in records {
             match r {
                 Record::Boot { count } => boot_count = count,
-                Record::Outbox(s) => outbox = Outbox::restore(cap, s),
+                Record::Outbox(s) => restored = Some(s),
                 Record::Inbox(s) => inbox = Inbox::restore(cfg.inbox_capacity, s),
                 Record::Subscription(s) => subscription = s,
+                Record::SeqMark { next } => seq_mark = Some(next),
+            }
+        }
+        let mut shed = Vec::new();
+        match restored {
+            Some(s) => (outbox, shed) = Outbox::restore(cap, s),
+            // The outbox record is gone (corrupt, or lost) but the mark is
+            // not: start above every number that may have been used.
+            None => {
+                if let Some(mark) = seq_mark {
+                    outbox.start_at(mark);
+                }
             }
         }
         boot_count += 1;
@@ -149,7 +181,12 @@ impl<R: RandomSource> Device<R> {
             subscribed_once: false,
             sub_pid: None,
             subscription,
+            guard: Guard::new(cfg.mqtt, cfg.max_packet_size as usize),
+            rejected: 0,
+            firing: None,
+            seq_mark: seq_mark.unwrap_or(0),
             out: VecDeque::new(),
+            lines: Vec::new(),
             net: Vec::new(),
             cfg,
         };
@@ -165,6 +202,18 @@ impl<R: RandomSource> Device<R> {
         d.console(Event::Id {
             client_id: d.client_id.clone(),
         });
+        if !shed.is_empty() {
+            // A smaller buffer than the one these readings were taken with:
+            // the oldest go, counted like any overflow, after the record says so.
+            d.persist_outbox();
+            for seq in shed {
+                d.console(Event::TelemetryDropped {
+                    seq,
+                    count: d.outbox.dropped_total(),
+                });
+            }
+        }
+        d.finish();
         d
     }
 
@@ -186,7 +235,7 @@ impl<R: RandomSource> Device<R> {
     }
 
     fn console(&mut self, e: Event) {
-        self.out.push_back(Output::Console(e));
+        self.lines.push(Output::Console(e));
     }
 
     fn persist_outbox(&mut self) {
@@ -194,8 +243,10 @@ impl<R: RandomSource> Device<R> {
             .push_back(Output::Persist(Record::Outbox(self.outbox.snapshot())));
     }
 
-    /// Moves the network outputs of this handler behind its records.
+    /// Releases this handler's console lines behind its records, and its
+    /// network outputs behind both.
     fn finish(&mut self) {
+        self.out.extend(self.lines.drain(..));
         self.out.extend(self.net.drain(..));
     }
 
@@ -245,6 +296,7 @@ impl<R: RandomSource> Device<R> {
             return;
         }
         let clean = self.cfg.bugs.has(Bug::CleanSession);
+        self.guard = Guard::new(self.cfg.mqtt, self.cfg.max_packet_size as usize);
         if self.cfg.bugs.has(Bug::RandomClientId) {
             self.client_id = self.random_client_id();
             self.console(Event::Id {
@@ -262,6 +314,7 @@ impl<R: RandomSource> Device<R> {
             clean,
             keepalive_s: self.cfg.keepalive(),
             will_topic: (!self.cfg.bugs.has(Bug::NoWill)).then_some(will.as_str()),
+            max_packet_size: self.cfg.max_packet_size,
             session_expiry_s: if clean {
                 0
             } else if self.cfg.bugs.has(Bug::IgnoreExpiry) {
@@ -296,10 +349,29 @@ impl<R: RandomSource> Device<R> {
     /// Bytes from the broker.
     pub fn handle_bytes(&mut self, now: u64, bytes: &[u8]) {
         if matches!(self.link, Link::AwaitConnack { .. } | Link::Connected) {
-            let events = self.engine.recv(bytes);
-            self.apply(now, events);
+            let (packets, violation) = self.guard.feed(bytes);
+            for packet in packets {
+                if self.link == Link::Down {
+                    break;
+                }
+                let events = self.engine.recv(&packet);
+                self.apply(now, events);
+            }
+            if let Some(v) = violation {
+                if self.link != Link::Down {
+                    self.refuse(now, v);
+                }
+            }
         }
         self.finish();
+    }
+
+    /// The broker sent what the guard refuses: say so, close, back off.
+    fn refuse(&mut self, now: u64, v: Violation) {
+        self.rejected = self.rejected.saturating_add(1);
+        self.console(Event::error("protocol", &v));
+        self.net.push(Output::Close { abrupt: false });
+        self.lose_link(now, v.reason(), false, true);
     }
 
     pub fn handle_timeout(&mut self, now: u64) {
@@ -313,7 +385,9 @@ impl<R: RandomSource> Device<R> {
             if self.timers[i].is_some_and(|t| t <= now) {
                 self.timers[i] = None;
                 let events = self.engine.timer_fired(*kind);
+                self.firing = Some(*kind);
                 self.apply(now, events);
+                self.firing = None;
             }
         }
         if self.reconnect_at.is_some_and(|t| t <= now) && self.link == Link::Down && self.wifi {
@@ -341,13 +415,13 @@ impl<R: RandomSource> Device<R> {
     pub fn handle_command(&mut self, now: u64, cmd: Command) {
         match cmd {
             Command::Wifi(on) => {
-                self.out.push_back(Output::Wifi(on));
+                self.net.push(Output::Wifi(on));
                 self.handle_wifi(now, on);
                 self.ack("wifi", &[("state", if on { "on" } else { "off" }.into())]);
             }
             Command::Reboot => {
                 self.ack("reboot", &[]);
-                self.out.push_back(Output::Reboot);
+                self.net.push(Output::Reboot);
             }
             Command::Telemetry(n) => {
                 self.take_readings(now, n);
@@ -370,10 +444,11 @@ impl<R: RandomSource> Device<R> {
                     ("dropped", self.outbox.dropped_total().to_string()),
                     ("next_seq", self.outbox.next_seq().to_string()),
                     ("boots", self.boot_count.to_string()),
+                    ("rejected", self.rejected.to_string()),
                 ];
                 self.ack("status", &fields);
             }
-            Command::Config(fields) => self.out.push_back(Output::Config(fields)),
+            Command::Config(fields) => self.net.push(Output::Config(fields)),
         }
         self.finish();
     }
@@ -395,6 +470,14 @@ impl<R: RandomSource> Device<R> {
         if offline && self.cfg.bugs.has(Bug::NoOutbox) {
             // Negative control: readings taken offline vanish without a trace.
             return;
+        }
+        // Reserve the numbers these readings take before any is used.
+        let needed = self.outbox.next_seq().saturating_add(n);
+        if needed > self.seq_mark {
+            self.seq_mark = needed.saturating_add(SEQ_BLOCK);
+            self.out.push_back(Output::Persist(Record::SeqMark {
+                next: self.seq_mark,
+            }));
         }
         for _ in 0..n {
             let pushed = self.outbox.push(|seq, dropped| {
@@ -455,29 +538,58 @@ impl<R: RandomSource> Device<R> {
         self.reconnect_at = Some(now + d.delay_ms);
     }
 
+    /// Why the engine closes: it asks to close before it says why, so look
+    /// ahead in the same batch for its error or the server's DISCONNECT.
+    fn close_reason(&self, rest: &[EngineEvent]) -> String {
+        use mqtt_protocol_core::mqtt::connection::TimerKind;
+        for e in rest {
+            match e {
+                EngineEvent::Error(e) if e.contains("Malformed") => {
+                    return format!("malformed-packet: {e}")
+                }
+                EngineEvent::Error(e) => return format!("protocol-violation: {e}"),
+                EngineEvent::Received(Incoming::Disconnect { reason }) => {
+                    return format!("server-disconnect reason=0x{reason:02x}")
+                }
+                _ => {}
+            }
+        }
+        match self.firing {
+            Some(TimerKind::PingrespRecv) => "keepalive-timeout: no PINGRESP in time".into(),
+            Some(_) => "keepalive-timeout".into(),
+            None => "closed-by-engine".into(),
+        }
+    }
+
     fn apply(&mut self, now: u64, events: Vec<EngineEvent>) {
-        for e in events {
+        for i in 0..events.len() {
+            let e = events[i].clone();
             match e {
                 EngineEvent::Send(bytes) => self.net.push(Output::Transmit(bytes)),
                 EngineEvent::Close => {
                     if self.link != Link::Down {
+                        let reason = self.close_reason(&events[i + 1..]);
+                        if !reason.starts_with("keepalive") && !reason.starts_with("server-") {
+                            self.rejected = self.rejected.saturating_add(1);
+                        }
                         self.net.push(Output::Close { abrupt: false });
-                        let reason = if self.timers[timer_index(
-                            mqtt_protocol_core::mqtt::connection::TimerKind::PingrespRecv,
-                        )]
-                        .is_none()
-                        {
-                            "keepalive-timeout"
-                        } else {
-                            "protocol-error"
-                        };
-                        self.lose_link(now, reason.into(), false, true);
+                        self.lose_link(now, reason, false, true);
+                    }
+                }
+                EngineEvent::Received(Incoming::Disconnect { reason }) => {
+                    if self.link != Link::Down {
+                        self.net.push(Output::Close { abrupt: false });
+                        let why = format!("server-disconnect reason=0x{reason:02x}");
+                        self.lose_link(now, why, false, true);
                     }
                 }
                 EngineEvent::Timer { kind, after_ms } => {
                     self.timers[timer_index(kind)] = after_ms.map(|ms| now + ms);
                 }
-                EngineEvent::Error(e) => self.console(Event::error("mqtt", e)),
+                EngineEvent::Error(e) => {
+                    let kind = if e.contains("Malformed") { "protocol" } else { "mqtt" };
+                    self.console(Event::error(kind, e))
+                }
                 EngineEvent::Received(Incoming::Connack {
                     session_present,
                     rc,
@@ -486,12 +598,24 @@ impl<R: RandomSource> Device<R> {
                     if Some(pid) == self.sub_pid {
                         self.sub_pid = None;
                         let t = topics(&self.cfg, &self.client_id).cmd();
-                        if codes.iter().all(|c| *c < 0x80) {
-                            self.subscription = Some((t.clone(), self.cfg.sub_qos()));
-                            self.out.push_back(Output::Persist(Record::Subscription(
+                        if let Some(rc) = codes.iter().find(|c| **c >= 0x80) {
+                            // Refused: no subscription is recorded, and a
+                            // connection without one cannot receive commands,
+                            // so close it and ask again after the backoff.
+                            let rc = format!("rc=0x{rc:02x}");
+                            self.console(Event::error(
+                                "subscribe",
+                                format!("{rc} the broker refused {t}"),
+                            ));
+                            self.net.push(Output::Close { abrupt: false });
+                            self.lose_link(now, format!("subscribe-refused {rc}"), false, true);
+                            continue;
+                        }
+                        self.subscription = Some((t.clone(), self.cfg.sub_qos()));
+                        self.out
+                            .push_back(Output::Persist(Record::Subscription(
                                 self.subscription.clone(),
                             )));
-                        }
                         for qos in codes {
                             self.console(Event::MqttSubscribed {
                                 topic: t.clone(),
@@ -934,5 +1058,279 @@ mod tests {
         drain(&mut d);
         d.handle_bytes(100_002, &[0x20, 2, 1, 0]);
         assert_eq!(subscribe_pid(&drain(&mut d)), None);
+    }
+
+    fn device_v(version: MqttVersion) -> Device<SplitMix64> {
+        let mut cfg = Config::new("esp32c3", "24:0a:c4:12:34:56".parse().unwrap());
+        cfg.mqtt = version;
+        Device::boot(cfg, SplitMix64(7), vec![])
+    }
+
+    /// The outputs a refused input must produce: an error line of `kind`, a
+    /// close, a disconnect whose reason starts with `reason`, a backoff, and a
+    /// new connection once the backoff has passed.
+    fn assert_clean_refusal(d: &mut Device<SplitMix64>, out: &[Output], kind: &str, reason: &str) {
+        let ev = events(out);
+        assert!(
+            ev.iter()
+                .any(|e| matches!(e, Event::Error { kind: k, .. } if k == kind)),
+            "error kind={kind}: {ev:?}"
+        );
+        assert!(out.contains(&Output::Close { abrupt: false }), "{out:?}");
+        assert!(
+            ev.iter().any(
+                |e| matches!(e, Event::MqttDisconnected { reason: r } if r.starts_with(reason))
+            ),
+            "reason {reason}: {ev:?}"
+        );
+        assert!(ev.iter().any(|e| matches!(e, Event::Backoff { .. })), "{ev:?}");
+        assert!(!d.is_connected());
+        let at = d.poll_timeout().expect("a reconnect is scheduled");
+        d.handle_timeout(at);
+        assert!(drain(d).contains(&Output::Open), "reconnects after the backoff");
+    }
+
+    #[test]
+    fn a_publish_with_packet_id_zero_is_a_clean_protocol_error() {
+        for v in [MqttVersion::V3_1_1, MqttVersion::V5] {
+            let mut d = device_v(v);
+            online(&mut d, false);
+            let topic = b"devices/esp32c3-240ac4123456/cmd";
+            for qos in [1u8, 2] {
+                let mut p = vec![0x30 | (qos << 1), 0];
+                p.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+                p.extend_from_slice(topic);
+                p.extend_from_slice(&[0, 0]); // packet id 0
+                if v == MqttVersion::V5 {
+                    p.push(0); // no properties
+                }
+                p.extend_from_slice(br#"{"id":"x"}"#);
+                p[1] = (p.len() - 2) as u8;
+                let mut d2 = device_v(v);
+                online(&mut d2, false);
+                d2.handle_bytes(5, &p);
+                let out = drain(&mut d2);
+                assert_clean_refusal(&mut d2, &out, "protocol", "protocol-violation");
+            }
+            d.handle_command(9, Command::Status);
+            assert!(events(&drain(&mut d)).iter().any(|e| matches!(e,
+                Event::Ack { fields, .. } if fields.contains(&("rejected".into(), "0".into())))));
+        }
+    }
+
+    #[test]
+    fn a_huge_announcement_is_refused_and_counted() {
+        for v in [MqttVersion::V3_1_1, MqttVersion::V5] {
+            let mut d = device_v(v);
+            online(&mut d, false);
+            // A PUBLISH announcing 268 MB, followed by 1 MB of its body.
+            d.handle_bytes(5, &[0x30, 0xff, 0xff, 0xff, 0x7f]);
+            let out = drain(&mut d);
+            d.handle_bytes(6, &vec![b'x'; 1 << 20]);
+            assert!(drain(&mut d).is_empty(), "the rest is not read as packets");
+            assert_clean_refusal(&mut d, &out, "protocol", "packet-too-large");
+            d.handle_command(9, Command::Status);
+            assert!(events(&drain(&mut d)).iter().any(|e| matches!(e,
+                Event::Ack { fields, .. } if fields.contains(&("rejected".into(), "1".into())))));
+        }
+    }
+
+    #[test]
+    fn an_mqtt5_connect_announces_the_maximum_packet_size() {
+        let mut d = device_v(MqttVersion::V5);
+        d.handle_wifi(0, true);
+        d.handle_timeout(0);
+        drain(&mut d);
+        d.handle_link_up(1);
+        let connect = drain(&mut d)
+            .into_iter()
+            .find_map(|o| match o {
+                Output::Transmit(b) if b[0] == 0x10 => Some(b),
+                _ => None,
+            })
+            .expect("CONNECT");
+        let property = [0x27, 0, 0, 0x40, 0]; // Maximum Packet Size = 16,384
+        assert!(
+            connect.windows(5).any(|w| w == property),
+            "Maximum Packet Size 16384 in {connect:02x?}"
+        );
+    }
+
+    #[test]
+    fn a_refused_subscription_is_an_error_and_a_retry() {
+        let mut d = device();
+        let out = online(&mut d, false);
+        let pid = subscribe_pid(&out).unwrap();
+        d.handle_bytes(3, &suback(pid, 0x80));
+        let out = drain(&mut d);
+        assert!(records(&out)
+            .iter()
+            .all(|r| !matches!(r, Record::Subscription(Some(_)))));
+        assert!(!events(&out)
+            .iter()
+            .any(|e| matches!(e, Event::MqttSubscribed { .. })));
+        assert_clean_refusal(&mut d, &out, "subscribe", "subscribe-refused rc=0x80");
+        // The next connection asks again, though the broker keeps a session.
+        d.handle_link_up(100_000);
+        drain(&mut d);
+        d.handle_bytes(100_001, &[0x20, 2, 1, 0]);
+        assert!(subscribe_pid(&drain(&mut d)).is_some());
+    }
+
+    #[test]
+    fn every_disconnect_says_why() {
+        // MQTT 5 server DISCONNECT with reason 0x8e (session taken over).
+        let mut d = device_v(MqttVersion::V5);
+        online(&mut d, false);
+        d.handle_bytes(5, &[0xe0, 2, 0x8e, 0]);
+        let out = drain(&mut d);
+        assert!(
+            events(&out).iter().any(|e| matches!(e,
+                Event::MqttDisconnected { reason } if reason == "server-disconnect reason=0x8e")),
+            "{out:?}"
+        );
+        // A malformed packet (a PUBLISH whose topic length runs past its end).
+        for v in [MqttVersion::V3_1_1, MqttVersion::V5] {
+            let mut d = device_v(v);
+            online(&mut d, false);
+            d.handle_bytes(5, &[0x30, 3, 0, 9, b'a']);
+            let out = drain(&mut d);
+            let reasons: Vec<_> = events(&out)
+                .into_iter()
+                .filter_map(|e| match e {
+                    Event::MqttDisconnected { reason } => Some(reason),
+                    _ => None,
+                })
+                .collect();
+            assert!(
+                reasons.len() == 1
+                    && (reasons[0].starts_with("malformed-packet")
+                        || reasons[0].starts_with("protocol-violation")),
+                "{v}: {reasons:?}"
+            );
+        }
+        // Closed by the peer, and a client-only packet from a server.
+        let mut d = device();
+        online(&mut d, false);
+        d.handle_bytes(5, &[0x82, 2, 0, 1]);
+        let out = drain(&mut d);
+        assert_clean_refusal(&mut d, &out, "protocol", "protocol-violation: a packet only clients send");
+    }
+
+    /// What is on flash after performing `out` in order, as the driver would.
+    fn flash_after(flash: &mut alloc::collections::BTreeMap<crate::RecordKey, Record>, out: &[Output]) {
+        for o in out {
+            if let Output::Persist(r) = o {
+                flash.insert(r.key(), r.clone());
+            }
+        }
+    }
+
+    #[test]
+    fn nothing_claims_a_reading_before_its_record() {
+        use alloc::collections::BTreeMap;
+        // Random operations; every console line about a reading, and every
+        // network output, must find the reading (and its seq mark) on flash
+        // already, given the outputs are performed in the order polled.
+        let mut rng = SplitMix64(99);
+        for run in 0..200 {
+            let mut d = device();
+            let mut flash = BTreeMap::new();
+            let mut now = 0u64;
+            let mut seen_seqs = alloc::collections::BTreeSet::new();
+            for _ in 0..60 {
+                now += 10;
+                match rng.next_u32() % 6 {
+                    0 | 1 => d.take_readings(now, 1 + rng.next_u32() % 4),
+                    2 => {
+                        d.handle_wifi(now, true);
+                        d.handle_timeout(now);
+                        d.handle_link_up(now);
+                        d.handle_bytes(now, &[0x20, 2, 0, 0]);
+                    }
+                    3 => d.handle_link_down(now, LinkDownReason::Closed),
+                    4 => d.handle_bytes(now, &[0x40, 2, 0, (rng.next_u32() % 8) as u8 + 1]),
+                    _ => {
+                        // Power cut: boot from exactly what is on flash.
+                        let cfg = Config::new("esp32c3", "24:0a:c4:12:34:56".parse().unwrap());
+                        d = Device::boot(cfg, SplitMix64(run), flash.values().cloned().collect::<Vec<_>>());
+                    }
+                }
+                while let Some(o) = d.poll_output() {
+                    let claim = match &o {
+                        Output::Console(Event::TelemetryBuffered { seq, .. }) => Some(*seq),
+                        Output::Console(Event::TelemetrySent { seq, .. }) => Some(*seq),
+                        _ => None,
+                    };
+                    if let Some(seq) = claim {
+                        let Some(Record::Outbox(snap)) = flash.get(&crate::RecordKey::Outbox) else {
+                            panic!("seq {seq} reported, no outbox record on flash");
+                        };
+                        assert!(snap.next_seq > seq, "seq {seq} reported, persisted next_seq {}", snap.next_seq);
+                        let mark = match flash.get(&crate::RecordKey::SeqMark) {
+                            Some(Record::SeqMark { next }) => *next,
+                            _ => 0,
+                        };
+                        assert!(mark > seq, "seq {seq} reported, mark {mark}");
+                    }
+                    if let Output::Console(Event::TelemetryBuffered { seq, .. }) = &o {
+                        assert!(seen_seqs.insert(*seq), "seq {seq} used twice");
+                    }
+                    flash_after(&mut flash, core::slice::from_ref(&o));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_corrupt_outbox_never_brings_back_a_used_seq() {
+        let cfg = Config::new("esp32c3", "24:0a:c4:12:34:56".parse().unwrap());
+        let mut d = device();
+        d.take_readings(0, 5);
+        let stored: Vec<Record> = records(&drain(&mut d));
+        // The outbox record is lost (corrupt, moved aside); the mark survives.
+        let left: Vec<Record> = stored
+            .into_iter()
+            .filter(|r| !matches!(r, Record::Outbox(_)))
+            .collect();
+        let mut d = Device::boot(cfg, SplitMix64(8), left);
+        drain(&mut d);
+        d.take_readings(1, 1);
+        let seq = events(&drain(&mut d)).into_iter().find_map(|e| match e {
+            Event::TelemetryBuffered { seq, .. } => Some(seq),
+            _ => None,
+        });
+        assert!(seq.unwrap() > 5, "seq {seq:?} reused");
+    }
+
+    #[test]
+    fn a_smaller_buffer_drops_the_oldest_and_says_so() {
+        let mut cfg = Config::new("esp32c3", "24:0a:c4:12:34:56".parse().unwrap());
+        let mut d = device();
+        d.take_readings(0, 5);
+        let stored = records(&drain(&mut d));
+        cfg.outbox_capacity = 2;
+        let mut d = Device::boot(cfg, SplitMix64(8), stored);
+        let out = drain(&mut d);
+        let dropped: Vec<(u32, u32)> = events(&out)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::TelemetryDropped { seq, count } => Some((seq, count)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(dropped, vec![(1, 3), (2, 3), (3, 3)]);
+        let persisted = out
+            .iter()
+            .position(|o| matches!(o, Output::Persist(Record::Outbox(s)) if s.dropped_total == 3))
+            .expect("the drop is persisted");
+        let said = out
+            .iter()
+            .position(|o| matches!(o, Output::Console(Event::TelemetryDropped { .. })))
+            .unwrap();
+        assert!(persisted < said);
+        d.handle_command(1, Command::Status);
+        assert!(events(&drain(&mut d)).iter().any(|e| matches!(e,
+            Event::Ack { fields, .. } if fields.contains(&("dropped".into(), "3".into())))));
     }
 }

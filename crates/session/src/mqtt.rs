@@ -32,7 +32,7 @@ pub(crate) fn timer_index(kind: TimerKind) -> usize {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum EngineEvent {
     Send(Vec<u8>),
     Close,
@@ -71,6 +71,8 @@ pub(crate) struct ConnectParams<'a> {
     /// None: no Last Will (a negative control).
     pub will_topic: Option<&'a str>,
     pub session_expiry_s: u32,
+    /// Announced as Maximum Packet Size (MQTT 5).
+    pub max_packet_size: u32,
 }
 
 pub(crate) struct Engine {
@@ -133,6 +135,7 @@ impl Engine {
                     retain: true,
                 }),
                 session_expiry_s: Some(p.session_expiry_s),
+                max_packet_size: Some(p.max_packet_size),
             },
         )
         .map_err(err)?;

@@ -57,17 +57,29 @@ impl Outbox {
         }
     }
 
-    pub fn restore(capacity: Option<usize>, snap: OutboxSnapshot) -> Self {
+    /// Restores a snapshot; when it holds more readings than `capacity` (the
+    /// buffer was made smaller), the oldest are dropped and counted like any
+    /// overflow. Returns the dropped readings' seqs for the caller to report.
+    pub fn restore(capacity: Option<usize>, snap: OutboxSnapshot) -> (Self, Vec<u32>) {
         let mut o = Outbox::new(capacity);
         o.next_seq = snap.next_seq.max(1);
         o.dropped_total = snap.dropped_total;
         o.queue = snap.entries.into();
+        let mut shed = Vec::new();
         if let Some(cap) = o.capacity {
             while o.queue.len() > cap {
-                o.queue.pop_front();
+                if let Some(e) = o.queue.pop_front() {
+                    shed.push(e.seq);
+                    o.dropped_total = o.dropped_total.saturating_add(1);
+                }
             }
         }
-        o
+        (o, shed)
+    }
+
+    /// An empty outbox whose next reading gets `next_seq` (from the mark).
+    pub fn start_at(&mut self, next_seq: u32) {
+        self.next_seq = self.next_seq.max(next_seq);
     }
 
     pub fn snapshot(&self) -> OutboxSnapshot {
@@ -215,7 +227,7 @@ mod tests {
                         let first = o.entries().find(|e| e.packet_id.is_some()).and_then(|e| e.packet_id);
                         if let Some(id) = first { o.ack(id).unwrap(); acked += 1; }
                     }
-                    _ => { let snap = o.snapshot(); o = Outbox::restore(Some(cap), snap); }
+                    _ => { let snap = o.snapshot(); o = Outbox::restore(Some(cap), snap).0; }
                 }
                 prop_assert!(o.len() <= cap);
                 let seqs: Vec<u32> = o.entries().map(|e| e.seq).collect();

@@ -18,14 +18,16 @@ pub enum RecordKey {
     Outbox,
     Inbox,
     Subscription,
+    SeqMark,
 }
 
 impl RecordKey {
-    pub const ALL: [RecordKey; 4] = [
+    pub const ALL: [RecordKey; 5] = [
         RecordKey::Boot,
         RecordKey::Outbox,
         RecordKey::Inbox,
         RecordKey::Subscription,
+        RecordKey::SeqMark,
     ];
 
     /// A stable short name (file name in the sim, key in flash).
@@ -35,6 +37,7 @@ impl RecordKey {
             RecordKey::Outbox => "outbox",
             RecordKey::Inbox => "inbox",
             RecordKey::Subscription => "subscription",
+            RecordKey::SeqMark => "seqmark",
         }
     }
 }
@@ -52,6 +55,10 @@ pub enum Record {
     /// holds our subscription; a link or power loss between CONNECT and SUBACK
     /// leaves a session without it. New variants go last (postcard indexes).
     Subscription(Option<(String, u8)>),
+    /// Every telemetry sequence number below `next` may have been used. Kept
+    /// apart from the outbox so that a corrupt or lost outbox record never
+    /// brings back a number the cloud has already seen.
+    SeqMark { next: u32 },
 }
 
 /// A stored record that could not be read back.
@@ -74,6 +81,7 @@ impl Record {
             Record::Outbox(_) => RecordKey::Outbox,
             Record::Inbox(_) => RecordKey::Inbox,
             Record::Subscription(_) => RecordKey::Subscription,
+            Record::SeqMark { .. } => RecordKey::SeqMark,
         }
     }
 
