@@ -328,6 +328,13 @@ pub enum Event {
         kind: String,
         msg: String,
     },
+    /// Where a setting came from at boot: `config broker=HOST:PORT source=flag`.
+    Config {
+        setting: String,
+        value: String,
+        /// `flag`, `flash` or `default`.
+        source: String,
+    },
 }
 
 fn b(v: bool) -> &'static str {
@@ -357,6 +364,7 @@ impl Event {
             Event::TelemetryDropped { .. } => "telemetry.dropped",
             Event::Ack { .. } => "ack",
             Event::Error { .. } => "error",
+            Event::Config { .. } => "config",
         }
     }
 
@@ -415,6 +423,11 @@ impl Event {
                 l
             }
             Event::Error { kind, msg } => l.field("kind", kind).field("msg", msg),
+            Event::Config {
+                setting,
+                value,
+                source,
+            } => l.field(setting, value).field("source", source),
         }
     }
 
@@ -504,6 +517,22 @@ impl Event {
                 kind: s("kind")?,
                 msg: s("msg")?,
             },
+            "config" => {
+                let (setting, value) = l
+                    .fields
+                    .iter()
+                    .find(|(k, _)| k != "source")
+                    .cloned()
+                    .ok_or(ParseError::MissingField {
+                        event: "config".into(),
+                        key: "setting",
+                    })?;
+                Event::Config {
+                    setting,
+                    value,
+                    source: s("source")?,
+                }
+            }
             other => return Err(ParseError::UnknownEvent(other.to_owned())),
         })
     }

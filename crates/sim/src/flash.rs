@@ -16,6 +16,20 @@ pub struct FileFlash {
 pub struct Corrupt {
     pub path: PathBuf,
     pub why: String,
+    /// Where the unreadable bytes were moved (`<key>.rec.corrupt-<n>`): the
+    /// next write must not destroy the evidence.
+    pub moved_to: Option<PathBuf>,
+}
+
+/// Moves an unreadable record aside under the first free `.corrupt-<n>` name.
+fn move_aside(path: &Path) -> Option<PathBuf> {
+    (1..1000).find_map(|n| {
+        let to = PathBuf::from(format!("{}.corrupt-{n}", path.display()));
+        if to.exists() {
+            return None;
+        }
+        fs::rename(path, &to).ok().map(|_| to)
+    })
 }
 
 impl FileFlash {
@@ -54,10 +68,12 @@ impl FileFlash {
                 Ok(bytes) => match Record::decode(&bytes) {
                     Ok(r) if r.key() == key => records.push(r),
                     Ok(_) => corrupt.push(Corrupt {
+                        moved_to: move_aside(&path),
                         path,
                         why: "record stored under the wrong key".into(),
                     }),
                     Err(e) => corrupt.push(Corrupt {
+                        moved_to: move_aside(&path),
                         path,
                         why: e.to_string(),
                     }),
@@ -66,6 +82,7 @@ impl FileFlash {
                 Err(e) => corrupt.push(Corrupt {
                     path,
                     why: e.to_string(),
+                    moved_to: None,
                 }),
             }
         }
@@ -108,6 +125,15 @@ mod tests {
         assert_eq!(records, vec![Record::Boot { count: 3 }]);
         assert_eq!(corrupt.len(), 1);
         assert!(corrupt[0].path.ends_with("inbox.rec"));
+        // Moved aside, never overwritten: the next write leaves the evidence.
+        let kept = corrupt[0].moved_to.clone().expect("moved aside");
+        assert!(kept.ends_with("inbox.rec.corrupt-1"), "{kept:?}");
+        flash.store(&r).unwrap();
+        assert_eq!(fs::read(&kept).unwrap(), b"\x01garbage\xff");
+        fs::write(dir.path().join("inbox.rec"), b"\x02").unwrap();
+        let (_, corrupt) = flash.load();
+        assert!(corrupt[0].moved_to.as_ref().unwrap().ends_with("inbox.rec.corrupt-2"));
+        assert!(kept.exists());
     }
 
     #[test]

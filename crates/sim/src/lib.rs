@@ -73,6 +73,10 @@ pub struct Args {
     /// Seed of the jitter's random source (default: from the MAC and the clock).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Use the broker kept in flash by `!config broker=...` even when
+    /// --broker is given. Default: the flag wins, and the boot says so.
+    #[arg(long)]
+    pub prefer_flash_settings: bool,
     /// Negative control: break one promise (repeatable).
     #[arg(long = "bug", value_parser = parse_bug)]
     pub bugs: Vec<Bug>,
@@ -117,6 +121,9 @@ impl Args {
         for b in &self.bugs {
             flag("bug", b.name().into());
         }
+        if self.prefer_flash_settings {
+            v.push("--prefer-flash-settings".into());
+        }
         v
     }
 
@@ -146,6 +153,10 @@ pub enum SimError {
     },
     #[error("--broker {0}: resolves to no address")]
     NoAddress(String),
+    #[error("--broker {0}: port 0 is not a broker's port (expected HOST:PORT, e.g. 127.0.0.1:1883)")]
+    PortZero(String),
+    #[error("--prefix {prefix}: {reason}")]
+    BadPrefix { prefix: String, reason: &'static str },
     #[error("--mac {mac}: {reason}")]
     BadMac { mac: String, reason: String },
     #[error("cannot create state dir {path}: {source}")]
@@ -172,6 +183,43 @@ pub enum SimError {
     UnknownSetting(String),
     #[error("cannot store settings: {0}")]
     Settings(#[source] io::Error),
+}
+
+impl SimError {
+    /// A mistake in the command line (exit 2), not a failure while running (exit 1).
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            SimError::BadBroker { .. }
+                | SimError::NoAddress(_)
+                | SimError::PortZero(_)
+                | SimError::BadPrefix { .. }
+                | SimError::BadMac { .. }
+        )
+    }
+}
+
+/// A topic prefix must be a plain topic: the device publishes under it.
+fn check_prefix(prefix: &str) -> Result<(), SimError> {
+    let bad = |reason| {
+        Err(SimError::BadPrefix {
+            prefix: prefix.into(),
+            reason,
+        })
+    };
+    if prefix.contains(['+', '#']) {
+        return bad("wildcards (+, #) are not allowed in a topic the device publishes to");
+    }
+    if prefix.starts_with('$') {
+        return bad("topics starting with $ are reserved for the broker");
+    }
+    if prefix.split('/').any(str::is_empty) {
+        return bad("empty topic level (leading, trailing or double /)");
+    }
+    if prefix.contains('\0') {
+        return bad("NUL is not allowed in a topic");
+    }
+    Ok(())
 }
 
 struct Rng(SmallRng);
@@ -202,7 +250,11 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> i32 {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("hil-sim: error: {e}");
-            1
+            if e.is_usage() {
+                2
+            } else {
+                1
+            }
         }
     }
 }
@@ -214,9 +266,13 @@ fn resolve(broker: &str) -> Result<SocketAddr, SimError> {
             broker: broker.into(),
             source,
         })?;
-    addrs
+    let addr = addrs
         .next()
-        .ok_or_else(|| SimError::NoAddress(broker.into()))
+        .ok_or_else(|| SimError::NoAddress(broker.into()))?;
+    if addr.port() == 0 {
+        return Err(SimError::PortZero(broker.into()));
+    }
+    Ok(addr)
 }
 
 pub fn run(args: Args) -> Result<(), SimError> {
@@ -228,6 +284,7 @@ pub fn run(args: Args) -> Result<(), SimError> {
             reason: e.to_string(),
         })?;
     let broker = resolve(&args.broker)?;
+    check_prefix(&args.prefix)?;
     let flash = FileFlash::open(&args.state_dir)?;
 
     let mut cfg = Config::new(&args.chip, mac);
@@ -265,17 +322,41 @@ pub fn run(args: Args) -> Result<(), SimError> {
     let mut rng = SmallRng::seed_from_u64(seed);
     let start = Instant::now();
     let now = || start.elapsed().as_millis() as u64;
-    // A broker provisioned over the console (`!config broker=...`), kept in
-    // flash like the firmware's settings, overrides --broker.
+    // A broker provisioned over the console (`!config broker=...`) is kept in
+    // flash like the firmware's settings. The rule: --broker on the command
+    // line wins (it is what the user just typed), unless
+    // --prefer-flash-settings; either way the boot says which one is used.
     let settings_path = args.state_dir.join("settings.txt");
-    let broker = std::fs::read_to_string(&settings_path)
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("broker=").map(str::to_owned))
-        })
-        .and_then(|b| resolve(&b).ok())
-        .unwrap_or(broker);
+    let stored = std::fs::read_to_string(&settings_path).ok().and_then(|t| {
+        t.lines()
+            .find_map(|l| l.strip_prefix("broker=").map(str::to_owned))
+    });
+    let (broker, broker_text, source) = match stored {
+        Some(text) if args.prefer_flash_settings => match resolve(&text) {
+            Ok(addr) => (addr, text, "flash"),
+            Err(e) => {
+                write_line(
+                    &mut out,
+                    &Event::error("config", format!("stored broker unusable, using --broker: {e}"))
+                        .format(),
+                );
+                (broker, args.broker.clone(), "flag")
+            }
+        },
+        Some(text) if text != args.broker => {
+            write_line(
+                &mut out,
+                &Event::Config {
+                    setting: "ignored_flash_broker".into(),
+                    value: text,
+                    source: "flash".into(),
+                }
+                .format(),
+            );
+            (broker, args.broker.clone(), "flag")
+        }
+        _ => (broker, args.broker.clone(), "flag"),
+    };
     let mut link = Link::new(broker, tx.clone());
     let mut splitter = LineSplitter::default();
 
@@ -286,12 +367,25 @@ pub fn run(args: Args) -> Result<(), SimError> {
             Rng(SmallRng::seed_from_u64(rng.next_u64())),
             records,
         );
+        for (setting, value) in [("broker", &broker_text), ("mqtt", &cfg.mqtt.to_string())] {
+            let source = if setting == "broker" { source } else { "flag" };
+            let line = Event::Config {
+                setting: setting.into(),
+                value: value.clone(),
+                source: source.into(),
+            };
+            write_line(&mut out, &line.format());
+        }
         for c in corrupt {
+            let kept = match &c.moved_to {
+                Some(p) => format!("kept as {}", p.display()),
+                None => "could not be moved aside".into(),
+            };
             write_line(
                 &mut out,
                 &Event::error(
                     "flash",
-                    format!("{}: {} (starting it empty)", c.path.display(), c.why),
+                    format!("{}: {} ({kept}; starting it empty)", c.path.display(), c.why),
                 )
                 .format(),
             );
