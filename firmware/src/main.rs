@@ -59,7 +59,9 @@ async fn net_task(mut runner: Runner<'static, esp_radio::wifi::Interface>) {
 async fn println(tx: &mut ConsoleTx, line: &str) {
     let _ = tx.write_all(line.as_bytes()).await;
     let _ = tx.write_all(b"\r\n").await;
-    let _ = tx.flush().await;
+    // By path: UART's inherent blocking `flush` (a Result, not a future)
+    // shadows the async trait method under `uart-console`.
+    let _ = embedded_io_async::Write::flush(tx).await;
 }
 
 fn now_ms() -> u64 {
@@ -115,12 +117,31 @@ async fn main(spawner: Spawner) {
     cfg.outbox_capacity = store::OUTBOX_CAPACITY;
     let (records, corrupt) = store.load_records().await;
     let mut device = Device::boot(cfg, HwRng(rng), records);
-    for key in corrupt {
+    // Where each setting came from: the firmware has no flags, only flash
+    // (`!config`) and its defaults.
+    let broker = match settings.broker {
+        Some((ip, port)) => (alloc::format!("{ip}:{port}"), "flash"),
+        None => ("none".into(), "default"),
+    };
+    for (setting, value, source) in [
+        ("broker", broker.0, broker.1),
+        ("mqtt", alloc::format!("{}", settings.mqtt), "flash"),
+    ] {
+        let line = Event::Config {
+            setting: setting.into(),
+            value,
+            source: source.into(),
+        };
+        println(&mut tx, &line.format()).await;
+    }
+    for (key, kept) in corrupt {
         println(
             &mut tx,
             &Event::error(
                 "flash",
-                alloc::format!("record {key} unreadable, starting it empty"),
+                alloc::format!(
+                    "record {key} unreadable ({kept}), starting it empty"
+                ),
             )
             .format(),
         )

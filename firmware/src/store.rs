@@ -27,7 +27,14 @@ fn key_of(k: RecordKey) -> u8 {
         RecordKey::Outbox => 2,
         RecordKey::Inbox => 3,
         RecordKey::Subscription => 4,
+        RecordKey::SeqMark => 5,
     }
+}
+
+/// Where the first unreadable copy of a record is kept: the next write of
+/// that record must not destroy the evidence (0x80 | key, never overwritten).
+fn corrupt_key_of(k: RecordKey) -> u8 {
+    0x80 | key_of(k)
 }
 
 impl Store {
@@ -53,19 +60,42 @@ impl Store {
         }
     }
 
-    /// Every readable record, and the names of those that were not.
-    pub async fn load_records(&mut self) -> (Vec<Record>, Vec<&'static str>) {
+    /// Every readable record, and for each that was not: its name and where
+    /// its bytes are kept.
+    pub async fn load_records(&mut self) -> (Vec<Record>, Vec<(&'static str, &'static str)>) {
         let mut records = Vec::new();
         let mut corrupt = Vec::new();
         for k in RecordKey::ALL {
             if let Some(bytes) = self.fetch(key_of(k)).await {
                 match Record::decode(&bytes) {
-                    Ok(r) => records.push(r),
-                    Err(_) => corrupt.push(k.name()),
+                    Ok(r) if r.key() == k => records.push(r),
+                    _ => {
+                        let kept = if self.fetch(corrupt_key_of(k)).await.is_some() {
+                            "an earlier corrupt copy is kept; this one is not"
+                        } else if self.put(corrupt_key_of(k), &bytes).await.is_ok() {
+                            "kept under key 0x80|key"
+                        } else {
+                            "could not be kept"
+                        };
+                        corrupt.push((k.name(), kept));
+                    }
                 }
             }
         }
         (records, corrupt)
+    }
+
+    async fn put(&mut self, key: u8, bytes: &[u8]) -> Result<(), &'static str> {
+        store_item(
+            &mut self.flash,
+            RANGE,
+            &mut NoCache::new(),
+            &mut self.buf,
+            &key,
+            &bytes,
+        )
+        .await
+        .map_err(|_| "flash write failed")
     }
 
     pub async fn save(&mut self, r: &Record) -> Result<(), &'static str> {
