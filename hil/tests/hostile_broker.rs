@@ -116,7 +116,11 @@ fn hostile(proto: MqttVersion, send: impl Fn(&mut TcpStream, u16, bool), reason:
     };
     let err = sim
         .console
-        .expect("error line", DEADLINE, |e| matches!(e, Event::Error { kind: k, .. } if k == kind))
+        .expect(
+            "error line",
+            DEADLINE,
+            |e| matches!(e, Event::Error { kind: k, .. } if k == kind),
+        )
         .unwrap_or_else(|e| fail(&sim, e));
     let disc = sim
         .console
@@ -127,19 +131,28 @@ fn hostile(proto: MqttVersion, send: impl Fn(&mut TcpStream, u16, bool), reason:
     let Event::MqttDisconnected { reason: got } = &disc else {
         unreachable!()
     };
-    assert!(got.starts_with(reason), "reason {got:?}, expected {reason}; error {err:?}");
+    assert!(
+        got.starts_with(reason),
+        "reason {got:?}, expected {reason}; error {err:?}"
+    );
     sim.console
         .expect("backoff", DEADLINE, |e| matches!(e, Event::Backoff { .. }))
         .unwrap_or_else(|e| fail(&sim, e));
     // The device is alive and connects again.
     drop(s);
     let (_s2, _) = accept_session(&l, v5);
-    let status = sim.console.command("!status").unwrap_or_else(|e| fail(&sim, e));
+    let status = sim
+        .console
+        .command("!status")
+        .unwrap_or_else(|e| fail(&sim, e));
     assert!(
         matches!(&status, Event::Ack { fields, .. } if fields.iter().any(|(k, _)| k == "rejected")),
         "{status:?}"
     );
-    assert!(sim.child.try_wait().unwrap().is_none(), "the device is still running");
+    assert!(
+        sim.child.try_wait().unwrap().is_none(),
+        "the device is still running"
+    );
 }
 
 fn publish_pid0(s: &mut TcpStream, _pid: u16, v5: bool) {
@@ -192,6 +205,16 @@ macro_rules! both {
     };
 }
 
-both!(packet_id_zero, publish_pid0, "protocol-violation", "protocol");
+both!(
+    packet_id_zero,
+    publish_pid0,
+    "protocol-violation",
+    "protocol"
+);
 both!(announced_268_mb, huge, "packet-too-large", "protocol");
-both!(suback_refused, refuse, "subscribe-refused rc=0x80", "subscribe");
+both!(
+    suback_refused,
+    refuse,
+    "subscribe-refused rc=0x80",
+    "subscribe"
+);

@@ -88,3 +88,47 @@ fn a_redelivery_without_dup_is_the_brokers_mosquitto() {
         "MQTT-3.3.1-1",
     );
 }
+
+#[test]
+fn reordered_publishes_are_the_brokers() {
+    broker_verdict(
+        BrokerChoice::Rumqttd,
+        MqttVersion::V3_1_1,
+        "queued_commands",
+        BrokerFault::ReorderPublishes,
+        "MQTT-4.6.0-6",
+    );
+}
+
+#[test]
+fn reordered_publishes_are_the_brokers_on_mqtt5_mosquitto() {
+    broker_verdict(
+        BrokerChoice::Mosquitto,
+        MqttVersion::V5,
+        "queued_commands",
+        BrokerFault::ReorderPublishes,
+        "MQTT-4.6.0-6",
+    );
+}
+
+#[test]
+fn a_swallowed_will_is_the_brokers() {
+    broker_verdict(
+        BrokerChoice::Rumqttd,
+        MqttVersion::V3_1_1,
+        "last_will",
+        BrokerFault::SwallowWill,
+        "MQTT-3.1.2-8",
+    );
+}
+
+#[test]
+fn a_swallowed_will_is_the_brokers_on_mqtt5_mosquitto() {
+    broker_verdict(
+        BrokerChoice::Mosquitto,
+        MqttVersion::V5,
+        "last_will",
+        BrokerFault::SwallowWill,
+        "MQTT-3.1.2-8",
+    );
+}

@@ -52,7 +52,10 @@ fn buffered_seq(line: &str) -> Option<u32> {
 struct Rng(u64);
 impl Rng {
     fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (self.0 >> 33) % n
     }
 }
@@ -118,7 +121,10 @@ fn power_cuts_lose_and_reuse_nothing() {
     let mut first_order = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !claimed.iter().all(|s| published.contains_key(s)) && Instant::now() < deadline {
-        if let Some(m) = cloud.recv(Instant::now() + Duration::from_millis(500)).unwrap() {
+        if let Some(m) = cloud
+            .recv(Instant::now() + Duration::from_millis(500))
+            .unwrap()
+        {
             let text = String::from_utf8_lossy(&m.payload).to_string();
             let seq: u32 = text
                 .split("\"seq\":")
@@ -155,8 +161,18 @@ fn power_cuts_lose_and_reuse_nothing() {
         reused.len(),
         out_of_order
     );
-    assert!(claimed.len() >= 40, "the soak reported too few readings to judge: {}", claimed.len());
-    assert!(lost.is_empty(), "reported buffered, never published: {lost:?}");
+    assert!(
+        claimed.len() >= 40,
+        "the soak reported too few readings to judge: {}",
+        claimed.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "reported buffered, never published: {lost:?}"
+    );
     assert!(reused.is_empty(), "one seq, two payloads: {reused:?}");
-    assert_eq!(out_of_order, 0, "first arrivals out of seq order: {first_order:?}");
+    assert_eq!(
+        out_of_order, 0,
+        "first arrivals out of seq order: {first_order:?}"
+    );
 }

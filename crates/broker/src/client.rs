@@ -76,6 +76,16 @@ enum In {
 struct Shared {
     conn: Connection<role::Client>,
     stream: TcpStream,
+    observer: Option<Observer>,
+    client_id: String,
+}
+
+impl Shared {
+    fn tell(&self, e: CloudEvent) {
+        if let Some(o) = &self.observer {
+            (o.0)(e);
+        }
+    }
 }
 
 impl Shared {
@@ -119,11 +129,53 @@ impl Shared {
                         // The cloud client learns of a server DISCONNECT from the close.
                         Some(Incoming::Disconnect { .. }) | None => continue,
                     };
+                    if let In::Publish(m) = &msg {
+                        self.tell(CloudEvent::Received {
+                            client: self.client_id.clone(),
+                            message: m.clone(),
+                        });
+                    }
                     let _ = tx.send(msg);
                 }
                 _ => {}
             }
         }
+    }
+}
+
+/// What a cloud client did and got, told as it happens: the cloud side of
+/// the evidence a conformance monitor needs (who published what, in which
+/// order, who listened), recorded by the test's own client, which the device
+/// cannot touch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CloudEvent {
+    /// About to be sent (a QoS > 0 publish waits for its ack afterwards).
+    Published {
+        client: String,
+        topic: String,
+        payload: Vec<u8>,
+        qos: u8,
+        expiry_s: Option<u32>,
+    },
+    /// The broker granted this subscription (refusals are not told).
+    Subscribed {
+        client: String,
+        filter: String,
+        granted: u8,
+    },
+    /// The broker delivered this message to the client.
+    Received { client: String, message: Received },
+    /// The client's connection ended (either side).
+    Closed { client: String },
+}
+
+/// A callback told of every [`CloudEvent`] of a client.
+#[derive(Clone)]
+pub struct Observer(pub Arc<dyn Fn(CloudEvent) + Send + Sync>);
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
     }
 }
 
@@ -140,6 +192,8 @@ pub struct ConnectOptions {
     /// Acknowledge received QoS 1/2 publishes (off: leave them unacknowledged,
     /// so the broker must redeliver them).
     pub auto_ack: bool,
+    /// Told of what this client publishes, subscribes and receives.
+    pub observer: Option<Observer>,
 }
 
 impl ConnectOptions {
@@ -151,6 +205,7 @@ impl ConnectOptions {
             session_expiry_s: None,
             will: None,
             auto_ack: true,
+            observer: None,
         }
     }
 }
@@ -184,7 +239,12 @@ impl Client {
         let reader = stream.try_clone()?;
         let mut conn = Connection::<role::Client>::new(proto.core());
         conn.set_auto_pub_response(opts.auto_ack);
-        let shared = Arc::new(Mutex::new(Shared { conn, stream }));
+        let shared = Arc::new(Mutex::new(Shared {
+            conn,
+            stream,
+            observer: opts.observer.clone(),
+            client_id: opts.client_id.clone(),
+        }));
         let (tx, rx) = mpsc::channel();
         {
             let shared = shared.clone();
@@ -286,7 +346,16 @@ impl Client {
         loop {
             match self.next_in(deadline, "SUBACK")? {
                 In::Suback { pid: p, codes } if p == pid => {
-                    return Ok(codes.first().copied().unwrap_or(128))
+                    let granted = codes.first().copied().unwrap_or(128);
+                    if granted < 0x80 {
+                        let s = self.shared.lock().unwrap();
+                        s.tell(CloudEvent::Subscribed {
+                            client: s.client_id.clone(),
+                            filter: topic.into(),
+                            granted,
+                        });
+                    }
+                    return Ok(granted);
                 }
                 In::Publish(p) => self.pending.push_back(p),
                 _ => {}
@@ -332,6 +401,20 @@ impl Client {
             },
         )
         .map_err(perr)?;
+        {
+            let s = self.shared.lock().unwrap();
+            s.tell(CloudEvent::Published {
+                client: s.client_id.clone(),
+                topic: topic.into(),
+                payload: payload.to_vec(),
+                qos: qos_level,
+                expiry_s: if self.proto == MqttVersion::V5 {
+                    expiry_s
+                } else {
+                    None
+                },
+            });
+        }
         self.send(packet);
         let Some(pid) = pid else { return Ok(()) };
         let deadline = Instant::now() + WAIT;
@@ -436,6 +519,10 @@ fn read_loop(mut reader: TcpStream, shared: Arc<Mutex<Shared>>, tx: mpsc::Sender
     loop {
         match reader.read(&mut buf) {
             Ok(0) | Err(_) => {
+                let s = shared.lock().unwrap();
+                s.tell(CloudEvent::Closed {
+                    client: s.client_id.clone(),
+                });
                 let _ = tx.send(In::Closed);
                 return;
             }

@@ -30,6 +30,10 @@ pub enum Packet {
         clean: bool,
         keepalive: u16,
         will: Option<(String, u8, bool)>,
+        /// The Will's payload (lossy UTF-8). Not shown.
+        will_payload: Option<String>,
+        /// MQTT 5 Will Delay Interval. Not shown.
+        will_delay: Option<u32>,
         level: u8,
         /// MQTT 5 Session Expiry Interval (None: absent, or 3.1.1). Not shown.
         session_expiry: Option<u32>,
@@ -282,6 +286,13 @@ impl Decoder {
                             will: c
                                 .will_topic()
                                 .map(|t| (t.to_string(), c.will_qos() as u8, c.will_retain())),
+                            will_payload: c
+                                .will_payload()
+                                .map(|p| String::from_utf8_lossy(p).into_owned()),
+                            will_delay: c.will_props.iter().find_map(|pr| match pr {
+                                mqtt_protocol_core::mqtt::packet::Property::WillDelayInterval(v) => Some(v.val()),
+                                _ => None,
+                            }),
                             level,
                             session_expiry: c.props().iter().find_map(|pr| match pr {
                                 mqtt_protocol_core::mqtt::packet::Property::SessionExpiryInterval(v) => Some(v.val()),
@@ -297,6 +308,10 @@ impl Decoder {
                             will: c
                                 .will_topic()
                                 .map(|t| (t.to_string(), c.will_qos() as u8, c.will_retain())),
+                            will_payload: c
+                                .will_payload()
+                                .map(|p| String::from_utf8_lossy(p).into_owned()),
+                            will_delay: None,
                             level,
                             session_expiry: None,
                         }
@@ -446,6 +461,8 @@ mod tests {
                 clean: false,
                 keepalive: 30,
                 will: Some(("devices/x/status".into(), 1, true)),
+                will_payload: Some("offline".into()),
+                will_delay: None,
                 level: 4,
                 session_expiry: None,
             }]

@@ -179,7 +179,8 @@ impl Line {
     /// character boundary and ends in `...[+N bytes]`, so one line stays
     /// bounded whatever the network sent (a 2 MB payload is not a 2 MB line).
     pub fn field(mut self, key: &str, value: impl ToString) -> Self {
-        self.fields.push((key.to_owned(), bounded(value.to_string())));
+        self.fields
+            .push((key.to_owned(), bounded(value.to_string())));
         self
     }
 
@@ -776,7 +777,11 @@ mod tests {
         }
         .format();
         assert!(line.len() < MAX_VALUE + 100, "{} bytes", line.len());
-        assert!(line.ends_with("...[+1999488 bytes]\""), "{}", &line[line.len() - 40..]);
+        assert!(
+            line.ends_with("...[+1999488 bytes]\""),
+            "{}",
+            &line[line.len() - 40..]
+        );
         let back = Event::parse(&line).unwrap();
         assert!(matches!(back, Event::Cmd { payload, .. } if payload.starts_with("éé")));
     }

@@ -14,8 +14,8 @@
 use crate::backoff::{Backoff, RandomSource};
 use crate::config::{Bug, Config, MqttVersion};
 use crate::console::{Command, Event, LineError};
-use crate::identity::{client_id, Topics};
 use crate::guard::{Guard, Violation};
+use crate::identity::{client_id, Topics};
 use crate::inbox::Inbox;
 use crate::mqtt::{timer_index, ConnectParams, Engine, EngineEvent, TIMER_KINDS};
 use crate::outbox::Outbox;
@@ -587,7 +587,11 @@ impl<R: RandomSource> Device<R> {
                     self.timers[timer_index(kind)] = after_ms.map(|ms| now + ms);
                 }
                 EngineEvent::Error(e) => {
-                    let kind = if e.contains("Malformed") { "protocol" } else { "mqtt" };
+                    let kind = if e.contains("Malformed") {
+                        "protocol"
+                    } else {
+                        "mqtt"
+                    };
                     self.console(Event::error(kind, e))
                 }
                 EngineEvent::Received(Incoming::Connack {
@@ -612,10 +616,9 @@ impl<R: RandomSource> Device<R> {
                             continue;
                         }
                         self.subscription = Some((t.clone(), self.cfg.sub_qos()));
-                        self.out
-                            .push_back(Output::Persist(Record::Subscription(
-                                self.subscription.clone(),
-                            )));
+                        self.out.push_back(Output::Persist(Record::Subscription(
+                            self.subscription.clone(),
+                        )));
                         for qos in codes {
                             self.console(Event::MqttSubscribed {
                                 topic: t.clone(),
@@ -1083,11 +1086,17 @@ mod tests {
             ),
             "reason {reason}: {ev:?}"
         );
-        assert!(ev.iter().any(|e| matches!(e, Event::Backoff { .. })), "{ev:?}");
+        assert!(
+            ev.iter().any(|e| matches!(e, Event::Backoff { .. })),
+            "{ev:?}"
+        );
         assert!(!d.is_connected());
         let at = d.poll_timeout().expect("a reconnect is scheduled");
         d.handle_timeout(at);
-        assert!(drain(d).contains(&Output::Open), "reconnects after the backoff");
+        assert!(
+            drain(d).contains(&Output::Open),
+            "reconnects after the backoff"
+        );
     }
 
     #[test]
@@ -1214,11 +1223,19 @@ mod tests {
         online(&mut d, false);
         d.handle_bytes(5, &[0x82, 2, 0, 1]);
         let out = drain(&mut d);
-        assert_clean_refusal(&mut d, &out, "protocol", "protocol-violation: a packet only clients send");
+        assert_clean_refusal(
+            &mut d,
+            &out,
+            "protocol",
+            "protocol-violation: a packet only clients send",
+        );
     }
 
     /// What is on flash after performing `out` in order, as the driver would.
-    fn flash_after(flash: &mut alloc::collections::BTreeMap<crate::RecordKey, Record>, out: &[Output]) {
+    fn flash_after(
+        flash: &mut alloc::collections::BTreeMap<crate::RecordKey, Record>,
+        out: &[Output],
+    ) {
         for o in out {
             if let Output::Persist(r) = o {
                 flash.insert(r.key(), r.clone());
@@ -1253,7 +1270,11 @@ mod tests {
                     _ => {
                         // Power cut: boot from exactly what is on flash.
                         let cfg = Config::new("esp32c3", "24:0a:c4:12:34:56".parse().unwrap());
-                        d = Device::boot(cfg, SplitMix64(run), flash.values().cloned().collect::<Vec<_>>());
+                        d = Device::boot(
+                            cfg,
+                            SplitMix64(run),
+                            flash.values().cloned().collect::<Vec<_>>(),
+                        );
                     }
                 }
                 while let Some(o) = d.poll_output() {
@@ -1263,10 +1284,15 @@ mod tests {
                         _ => None,
                     };
                     if let Some(seq) = claim {
-                        let Some(Record::Outbox(snap)) = flash.get(&crate::RecordKey::Outbox) else {
+                        let Some(Record::Outbox(snap)) = flash.get(&crate::RecordKey::Outbox)
+                        else {
                             panic!("seq {seq} reported, no outbox record on flash");
                         };
-                        assert!(snap.next_seq > seq, "seq {seq} reported, persisted next_seq {}", snap.next_seq);
+                        assert!(
+                            snap.next_seq > seq,
+                            "seq {seq} reported, persisted next_seq {}",
+                            snap.next_seq
+                        );
                         let mark = match flash.get(&crate::RecordKey::SeqMark) {
                             Some(Record::SeqMark { next }) => *next,
                             _ => 0,

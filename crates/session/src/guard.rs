@@ -252,7 +252,9 @@ mod tests {
         );
         assert_eq!(g.buffered(), 0);
         assert_eq!(
-            Guard::new(MqttVersion::V5, 64).feed(&[0x30, 0xff, 0xff, 0xff, 0xff]).1,
+            Guard::new(MqttVersion::V5, 64)
+                .feed(&[0x30, 0xff, 0xff, 0xff, 0xff])
+                .1,
             Some(Violation::Malformed("remaining length longer than 4 bytes"))
         );
     }
@@ -266,9 +268,18 @@ mod tests {
         );
         assert!(guard().feed(&[0x40, 2, 0, 0]).1.is_some(), "PUBACK pid 0");
         assert!(guard().feed(&[0x62, 2, 0, 0]).1.is_some(), "PUBREL pid 0");
-        assert!(guard().feed(&[0x60, 2, 0, 1]).1.is_some(), "PUBREL bad flags");
-        assert!(guard().feed(&[0x36, 5, 0, 1, b't', 0, 1]).1.is_some(), "QoS 3");
-        assert!(guard().feed(&[0xc0, 0]).1.is_some(), "PINGREQ from a server");
+        assert!(
+            guard().feed(&[0x60, 2, 0, 1]).1.is_some(),
+            "PUBREL bad flags"
+        );
+        assert!(
+            guard().feed(&[0x36, 5, 0, 1, b't', 0, 1]).1.is_some(),
+            "QoS 3"
+        );
+        assert!(
+            guard().feed(&[0xc0, 0]).1.is_some(),
+            "PINGREQ from a server"
+        );
         assert!(guard().feed(&[0xe0, 0]).1.is_some(), "3.1.1 DISCONNECT");
         assert!(guard().feed(&CONNACK).1.is_some(), "second CONNACK");
         assert_eq!(guard().feed(&[0x62, 2, 0, 1]).1, None, "valid PUBREL");

@@ -58,7 +58,9 @@ pub enum Record {
     /// Every telemetry sequence number below `next` may have been used. Kept
     /// apart from the outbox so that a corrupt or lost outbox record never
     /// brings back a number the cloud has already seen.
-    SeqMark { next: u32 },
+    SeqMark {
+        next: u32,
+    },
 }
 
 /// A stored record that could not be read back.

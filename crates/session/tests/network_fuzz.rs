@@ -155,7 +155,11 @@ fn case(seed: u64) {
     let mut stream = Vec::new();
     for _ in 0..1 + rng.below(12) {
         let p = valid_packet(&mut rng, v5);
-        stream.extend(if rng.chance(40) { mutate(&mut rng, p) } else { p });
+        stream.extend(if rng.chance(40) {
+            mutate(&mut rng, p)
+        } else {
+            p
+        });
     }
     let mut held = 0usize;
     let mut at = 0;
@@ -178,7 +182,11 @@ fn case(seed: u64) {
             }
         }
         held = held.max(drain(&mut d).len());
-        assert!(d.outbox_len() <= 8, "seed {seed}: outbox {}", d.outbox_len());
+        assert!(
+            d.outbox_len() <= 8,
+            "seed {seed}: outbox {}",
+            d.outbox_len()
+        );
     }
     assert!(held < 10_000, "seed {seed}: {held} outputs from one input");
     assert!(
@@ -191,7 +199,10 @@ fn run(cases: u64, base: u64) {
     for i in 0..cases {
         let seed = base.wrapping_add(i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let result = std::panic::catch_unwind(|| case(seed));
-        assert!(result.is_ok(), "seed {seed} panicked (replay: case({seed}))");
+        assert!(
+            result.is_ok(),
+            "seed {seed} panicked (replay: case({seed}))"
+        );
     }
 }
 
@@ -209,7 +220,10 @@ fn mutated_broker_streams_never_panic() {
 fn a_million_cases() {
     let t = std::time::Instant::now();
     run(1_000_000, 0xfeed);
-    eprintln!("1000000 cases, 0 panics, {:.1} s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "1000000 cases, 0 panics, {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
 }
 
 #[test]

@@ -132,7 +132,11 @@ mod tests {
         assert_eq!(fs::read(&kept).unwrap(), b"\x01garbage\xff");
         fs::write(dir.path().join("inbox.rec"), b"\x02").unwrap();
         let (_, corrupt) = flash.load();
-        assert!(corrupt[0].moved_to.as_ref().unwrap().ends_with("inbox.rec.corrupt-2"));
+        assert!(corrupt[0]
+            .moved_to
+            .as_ref()
+            .unwrap()
+            .ends_with("inbox.rec.corrupt-2"));
         assert!(kept.exists());
     }
 

@@ -153,10 +153,15 @@ pub enum SimError {
     },
     #[error("--broker {0}: resolves to no address")]
     NoAddress(String),
-    #[error("--broker {0}: port 0 is not a broker's port (expected HOST:PORT, e.g. 127.0.0.1:1883)")]
+    #[error(
+        "--broker {0}: port 0 is not a broker's port (expected HOST:PORT, e.g. 127.0.0.1:1883)"
+    )]
     PortZero(String),
     #[error("--prefix {prefix}: {reason}")]
-    BadPrefix { prefix: String, reason: &'static str },
+    BadPrefix {
+        prefix: String,
+        reason: &'static str,
+    },
     #[error("--mac {mac}: {reason}")]
     BadMac { mac: String, reason: String },
     #[error("cannot create state dir {path}: {source}")]
@@ -337,8 +342,11 @@ pub fn run(args: Args) -> Result<(), SimError> {
             Err(e) => {
                 write_line(
                     &mut out,
-                    &Event::error("config", format!("stored broker unusable, using --broker: {e}"))
-                        .format(),
+                    &Event::error(
+                        "config",
+                        format!("stored broker unusable, using --broker: {e}"),
+                    )
+                    .format(),
                 );
                 (broker, args.broker.clone(), "flag")
             }
@@ -385,7 +393,11 @@ pub fn run(args: Args) -> Result<(), SimError> {
                 &mut out,
                 &Event::error(
                     "flash",
-                    format!("{}: {} ({kept}; starting it empty)", c.path.display(), c.why),
+                    format!(
+                        "{}: {} ({kept}; starting it empty)",
+                        c.path.display(),
+                        c.why
+                    ),
                 )
                 .format(),
             );

@@ -5,6 +5,7 @@
 //! `wire()`. Hardware and process details stay behind the device backend.
 
 mod broker;
+mod delivery;
 pub mod monitor;
 mod proxy;
 pub mod rules;
@@ -237,6 +238,14 @@ impl Testbed {
     }
 
     fn observer_with(&self, opts: &ConnectOptions) -> Result<Client, RigError> {
+        // The cloud side is on the wire record too: the monitor judges the
+        // broker by what it delivered against what was published to it.
+        let mut opts = opts.clone();
+        let wire = self.proxy.wire().clone();
+        opts.observer = Some(hil_broker::client::Observer(std::sync::Arc::new(
+            move |e| wire.push(WireEvent::Cloud(e)),
+        )));
+        let opts = &opts;
         Client::connect(self.broker.addr(self.mqtt), self.mqtt, opts).map_err(|source| {
             RigError::Cloud {
                 name: opts.client_id.clone(),

@@ -14,6 +14,9 @@
 //! - a second CONNECT with the same client ID closes the first connection
 //!   ([MQTT-3.1.4-2] in 3.1.1, [MQTT-3.1.4-3] in 5).
 //!
+//! The rules that compare what was published with what was delivered (QoS
+//! cap, order, message expiry, the Will) are in `delivery.rs`.
+//!
 //! A broker restart (the testbed's own kill) ends what is known of sessions:
 //! keeping them across a restart is a broker's choice, not a rule.
 
@@ -65,8 +68,16 @@ fn v5(level: u8) -> bool {
     level == 5
 }
 
-/// Every deviation in `records`, in the order they happened.
+/// Every deviation in `records`, observed until the last record.
 pub fn check(records: &[WireRecord]) -> Vec<Deviation> {
+    let until = records.last().map(|r| r.at).unwrap_or_else(Instant::now);
+    check_until(records, until)
+}
+
+/// Every deviation in `records`, observed until `until` (the instant the
+/// scenario stopped watching: a Will that never came is judged only when
+/// the watch went on past its deadline).
+pub fn check_until(records: &[WireRecord], until: Instant) -> Vec<Deviation> {
     let mut conns: HashMap<u32, Conn> = HashMap::new();
     let mut sessions: HashMap<String, Session> = HashMap::new();
     let mut takeovers: Vec<(u32, String)> = Vec::new();
@@ -80,7 +91,7 @@ pub fn check(records: &[WireRecord]) -> Vec<Deviation> {
                     s.granted.clear();
                 }
             }
-            WireEvent::Attempt { .. } => {}
+            WireEvent::Attempt { .. } | WireEvent::Cloud(_) | WireEvent::Blackhole { .. } => {}
             WireEvent::Closed { conn, .. } | WireEvent::Cut { conn } => {
                 if let Some(c) = conns.get_mut(conn) {
                     c.closed = true;
@@ -220,6 +231,7 @@ pub fn check(records: &[WireRecord]) -> Vec<Deviation> {
             }
         }
     }
+    out.extend(super::delivery::check(records, until));
     for (old, id) in takeovers {
         if conns.get(&old).is_some_and(|c| !c.closed) {
             let level = conns.get(&old).map(|c| c.level).unwrap_or(4);

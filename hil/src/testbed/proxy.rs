@@ -159,6 +159,8 @@ impl FaultProxy {
     pub fn blackhole(&self, on: bool) {
         let mut st = self.state.lock().unwrap();
         st.blackhole = on;
+        // On the record: while it is on, a close reaches neither end.
+        self.log.push(WireEvent::Blackhole { on });
         if !on {
             // Connections that lived through the blackhole are dead to both
             // ends by now; new ones pass.
@@ -308,16 +310,34 @@ impl Pump {
                         action
                     }
                 };
-                // The tap records what crossed the proxy: a rewrite as rewritten.
+                // The tap stands at the device: what the device sent (Up,
+                // before any rule), what it was given (Down, as rewritten).
+                // So a rule on either side plays a broker that misbehaves.
+                let frames = match &action {
+                    Action::Replace(f) if dir == Dir::Down => vec![f.clone()],
+                    Action::Then(fs) => fs.clone(),
+                    _ => vec![frame.clone()],
+                };
+                for f in &frames {
+                    if matches!(action, Action::Drop | Action::Hold) && dir == Dir::Down {
+                        break;
+                    }
+                    self.log.push(WireEvent::Packet {
+                        conn,
+                        dir,
+                        packet: f.packet.clone(),
+                    });
+                }
+                if matches!(action, Action::Drop | Action::Hold) && dir == Dir::Down {
+                    self.log.note(format!(
+                        "#{conn} {} withheld from the device",
+                        frame.packet.kind()
+                    ));
+                }
                 let frame = match &action {
                     Action::Replace(f) => f.clone(),
                     _ => frame,
                 };
-                self.log.push(WireEvent::Packet {
-                    conn,
-                    dir,
-                    packet: frame.packet.clone(),
-                });
                 if !latency.is_zero() {
                     // The latency fault itself: this packet is late by design.
                     std::thread::sleep(latency);
@@ -325,6 +345,7 @@ impl Pump {
                 let cut = action == Action::CutAfter;
                 let bytes = match action {
                     Action::Pass | Action::CutAfter | Action::Replace(_) => frame.bytes,
+                    Action::Then(fs) => fs.into_iter().flat_map(|f| f.bytes).collect(),
                     Action::Delay(d) => {
                         // The delay rule itself: late by design.
                         std::thread::sleep(d);

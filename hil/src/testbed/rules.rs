@@ -24,6 +24,9 @@ pub enum Action {
     Hold,
     /// Forward it, then reset the connection both ways (RST).
     CutAfter,
+    /// Forward these packets instead, in this order (a reorder releases a
+    /// packet it held behind the current one).
+    Then(Vec<Frame>),
 }
 
 /// A packet rule. `conn` numbers the proxy's connections from 1.
@@ -88,7 +91,19 @@ pub enum BrokerFault {
     ClearDup,
     /// Answers session_present=0 for a session it kept.
     DenySessionPresent,
+    /// Delivers the second of two PUBLISHes to the device before the first.
+    ReorderPublishes,
+    /// Ignores the Last Will of the device's CONNECT (never publishes it).
+    SwallowWill,
 }
+
+pub const ALL_FAULTS: [BrokerFault; 5] = [
+    BrokerFault::RaiseQos,
+    BrokerFault::ClearDup,
+    BrokerFault::DenySessionPresent,
+    BrokerFault::ReorderPublishes,
+    BrokerFault::SwallowWill,
+];
 
 impl BrokerFault {
     pub fn name(self) -> &'static str {
@@ -96,6 +111,94 @@ impl BrokerFault {
             BrokerFault::RaiseQos => "raise-qos",
             BrokerFault::ClearDup => "clear-dup",
             BrokerFault::DenySessionPresent => "deny-session-present",
+            BrokerFault::ReorderPublishes => "reorder-publishes",
+            BrokerFault::SwallowWill => "swallow-will",
+        }
+    }
+
+    /// The packet rule that plays this misbehaving broker.
+    pub fn rule(self) -> FaultRule {
+        FaultRule {
+            fault: self,
+            held: None,
+        }
+    }
+}
+
+/// A [`BrokerFault`] installed on the proxy, with what it holds back.
+pub struct FaultRule {
+    fault: BrokerFault,
+    held: Option<Frame>,
+}
+
+/// The CONNECT as the broker would see it without its Will (the
+/// swallow-will fault): re-encoded from its decoded fields.
+fn without_will(frame: &Frame) -> Option<Frame> {
+    let Packet::Connect {
+        client_id,
+        clean,
+        keepalive,
+        level,
+        session_expiry,
+        will: Some(_),
+        ..
+    } = &frame.packet
+    else {
+        return None;
+    };
+    let version = if *level == 5 {
+        hil_packets::MqttVersion::V5
+    } else {
+        hil_packets::MqttVersion::V3_1_1
+    };
+    let packet = hil_packets::build::connect(
+        version,
+        &hil_packets::build::Connect {
+            client_id,
+            clean: *clean,
+            keepalive_s: *keepalive,
+            will: None,
+            session_expiry_s: *session_expiry,
+            max_packet_size: None,
+        },
+    )
+    .ok()?;
+    use mqtt_protocol_core::mqtt::packet::GenericPacketTrait;
+    let mut packet_out = frame.packet.clone();
+    if let Packet::Connect {
+        will, will_payload, ..
+    } = &mut packet_out
+    {
+        *will = None;
+        *will_payload = None;
+    }
+    Some(Frame {
+        packet: packet_out,
+        bytes: packet.to_continuous_buffer(),
+    })
+}
+
+impl Rule for FaultRule {
+    fn on_packet(&mut self, conn: u32, dir: Dir, frame: &Frame) -> Action {
+        match self.fault {
+            BrokerFault::ReorderPublishes => {
+                if dir != Dir::Down || !matches!(frame.packet, Packet::Publish { .. }) {
+                    return Action::Pass;
+                }
+                match self.held.take() {
+                    None => {
+                        self.held = Some(frame.clone());
+                        Action::Drop
+                    }
+                    Some(first) => Action::Then(vec![frame.clone(), first]),
+                }
+            }
+            BrokerFault::SwallowWill if dir == Dir::Up => match without_will(frame) {
+                Some(f) => Action::Replace(f),
+                None => Action::Pass,
+            },
+            BrokerFault::SwallowWill => Action::Pass,
+            mut other => other.on_packet(conn, dir, frame),
         }
     }
 }
@@ -103,16 +206,13 @@ impl BrokerFault {
 impl std::str::FromStr for BrokerFault {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        [
-            BrokerFault::RaiseQos,
-            BrokerFault::ClearDup,
-            BrokerFault::DenySessionPresent,
-        ]
-        .into_iter()
-        .find(|f| f.name() == s)
-        .ok_or_else(|| {
-            format!("unknown broker fault `{s}`: raise-qos, clear-dup, deny-session-present")
-        })
+        ALL_FAULTS
+            .into_iter()
+            .find(|f| f.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = ALL_FAULTS.iter().map(|f| f.name()).collect();
+                format!("unknown broker fault `{s}`: {}", names.join(", "))
+            })
     }
 }
 

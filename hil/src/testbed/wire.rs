@@ -33,7 +33,16 @@ pub enum WireEvent {
         conn: u32,
         by: Dir,
     },
+    /// What a scenario's cloud client published, was granted or received:
+    /// the other end of the broker, told by the runner's own client.
+    Cloud(CloudEvent),
+    /// The proxy's blackhole went on or off (closes do not cross it).
+    Blackhole {
+        on: bool,
+    },
 }
+
+pub use hil_broker::client::CloudEvent;
 
 #[derive(Clone, Debug)]
 pub struct WireRecord {
@@ -74,6 +83,34 @@ impl WireLog {
             WireEvent::Closed { conn, by } => match by {
                 Dir::Up => format!("#{conn} closed by the device"),
                 Dir::Down => format!("#{conn} closed by the broker"),
+            },
+            WireEvent::Blackhole { on } => {
+                format!("link blackhole {}", if *on { "on" } else { "off" })
+            }
+            WireEvent::Cloud(c) => match c {
+                CloudEvent::Published {
+                    client,
+                    topic,
+                    payload,
+                    qos,
+                    ..
+                } => format!(
+                    "cloud {client} -> broker PUBLISH {topic} qos={qos} {}",
+                    String::from_utf8_lossy(payload)
+                ),
+                CloudEvent::Subscribed {
+                    client,
+                    filter,
+                    granted,
+                } => format!("cloud {client} subscribed {filter} granted={granted}"),
+                CloudEvent::Received { client, message } => format!(
+                    "broker -> cloud {client} PUBLISH {} qos={} dup={} {}",
+                    message.topic,
+                    message.qos,
+                    message.dup as u8,
+                    message.text()
+                ),
+                CloudEvent::Closed { client } => format!("cloud {client} connection closed"),
             },
             WireEvent::Packet { conn, dir, packet } => {
                 let arrow = if *dir == Dir::Up {
