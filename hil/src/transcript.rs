@@ -85,10 +85,19 @@ const STABLE_EVENTS: &[&str] = &[
     "telemetry.buffered",
     "telemetry.dropped",
     // Kept so behaviour cannot change unseen: a device that starts printing
-    // errors changes its snapshot. (`mqtt.disconnected` is not: its reason
-    // and count follow network timing, e.g. "closed-by-peer" or "Broken pipe".)
+    // errors, or stops answering a command, or sends a reading twice, changes
+    // its snapshot. Their timing-dependent fields are normalised below, and a
+    // line repeated back to back (a disconnect per failed attempt while the
+    // broker is down) is kept once.
     "error",
+    "ack",
+    "mqtt.disconnected",
+    "telemetry.sent",
 ];
+
+/// Device events whose back-to-back repeats are one line in the snapshot:
+/// how many attempts fail while a broker is down is timing.
+const COLLAPSED_EVENTS: &[&str] = &["mqtt.disconnected", "telemetry.sent"];
 
 fn filters() -> &'static [(Regex, &'static str)] {
     static F: OnceLock<Vec<(Regex, &'static str)>> = OnceLock::new();
@@ -112,6 +121,24 @@ fn filters() -> &'static [(Regex, &'static str)] {
             (
                 Regex::new(r"^(@hil cmd(?:\.duplicate)? id=\S+ qos=\d) dup=[01]").unwrap(),
                 "$1 dup=<D>",
+            ),
+            // Whether a reading in flight is resent depends on when the link
+            // died; telemetry_flush asserts DUP and payload on the wire itself.
+            (
+                Regex::new(r"^(@hil telemetry\.sent seq=\d+) dup=[01]").unwrap(),
+                "$1 dup=<D>",
+            ),
+            // How a lost link shows depends on timing: a FIN (closed-by-peer),
+            // a reset or a broken pipe, a refused connect. The device's own
+            // reasons (wifi-down, keepalive, protocol, ...) are kept.
+            (
+                Regex::new(r#"^@hil mqtt\.disconnected reason=(?:closed-by-peer|"?(?:io-error|connect-failed):[^"]*"?)$"#).unwrap(),
+                "@hil mqtt.disconnected reason=<LINK-LOST>",
+            ),
+            // The link state in a `!status` answer races the network.
+            (
+                Regex::new(r"^(@hil ack cmd=status .*)mqtt=(?:down|opening|connecting|connected)").unwrap(),
+                "${1}mqtt=<LINK>",
             ),
         ]
     })
@@ -180,14 +207,20 @@ impl Transcript {
     pub fn normalized(&self) -> String {
         let entries = self.entries();
         let mut out = String::from("## device\n");
+        let mut previous = String::new();
         for e in entries.iter().filter(|e| e.source == Source::Device) {
             let name = e
                 .text
                 .strip_prefix("@hil ")
                 .and_then(|r| r.split(' ').next());
             if name.is_some_and(|n| STABLE_EVENTS.contains(&n)) {
-                out.push_str(&normalize_line(&e.text));
-                out.push('\n');
+                let line = normalize_line(&e.text);
+                let repeat = line == previous && name.is_some_and(|n| COLLAPSED_EVENTS.contains(&n));
+                if !repeat {
+                    out.push_str(&line);
+                    out.push('\n');
+                }
+                previous = line;
             }
         }
         // Device-to-broker CONNECT and SUBSCRIBE: the device sends them in its
