@@ -215,7 +215,8 @@ impl Transcript {
                 .and_then(|r| r.split(' ').next());
             if name.is_some_and(|n| STABLE_EVENTS.contains(&n)) {
                 let line = normalize_line(&e.text);
-                let repeat = line == previous && name.is_some_and(|n| COLLAPSED_EVENTS.contains(&n));
+                let repeat =
+                    line == previous && name.is_some_and(|n| COLLAPSED_EVENTS.contains(&n));
                 if !repeat {
                     out.push_str(&line);
                     out.push('\n');

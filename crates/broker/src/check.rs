@@ -137,10 +137,26 @@ fn e<E: Into<ProbeError>>(e: E) -> ProbeError {
     e.into()
 }
 
+/// A topic or client ID no other probe, run or machine uses: an external
+/// broker may be shared, and a retained or queued message from someone else's
+/// probe must never answer ours (answers are also read only from the probe's
+/// own topic, `recv_on`).
 fn unique(tag: &str) -> String {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!("hil-check-{tag}-{}-{n}", std::process::id())
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    format!("hil-check-{tag}-{:x}-{}-{n}", t, std::process::id())
+}
+
+/// The next message on `topic` (others are kept for later reads).
+fn recv_on(
+    c: &mut Client,
+    topic: &str,
+) -> Result<Option<crate::client::Received>, crate::ClientError> {
+    c.recv_matching(Instant::now() + WAIT, |m| m.topic == topic)
 }
 
 fn qos_capping(b: &Broker, p: MqttVersion) -> R {
@@ -153,8 +169,7 @@ fn qos_capping(b: &Broker, p: MqttVersion) -> R {
     let mut seen = Vec::new();
     for _ in 0..5 {
         publ.publish(&topic, b"q0", 0, false).map_err(e)?;
-        let got = sub
-            .recv(Instant::now() + WAIT)
+        let got = recv_on(&mut sub, &topic)
             .map_err(e)?
             .ok_or(ProbeError::NoAnswer("nothing delivered"))?;
         seen.push(got.qos);
@@ -192,7 +207,7 @@ fn qos0_not_queued(b: &Broker, p: MqttVersion) -> R {
     )
     .map_err(e)?;
     let mut got = Vec::new();
-    while let Some(m) = sub.recv(Instant::now() + WAIT).map_err(e)? {
+    while let Some(m) = recv_on(&mut sub, &topic).map_err(e)? {
         got.push(format!("{}@{}", m.text(), m.qos));
     }
     let queued0 = got.iter().any(|g| g.starts_with("qos0"));
@@ -273,7 +288,7 @@ fn message_expiry(b: &Broker, p: MqttVersion) -> R {
     )
     .map_err(e)?;
     let mut got = Vec::new();
-    while let Some(m) = sub.recv(Instant::now() + WAIT).map_err(e)? {
+    while let Some(m) = recv_on(&mut sub, &topic).map_err(e)? {
         got.push(m.text());
     }
     Ok((
@@ -294,13 +309,12 @@ fn dup_on_redelivery(b: &Broker, p: MqttVersion) -> R {
     sub.subscribe(&topic, 1).map_err(e)?;
     let mut publ = Client::connect(addr, p, &opts(&unique("pub"), true)).map_err(e)?;
     publ.publish(&topic, b"x", 1, false).map_err(e)?;
-    let first = sub
-        .recv(Instant::now() + WAIT)
+    let first = recv_on(&mut sub, &topic)
         .map_err(e)?
         .ok_or(ProbeError::NoAnswer("not delivered"))?;
     sub.drop_abruptly();
     let mut sub = Client::connect(addr, p, &o).map_err(e)?;
-    let again = sub.recv(Instant::now() + WAIT).map_err(e)?;
+    let again = recv_on(&mut sub, &topic).map_err(e)?;
     match again {
         Some(m) => Ok((
             m.dup,
@@ -325,11 +339,11 @@ fn last_will(b: &Broker, p: MqttVersion) -> R {
     Client::connect(addr, p, &with_will(&unique("w1")))
         .map_err(e)?
         .drop_abruptly();
-    let on_loss = watch.recv(Instant::now() + WAIT).map_err(e)?.is_some();
+    let on_loss = recv_on(&mut watch, &topic).map_err(e)?.is_some();
     Client::connect(addr, p, &with_will(&unique("w2")))
         .map_err(e)?
         .disconnect();
-    let after_disconnect = watch.recv(Instant::now() + WAIT).map_err(e)?.is_some();
+    let after_disconnect = recv_on(&mut watch, &topic).map_err(e)?.is_some();
     Ok((
         on_loss && !after_disconnect,
         format!("will on reset: {on_loss}; after DISCONNECT: {after_disconnect}"),
@@ -343,7 +357,7 @@ fn retained(b: &Broker, p: MqttVersion) -> R {
     publ.publish(&topic, b"kept", 1, true).map_err(e)?;
     let mut sub = Client::connect(addr, p, &opts(&unique("sub"), true)).map_err(e)?;
     sub.subscribe(&topic, 1).map_err(e)?;
-    let got = sub.recv(Instant::now() + WAIT).map_err(e)?;
+    let got = recv_on(&mut sub, &topic).map_err(e)?;
     publ.publish(&topic, b"", 1, true).map_err(e)?; // clear it
     Ok(match got {
         Some(m) => (
@@ -412,7 +426,7 @@ fn queue_limit(b: &Broker, p: MqttVersion) -> R {
     }
     let mut sub = Client::connect(addr, p, &o).map_err(e)?;
     let mut got = Vec::new();
-    while let Some(m) = sub.recv(Instant::now() + WAIT).map_err(e)? {
+    while let Some(m) = recv_on(&mut sub, &topic).map_err(e)? {
         if let Ok(i) = m.text().trim_start_matches('0').parse::<usize>() {
             got.push(i);
         } else if m.text().chars().all(|c| c == '0') {

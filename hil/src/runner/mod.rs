@@ -432,6 +432,17 @@ fn judge(opts: &RunOptions, s: &Scenario, mac: &str, mqtt: MqttVersion, t: &Tran
         Ok(SetUp::NotApplicable(reason)) => Verdict::NotApplicable(reason),
         Ok(SetUp::Ready(mut tb)) => {
             let r = (s.run)(&mut tb);
+            // Stop gracefully: a QoS 2 handshake in flight finishes first
+            // (bounded), so the next scenario or run finds no half-done one.
+            let open = tb.wire().open_qos2();
+            if open > 0 {
+                let left = tb
+                    .wire()
+                    .settle_qos2(std::time::Instant::now() + std::time::Duration::from_secs(2));
+                t.note(format!(
+                    "teardown: waited for {open} QoS 2 handshake(s) in flight, {left} still open after 2 s"
+                ));
+            }
             tb.dut.drain();
             if r.is_err() {
                 // What the broker said about it: often the reason for a dropped connection.

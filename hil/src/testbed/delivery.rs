@@ -336,14 +336,14 @@ fn wills(records: &[WireRecord], last: Instant) -> Vec<Deviation> {
                 WireEvent::Blackhole { on } => Some(on),
                 _ => None,
             })
-            .last()
+            .next_back()
             .unwrap_or(false);
         let learnt = if blackholed {
             let last_up = mine
                 .iter()
                 .filter(|r| matches!(r.event, WireEvent::Packet { dir: Dir::Up, .. }))
                 .map(|r| r.at)
-                .last()
+                .next_back()
                 .unwrap_or(start);
             (last_up + Duration::from_millis(keepalive as u64 * 1500)).max(end)
         } else {

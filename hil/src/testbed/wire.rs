@@ -182,6 +182,27 @@ impl WireLog {
         true
     }
 
+    /// QoS 2 handshakes still open on connections that are still up: a
+    /// PUBLISH at QoS 2 either way whose PUBCOMP has not crossed the tap.
+    pub fn open_qos2(&self) -> usize {
+        open_qos2(&self.records.lock().unwrap())
+    }
+
+    /// Waits (until `deadline`) for every open QoS 2 handshake to finish, so
+    /// stopping the device does not cut one in half; returns how many were
+    /// left open at the deadline.
+    pub fn settle_qos2(&self, deadline: Instant) -> usize {
+        let mut records = self.records.lock().unwrap();
+        loop {
+            let open = open_qos2(&records);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if open == 0 || left.is_zero() {
+                return open;
+            }
+            records = self.arrived.wait_timeout(records, left).unwrap().0;
+        }
+    }
+
     /// When the device closed connection `conn`, waiting for it until `deadline`.
     pub fn closed_by_device(&self, conn: u32, deadline: Instant) -> Option<Instant> {
         self.wait_for(
@@ -218,5 +239,81 @@ impl WireLog {
                 _ => None,
             })
             .collect()
+    }
+}
+
+fn open_qos2(records: &[WireRecord]) -> usize {
+    use std::collections::HashSet;
+    // (connection, published by the device, packet id)
+    let mut open: HashSet<(u32, bool, u16)> = HashSet::new();
+    let mut closed: HashSet<u32> = HashSet::new();
+    for r in records {
+        match &r.event {
+            WireEvent::Packet { conn, dir, packet } => match packet {
+                Packet::Publish {
+                    qos: 2,
+                    pid: Some(pid),
+                    ..
+                } => {
+                    open.insert((*conn, *dir == Dir::Up, *pid));
+                }
+                // The PUBCOMP goes the other way from the PUBLISH.
+                Packet::Pubcomp { pid } => {
+                    open.remove(&(*conn, *dir == Dir::Down, *pid));
+                }
+                _ => {}
+            },
+            WireEvent::Closed { conn, .. } | WireEvent::Cut { conn } => {
+                closed.insert(*conn);
+            }
+            _ => {}
+        }
+    }
+    open.iter().filter(|(c, ..)| !closed.contains(c)).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(event: WireEvent) -> WireRecord {
+        WireRecord {
+            at: Instant::now(),
+            event,
+        }
+    }
+
+    fn packet(dir: Dir, packet: Packet) -> WireRecord {
+        rec(WireEvent::Packet {
+            conn: 1,
+            dir,
+            packet,
+        })
+    }
+
+    #[test]
+    fn a_qos2_handshake_is_open_until_its_pubcomp() {
+        let publish = Packet::Publish {
+            topic: "t".into(),
+            qos: 2,
+            dup: false,
+            retain: false,
+            pid: Some(7),
+            payload: "x".into(),
+            expiry: None,
+        };
+        let mut r = vec![packet(Dir::Down, publish.clone())];
+        assert_eq!(open_qos2(&r), 1);
+        r.push(packet(Dir::Up, Packet::Pubrec { pid: 7 }));
+        r.push(packet(Dir::Down, Packet::Pubrel { pid: 7 }));
+        assert_eq!(open_qos2(&r), 1);
+        r.push(packet(Dir::Up, Packet::Pubcomp { pid: 7 }));
+        assert_eq!(open_qos2(&r), 0);
+        // The device's own QoS 2 publish: completed by the broker's PUBCOMP.
+        r.push(packet(Dir::Up, publish));
+        assert_eq!(open_qos2(&r), 1);
+        // A connection that is gone has nothing left to finish.
+        r.push(rec(WireEvent::Cut { conn: 1 }));
+        assert_eq!(open_qos2(&r), 0);
     }
 }
