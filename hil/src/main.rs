@@ -1,7 +1,8 @@
 use clap::{Parser, Subcommand};
 use hil::dut::{SerialBackend, SerialOptions, WokwiBackend};
 use hil::report::{
-    FailureEvidence, Fanout, JunitReporter, Reporter, TerminalReporter, TranscriptWriter,
+    FailureEvidence, Fanout, HtmlReporter, JunitReporter, Reporter, TerminalReporter,
+    TranscriptWriter,
 };
 use hil::runner::RunOptions;
 use hil::testbed::BrokerChoice;
@@ -96,6 +97,10 @@ enum Cmd {
         /// Transcripts and reports go here (default target/hil/<timestamp>).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// The HTML report (default <out>/report.html). Each run also adds a
+        /// line to history.jsonl beside <out>, which the report shows.
+        #[arg(long)]
+        report: Option<PathBuf>,
     },
     /// List the scenarios, with the negative controls each must catch.
     List {
@@ -295,6 +300,7 @@ fn main() -> ExitCode {
             sim_bugs,
             junit,
             out,
+            report,
         } => {
             let broker = match (broker, broker_restart) {
                 (BrokerChoice::External { addr, .. }, Some(cmd)) => BrokerChoice::External {
@@ -383,13 +389,18 @@ fn main() -> ExitCode {
                 }
                 _ => {}
             }
-            run(&opts, out, junit)
+            run(&opts, out, junit, report)
         }
     }
 }
 
 /// `hil run` with its reporters: terminal, transcripts, JUnit.
-fn run(opts: &RunOptions, out: Option<PathBuf>, junit: Option<PathBuf>) -> ExitCode {
+fn run(
+    opts: &RunOptions,
+    out: Option<PathBuf>,
+    junit: Option<PathBuf>,
+    report: Option<PathBuf>,
+) -> ExitCode {
     let out = out.unwrap_or_else(|| {
         let ts = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -404,7 +415,13 @@ fn run(opts: &RunOptions, out: Option<PathBuf>, junit: Option<PathBuf>) -> ExitC
     let mut terminal = TerminalReporter::new(true, Some(out.clone()));
     let mut evidence = FailureEvidence::new(&out.join("failed"));
     let mut junit = junit.map(JunitReporter::new);
-    let mut reporters: Vec<&mut dyn Reporter> = vec![&mut files, &mut evidence, &mut terminal];
+    let history = out
+        .parent()
+        .map(|p| p.join("history.jsonl"))
+        .unwrap_or_else(|| PathBuf::from("history.jsonl"));
+    let mut html = HtmlReporter::new(report.unwrap_or_else(|| out.join("report.html")), history);
+    let mut reporters: Vec<&mut dyn Reporter> =
+        vec![&mut files, &mut evidence, &mut html, &mut terminal];
     if let Some(j) = junit.as_mut() {
         reporters.push(j);
     }
@@ -424,6 +441,7 @@ fn run(opts: &RunOptions, out: Option<PathBuf>, junit: Option<PathBuf>) -> ExitC
         eprintln!("hil run: error: {e}");
         return ExitCode::from(3);
     }
+    println!("report: {}", html.path().display());
     ExitCode::from(summary.exit_code())
 }
 fn firmware_image(

@@ -30,7 +30,7 @@ pub fn summary(r: &ScenarioResult) -> String {
     out
 }
 
-fn verdict_text(v: &Verdict) -> String {
+pub fn verdict_text(v: &Verdict) -> String {
     match v {
         Verdict::Pass => "pass".into(),
         Verdict::Fail(f) => f.to_string(),

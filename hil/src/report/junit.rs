@@ -30,8 +30,11 @@ impl Reporter for JunitReporter {
                 let status = match &r.verdict {
                     Verdict::Pass => TestCaseStatus::success(),
                     Verdict::Fail(f) => {
+                        // The promise as the message; the lines that decided
+                        // it as the text, so a CI that renders JUnit shows why.
                         let mut st = TestCaseStatus::non_success(NonSuccessKind::Failure);
                         st.set_message(f.to_string());
+                        st.set_description(super::evidence::summary(r));
                         st
                     }
                     Verdict::Error(e) => {
@@ -52,7 +55,9 @@ impl Reporter for JunitReporter {
                 };
                 let mut tc = TestCase::new(r.name, status);
                 tc.set_time(r.duration);
-                tc.set_system_out(r.transcript.raw());
+                // The normalised transcript: what the snapshot holds, short
+                // enough to read in a CI's test view (raw.txt has every line).
+                tc.set_system_out(r.transcript.normalized());
                 if let Some(suite) = &mut self.suite {
                     suite.add_test_case(tc);
                 }

@@ -3,11 +3,13 @@
 //! scenario's raw and normalised transcript; JUnit goes to CI.
 
 pub mod evidence;
+pub mod html;
 mod junit;
 mod terminal;
 mod transcripts;
 
 pub use evidence::FailureEvidence;
+pub use html::HtmlReporter;
 pub use junit::JunitReporter;
 pub use terminal::TerminalReporter;
 pub use transcripts::TranscriptWriter;

@@ -1,0 +1,343 @@
+//! The HTML report: one self-contained file a reviewer opens first (inline
+//! CSS, JS and SVG; the run's data as one JSON block; no network). A summary
+//! with failures first, then per scenario a timeline in five lanes (device
+//! console, wire device -> broker, wire broker -> device, cloud side, runner),
+//! faults as shaded spans, the lines that decided the verdict highlighted,
+//! charts of backoff waits and telemetry, and the last verdicts of earlier
+//! runs from `history.jsonl`.
+//!
+//! Why a template by hand rather than a templating crate: the page is one
+//! static shell that renders a JSON block in the browser; the only thing Rust
+//! fills in is that block.
+
+use super::{evidence, ReportError, Reporter};
+use crate::runner::{RunEvent, RunPlan, ScenarioResult, Verdict};
+use crate::transcript::{Entry, Source};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const TEMPLATE: &str = include_str!("report.html");
+/// Earlier verdicts shown per scenario.
+const HISTORY: usize = 10;
+/// Lines before the verdict marked as the evidence that decided it.
+const EVIDENCE_LINES: usize = 20;
+
+pub struct HtmlReporter {
+    path: PathBuf,
+    history: PathBuf,
+    plan: Option<RunPlan>,
+    results: Vec<Arc<ScenarioResult>>,
+}
+
+impl HtmlReporter {
+    /// Writes `path`; appends the run to `history` (one JSON line per run).
+    pub fn new(path: PathBuf, history: PathBuf) -> Self {
+        HtmlReporter {
+            path,
+            history,
+            plan: None,
+            results: Vec::new(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// The verdict's kind, as the summary counts it.
+pub fn kind(v: &Verdict) -> &'static str {
+    match v {
+        Verdict::Pass => "pass",
+        Verdict::Fail(_) => "fail",
+        Verdict::Broker { .. } => "broker",
+        Verdict::NotApplicable(_) => "n/a",
+        Verdict::Error(_) => "error",
+    }
+}
+
+/// Which lane of the timeline an entry belongs to.
+fn lane(e: &Entry) -> u8 {
+    match e.source {
+        Source::Device => 0,
+        Source::Wire
+            if e.text.contains("device -> broker") || e.text.contains("closed by the device") =>
+        {
+            1
+        }
+        Source::Wire if e.text.starts_with("cloud ") || e.text.starts_with("broker -> cloud") => 3,
+        Source::Wire
+            if e.text.contains("broker -> device") || e.text.contains("closed by the broker") =>
+        {
+            2
+        }
+        Source::Cloud => 3,
+        _ => 4,
+    }
+}
+
+/// Faults and outages as (from, to, label) in ms; an open span ends at the end.
+fn spans(entries: &[Entry]) -> Vec<(u64, u64, &'static str)> {
+    let end = entries.last().map(|e| e.at.as_millis() as u64).unwrap_or(0);
+    let mut out = Vec::new();
+    let mut open: Vec<(&'static str, u64)> = Vec::new();
+    let start = |label: &'static str, at: u64, open: &mut Vec<(&'static str, u64)>| {
+        if !open.iter().any(|(l, _)| *l == label) {
+            open.push((label, at));
+        }
+    };
+    for e in entries {
+        let at = e.at.as_millis() as u64;
+        let t = e.text.as_str();
+        let stop = |label: &str, open: &mut Vec<(&'static str, u64)>, out: &mut Vec<_>| {
+            if let Some(i) = open.iter().position(|(l, _)| *l == label) {
+                let (l, from) = open.remove(i);
+                out.push((from, at, l));
+            }
+        };
+        match e.source {
+            Source::Device if t.starts_with("@hil wifi state=down") => {
+                start("Wi-Fi off", at, &mut open)
+            }
+            Source::Device if t.starts_with("@hil wifi state=up") => {
+                stop("Wi-Fi off", &mut open, &mut out)
+            }
+            Source::Runner if t.starts_with("broker: kill") => start("broker down", at, &mut open),
+            Source::Runner if t.starts_with("broker: start again") => {
+                stop("broker down", &mut open, &mut out)
+            }
+            Source::Runner if t.starts_with("power cut") => start("power off", at, &mut open),
+            Source::Device if t.starts_with("@hil boot ") => stop("power off", &mut open, &mut out),
+            Source::Wire if t == "link blackhole on" => start("link blackholed", at, &mut open),
+            Source::Wire if t == "link blackhole off" => {
+                stop("link blackholed", &mut open, &mut out)
+            }
+            Source::Wire if t.ends_with("cut by the proxy") => out.push((at, at + 150, "link cut")),
+            _ => {}
+        }
+    }
+    for (l, from) in open {
+        out.push((from, end.max(from + 150), l));
+    }
+    out
+}
+
+/// The entries that decided the verdict: the runner's verdict lines, and for
+/// anything but a pass the lines before the end of the scenario.
+fn evidence_marks(r: &ScenarioResult, entries: &[Entry]) -> Vec<bool> {
+    let mut marks: Vec<bool> = entries
+        .iter()
+        .map(|e| {
+            e.source == Source::Runner
+                && (e.text.starts_with("verdict") || e.text.starts_with("FAILED"))
+        })
+        .collect();
+    if !matches!(r.verdict, Verdict::Pass) {
+        let last = marks.iter().rposition(|m| *m).unwrap_or(entries.len());
+        for m in marks
+            .iter_mut()
+            .take(last)
+            .skip(last.saturating_sub(EVIDENCE_LINES))
+        {
+            *m = true;
+        }
+    }
+    marks
+}
+
+fn device_version(entries: &[Entry]) -> Option<String> {
+    entries.iter().find_map(|e| {
+        let rest = e.text.strip_prefix("@hil boot ")?;
+        rest.split(' ')
+            .find_map(|kv| kv.strip_prefix("version="))
+            .map(str::to_owned)
+    })
+}
+
+fn scenario_json(r: &ScenarioResult, past: Vec<String>) -> Value {
+    let entries = r.transcript.entries();
+    let marks = evidence_marks(r, &entries);
+    let lines: Vec<Value> = entries
+        .iter()
+        .zip(&marks)
+        .map(|(e, m)| json!([e.at.as_millis() as u64, lane(e), e.text, *m as u8]))
+        .collect();
+    let spans: Vec<Value> = spans(&entries)
+        .into_iter()
+        .map(|(a, b, l)| json!([a, b, l]))
+        .collect();
+    json!({
+        "name": r.name,
+        "kind": kind(&r.verdict),
+        "verdict": evidence::verdict_text(&r.verdict),
+        "promise": r.failure().map(|f| f.promise.to_string()),
+        "duration_s": r.duration.as_secs_f64(),
+        "mqtt": r.mqtt.to_string(),
+        "lines": lines,
+        "spans": spans,
+        "history": past,
+    })
+}
+
+/// Each scenario's verdict kinds in earlier runs, oldest first.
+fn read_history(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn past_verdicts(history: &[Value], name: &str) -> Vec<String> {
+    let mut v: Vec<String> = history
+        .iter()
+        .filter_map(|h| h.get("verdicts")?.get(name)?.as_str().map(str::to_owned))
+        .collect();
+    let skip = v.len().saturating_sub(HISTORY);
+    v.drain(..skip);
+    v
+}
+
+/// The page: the template with the run's JSON in its data block. `</` is
+/// escaped so no transcript line can close the script element.
+pub fn render(data: &Value) -> String {
+    let json = data.to_string().replace("</", "<\\/");
+    TEMPLATE.replace("/*HIL-DATA*/null", &json)
+}
+
+impl Reporter for HtmlReporter {
+    fn report(&mut self, event: &RunEvent) -> Result<(), ReportError> {
+        match event {
+            RunEvent::Started(plan) => self.plan = Some(plan.clone()),
+            RunEvent::ScenarioFinished { result, .. } => self.results.push(result.clone()),
+            RunEvent::Finished(summary) => {
+                let history = read_history(&self.history);
+                let mut counts = serde_json::Map::new();
+                for k in ["fail", "broker", "error", "pass", "n/a"] {
+                    let n = self
+                        .results
+                        .iter()
+                        .filter(|r| kind(&r.verdict) == k)
+                        .count();
+                    counts.insert(k.into(), json!(n));
+                }
+                let version = self
+                    .results
+                    .iter()
+                    .find_map(|r| device_version(&r.transcript.entries()));
+                let plan = self.plan.as_ref();
+                let scenarios: Vec<Value> = self
+                    .results
+                    .iter()
+                    .map(|r| scenario_json(r, past_verdicts(&history, r.name)))
+                    .collect();
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let run = json!({
+                    "time": now,
+                    "backend": plan.map(|p| p.backend),
+                    "broker": plan.map(|p| p.broker),
+                    "mqtt": plan.map(|p| if p.auto_v5 { format!("{} (5 where needed)", p.mqtt) } else { p.mqtt.to_string() }),
+                    "bugs": plan.map(|p| p.bugs.iter().map(|b| b.name()).collect::<Vec<_>>()),
+                    "device_version": version,
+                    "hil_version": env!("CARGO_PKG_VERSION"),
+                    "wall_s": summary.wall.as_secs_f64(),
+                    "counts": counts,
+                });
+                let page = render(&json!({ "run": run, "scenarios": scenarios }));
+                let write = |path: &Path, text: &str, append: bool| {
+                    use std::io::Write;
+                    if let Some(dir) = path.parent() {
+                        let _ = std::fs::create_dir_all(dir);
+                    }
+                    let file = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(append)
+                        .write(true)
+                        .truncate(!append)
+                        .open(path);
+                    file.and_then(|mut f| f.write_all(text.as_bytes()))
+                        .map_err(|source| ReportError::Write {
+                            path: path.into(),
+                            source,
+                        })
+                };
+                write(&self.path, &page, false)?;
+                let verdicts: serde_json::Map<String, Value> = self
+                    .results
+                    .iter()
+                    .map(|r| (r.name.to_string(), json!(kind(&r.verdict))))
+                    .collect();
+                let line = json!({
+                    "time": now,
+                    "backend": run["backend"],
+                    "broker": run["broker"],
+                    "mqtt": run["mqtt"],
+                    "bugs": run["bugs"],
+                    "version": run["device_version"],
+                    "verdicts": verdicts,
+                });
+                write(&self.history, &format!("{line}\n"), true)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn entry(ms: u64, source: Source, text: &str) -> Entry {
+        Entry {
+            at: Duration::from_millis(ms),
+            source,
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn faults_become_spans_and_lines_find_their_lanes() {
+        let e = vec![
+            entry(0, Source::Device, "@hil wifi state=up"),
+            entry(100, Source::Device, "@hil wifi state=down"),
+            entry(200, Source::Runner, "broker: kill -9"),
+            entry(300, Source::Device, "@hil wifi state=up"),
+            entry(400, Source::Wire, "#2 cut by the proxy"),
+            entry(900, Source::Runner, "broker: start again"),
+        ];
+        assert_eq!(
+            spans(&e),
+            vec![
+                (100, 300, "Wi-Fi off"),
+                (400, 550, "link cut"),
+                (200, 900, "broker down")
+            ]
+        );
+        assert_eq!(
+            lane(&entry(0, Source::Wire, "#1 device -> broker CONNECT x")),
+            1
+        );
+        assert_eq!(
+            lane(&entry(0, Source::Wire, "#1 broker -> device CONNACK")),
+            2
+        );
+        assert_eq!(
+            lane(&entry(0, Source::Wire, "broker -> cloud c PUBLISH t")),
+            3
+        );
+        assert_eq!(lane(&entry(0, Source::Runner, "verdict: ok")), 4);
+    }
+
+    #[test]
+    fn no_transcript_line_can_end_the_data_block() {
+        let page = render(&json!({"x": "</script><script>alert(1)</script>"}));
+        assert!(!page.contains("</script><script>alert(1)"));
+        assert!(page.contains("<\\/script>"));
+    }
+}
