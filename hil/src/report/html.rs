@@ -155,7 +155,55 @@ fn device_version(entries: &[Entry]) -> Option<String> {
     })
 }
 
-fn scenario_json(r: &ScenarioResult, past: Vec<String>) -> Value {
+/// Where the scenario tests keep this scenario's accepted snapshot, when
+/// `hil run` is started from the repository.
+const SNAPSHOTS: &str = "hil/tests/snapshots";
+
+/// Client IDs and MACs differ by design between `hil run` and the tests.
+fn comparable(text: &str) -> String {
+    static RE: std::sync::OnceLock<[regex::Regex; 2]> = std::sync::OnceLock::new();
+    let [id, mac] = RE.get_or_init(|| {
+        [
+            regex::Regex::new(r"esp32c3-[0-9a-f]{12}").unwrap(),
+            regex::Regex::new(r"([0-9a-f]{2}:){5}[0-9a-f]{2}").unwrap(),
+        ]
+    });
+    let t = id.replace_all(text, "<ID>");
+    mac.replace_all(&t, "<MAC>").into_owned()
+}
+
+/// The unified diff of this run's normalised transcript against the accepted
+/// snapshot (as `cargo insta review` shows it); None when there is none to
+/// compare with (not the sim, negative controls on, or no snapshot file).
+fn snapshot_diff(r: &ScenarioResult, plan: Option<&RunPlan>) -> Option<(bool, String)> {
+    let plan = plan?;
+    if plan.backend != "sim" || !plan.bugs.is_empty() || !matches!(r.verdict, Verdict::Pass) {
+        return None;
+    }
+    let v = if r.mqtt == hil_broker::MqttVersion::V5 {
+        "v5"
+    } else {
+        "v3"
+    };
+    let file =
+        Path::new(SNAPSHOTS).join(format!("scenarios__{}__{}__{v}.snap", r.name, plan.broker));
+    let stored = std::fs::read_to_string(file).ok()?;
+    // insta's file: a YAML header between two `---` lines, then the snapshot.
+    let accepted = stored.splitn(3, "---\n").nth(2)?;
+    let now = format!("verdict: pass\n{}", r.transcript.normalized());
+    let (a, b) = (comparable(accepted.trim_end()), comparable(now.trim_end()));
+    if a == b {
+        return Some((true, String::new()));
+    }
+    let diff = similar::TextDiff::from_lines(&a, &b)
+        .unified_diff()
+        .header("accepted snapshot", "this run")
+        .to_string();
+    Some((false, diff))
+}
+
+fn scenario_json(r: &ScenarioResult, past: Vec<String>, plan: Option<&RunPlan>) -> Value {
+    let snapshot = snapshot_diff(r, plan);
     let entries = r.transcript.entries();
     let marks = evidence_marks(r, &entries);
     let lines: Vec<Value> = entries
@@ -177,6 +225,8 @@ fn scenario_json(r: &ScenarioResult, past: Vec<String>) -> Value {
         "lines": lines,
         "spans": spans,
         "history": past,
+        "snapshot": snapshot.as_ref().map(|(same, _)| if *same { "same" } else { "differs" }),
+        "snapshot_diff": snapshot.map(|(_, d)| d),
     })
 }
 
@@ -230,7 +280,7 @@ impl Reporter for HtmlReporter {
                 let scenarios: Vec<Value> = self
                     .results
                     .iter()
-                    .map(|r| scenario_json(r, past_verdicts(&history, r.name)))
+                    .map(|r| scenario_json(r, past_verdicts(&history, r.name), plan))
                     .collect();
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
