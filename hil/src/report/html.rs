@@ -113,7 +113,11 @@ fn spans(entries: &[Entry]) -> Vec<(u64, u64, &'static str)> {
             Source::Wire if t == "link blackhole off" => {
                 stop("link blackholed", &mut open, &mut out)
             }
-            Source::Wire if t.ends_with("cut by the proxy") => out.push((at, at + 150, "link cut")),
+            // One span for cuts close together (the teardown cuts every link).
+            Source::Wire if t.ends_with("cut by the proxy") => match out.last_mut() {
+                Some((_, to, "link cut")) if at <= *to => *to = at + 150,
+                _ => out.push((at, at + 150, "link cut")),
+            },
             _ => {}
         }
     }
