@@ -138,13 +138,19 @@ fn evidence_marks(r: &ScenarioResult, entries: &[Entry]) -> Vec<bool> {
         })
         .collect();
     if !matches!(r.verdict, Verdict::Pass) {
+        // The lines before the verdict, without the teardown (the proxy
+        // cutting every link once the scenario is over decides nothing).
         let last = marks.iter().rposition(|m| *m).unwrap_or(entries.len());
-        for m in marks
-            .iter_mut()
-            .take(last)
-            .skip(last.saturating_sub(EVIDENCE_LINES))
-        {
-            *m = true;
+        let teardown = |e: &Entry| e.source == Source::Note || e.text.ends_with("cut by the proxy");
+        let mut left = EVIDENCE_LINES;
+        for i in (0..last).rev() {
+            if left == 0 {
+                break;
+            }
+            if !teardown(&entries[i]) {
+                marks[i] = true;
+                left -= 1;
+            }
         }
     }
     marks
