@@ -4,29 +4,16 @@
 //! SUBACK. Each must end in one clean error line, a close with its reason and
 //! a new connection after the backoff: never a crash, never unbounded memory.
 
-use hil::dut::Console;
-use hil::transcript::{Source, Transcript};
+mod common;
+
+use common::Sim;
+
 use hil_session::{Event, MqttVersion};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 const DEADLINE: Duration = Duration::from_secs(15);
-
-struct Sim {
-    child: Child,
-    console: Console,
-    transcript: Transcript,
-    _state: tempfile::TempDir,
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn start(broker: SocketAddr, proto: MqttVersion) -> Sim {
     let state = tempfile::tempdir().unwrap();
@@ -39,27 +26,7 @@ fn start(broker: SocketAddr, proto: MqttVersion) -> Sim {
     args.backoff_base_ms = 100;
     args.backoff_cap_ms = 400;
     args.seed = Some(3);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hil"))
-        .arg("sim")
-        .args(args.to_argv())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let transcript = Transcript::new();
-    let console = Console::new(
-        Box::new(child.stdout.take().unwrap()),
-        Box::new(child.stdin.take().unwrap()),
-        &transcript,
-        Source::Device,
-    );
-    Sim {
-        child,
-        console,
-        transcript,
-        _state: state,
-    }
+    Sim::spawn(&args, state)
 }
 
 /// Reads one whole packet (fixed header + body) from the device.

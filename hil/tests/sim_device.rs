@@ -4,13 +4,14 @@
 //! and on Debian's mosquitto (the `ci` nextest profile; the default profile
 //! filters the mosquitto variants out so a fresh clone needs nothing but cargo).
 
-use hil::dut::Console;
-use hil::transcript::{Source, Transcript};
+mod common;
+
+use common::Sim;
+
 use hil_broker::client::ConnectOptions;
 use hil_broker::{Broker, BrokerSpec, Client, MqttVersion};
 use hil_session::Event;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 enum TestBroker {
@@ -47,14 +48,6 @@ impl TestBroker {
     }
 }
 
-/// `hil sim --console stdio`, its console read by the runner's [`Console`].
-struct Sim {
-    child: Child,
-    console: Console,
-    transcript: Transcript,
-    _state: tempfile::TempDir,
-}
-
 const DEADLINE: Duration = Duration::from_secs(20);
 
 impl Sim {
@@ -65,27 +58,7 @@ impl Sim {
         args.backoff_base_ms = 100;
         args.backoff_cap_ms = 1000;
         args.seed = Some(1);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hil"))
-            .arg("sim")
-            .args(args.to_argv())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let transcript = Transcript::new();
-        let console = Console::new(
-            Box::new(child.stdout.take().unwrap()),
-            Box::new(child.stdin.take().unwrap()),
-            &transcript,
-            Source::Device,
-        );
-        Sim {
-            child,
-            console,
-            transcript,
-            _state: state,
-        }
+        Sim::spawn(&args, state)
     }
 
     fn expect(&mut self, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
@@ -103,13 +76,6 @@ impl Sim {
     fn events(&mut self) -> Vec<Event> {
         self.console.drain();
         self.console.seen.clone()
-    }
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
