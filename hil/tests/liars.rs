@@ -28,6 +28,9 @@ struct Lies {
     renumber: bool,
     /// Retries every 260 ms while printing textbook exponential windows.
     fixed_retry: bool,
+    /// Waits the same exponential schedule every outage (3/4 of each window)
+    /// and says so truthfully: only its repetition gives it away.
+    fixed_schedule: bool,
     /// Says it subscribed again after session_present=0, but does not.
     no_resubscribe: bool,
     /// Executes a redelivered command again.
@@ -331,7 +334,18 @@ impl Device {
     /// Prints a textbook window; waits what the lie says.
     fn backoff(&mut self, attempt: u32) {
         let hi = (200u64 << attempt.min(4)).min(2000);
-        let (lo, printed) = (hi / 2, hi * 3 / 4);
+        let lo = hi / 2;
+        let printed = if self.lies.fixed_schedule {
+            hi * 3 / 4
+        } else {
+            // Honest equal jitter: a draw from [lo, hi] (the clock's
+            // nanoseconds are random enough for a fake).
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos() as u64)
+                .unwrap_or(0);
+            lo + (nanos.wrapping_mul(0x9e37_79b9) >> 7) % (hi - lo + 1)
+        };
         self.say(Event::Backoff {
             attempt,
             delay_ms: printed,
@@ -433,6 +447,15 @@ fn fixed_interval_liar_fails_broker_restart() {
         "broker_restart",
         hil::scenarios::Promise::CappedBackoff,
     );
+}
+
+#[test]
+fn fixed_schedule_liar_fails_broker_restart() {
+    let lies = Lies {
+        fixed_schedule: true,
+        ..Lies::default()
+    };
+    fails(lies, "broker_restart", hil::scenarios::Promise::Jitter);
 }
 
 #[test]

@@ -33,6 +33,64 @@ const DOWN: Duration = Duration::from_millis(1500);
 /// scheduling on a loaded 2-core machine, and the proxy's own accept.
 const CLAIM_TOLERANCE_MS: u64 = 150;
 
+/// Outages after the first, to tell jitter from a fixed schedule.
+const EXTRA_OUTAGES: usize = 2;
+
+/// Waits closer than this across outages count as "the same": the proxy's
+/// timestamps on a loaded 2-core machine. Under the device's equal jitter
+/// (base 200 ms) three outages land within it for each of the first three
+/// attempts with probability about 7e-5.
+const SAME_WAIT_MS: u64 = 25;
+
+/// One more kill and restart of the broker: the waits on the wire before
+/// each connection attempt until the device is back, and the delays its
+/// `backoff` lines claimed.
+fn outage_waits(tb: &mut Testbed) -> Result<(Vec<u64>, Vec<u64>), Stop> {
+    tb.dut.drain();
+    let mark = tb.dut.seen.len();
+    let killed = Instant::now();
+    tb.crash_broker();
+    tb.dut.pass_time(DOWN);
+    tb.restart_broker()?;
+    // Back in full before the next kill: a SUBACK cut off by it would make
+    // the transcript depend on timing.
+    if !dut_connack(tb, "CONNACK", Promise::CappedBackoff)? {
+        let wire = tb.wire().clone();
+        subscribed_for(&mut tb.dut, &wire, Promise::Resubscribe)?;
+    }
+    let attempts = tb.wire().attempts(Some(killed), None);
+    let waits = std::iter::once(killed)
+        .chain(attempts)
+        .collect::<Vec<_>>()
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]).as_millis() as u64)
+        .collect();
+    Ok((waits, claimed_delays(&tb.dut.seen[mark..])))
+}
+
+fn claimed_delays(seen: &[Event]) -> Vec<u64> {
+    seen.iter()
+        .filter_map(|e| match e {
+            Event::Backoff { delay_ms, .. } => Some(*delay_ms),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Some(description) when every outage waited the same before each of its
+/// first attempts (at least two compared), within `slack` ms.
+pub(crate) fn fixed_schedule(schedules: &[Vec<u64>], slack: u64) -> Option<String> {
+    let n = schedules.iter().map(Vec::len).min()?;
+    if n < 2 || schedules.len() < 2 {
+        return None;
+    }
+    let same = (0..n).all(|k| {
+        let waits = schedules.iter().map(|s| s[k]);
+        waits.clone().max().unwrap_or(0) - waits.min().unwrap_or(0) <= slack
+    });
+    same.then(|| format!("{schedules:?} ms"))
+}
+
 fn run(tb: &mut Testbed) -> Outcome {
     const P: Promise = Promise::CappedBackoff;
     let id = client_id(tb)?;
@@ -174,8 +232,30 @@ fn run(tb: &mut Testbed) -> Outcome {
         Stop::Fail(f) if !sp => fail(Promise::Resubscribe, f.detail),
         other => other,
     })?;
+    // One device's jitter, from the wire alone: two more outages, and the
+    // waits before each attempt compared outage by outage. A fixed schedule
+    // (whatever windows it prints) waits the same each time; jitter does not.
+    // Judged on the wire (within the tap's precision) and on the claims (a
+    // device that says it draws the same delays every time does not jitter;
+    // its claims were just checked against the wire).
+    let mut waits = vec![gaps.clone()];
+    let mut claims = vec![backoffs.iter().map(|b| b.1).collect::<Vec<_>>()];
+    for _ in 0..EXTRA_OUTAGES {
+        let (w, c) = outage_waits(tb)?;
+        waits.push(w);
+        claims.push(c);
+    }
+    let same = fixed_schedule(&waits, SAME_WAIT_MS)
+        .map(|s| format!("waits on the wire per outage {s}"))
+        .or_else(|| fixed_schedule(&claims, 0).map(|s| format!("claimed delays per outage {s}")));
+    if let Some(same) = same {
+        return Err(fail(
+            Promise::Jitter,
+            format!("the device waits the same schedule every outage ({same}): a fleet would reconnect in lockstep"),
+        ));
+    }
     tb.t().runner(
-        "verdict: every backoff inside its window, each wait the console claimed seen on the wire",
+        "verdict: every backoff inside its window, each wait the console claimed seen on the wire, waits differ between outages",
     );
     tb.t().note(format!(
         "{} backoff lines, {} attempts on the wire, waits {gaps:?} ms",
@@ -183,4 +263,19 @@ fn run(tb: &mut Testbed) -> Outcome {
         attempts.len()
     ));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixed_schedule;
+
+    #[test]
+    fn a_schedule_repeated_every_outage_is_not_jitter() {
+        let fixed = vec![vec![150, 300, 600, 1200], vec![160, 295, 610], vec![152, 310, 598, 1190]];
+        assert!(fixed_schedule(&fixed, 25).is_some());
+        assert!(fixed_schedule(&fixed, 0).is_none());
+        let jittered = vec![vec![150, 300, 600], vec![190, 240, 700], vec![120, 380, 450]];
+        assert!(fixed_schedule(&jittered, 25).is_none());
+        assert!(fixed_schedule(&[vec![150, 300]], 25).is_none(), "one outage tells nothing");
+    }
 }
