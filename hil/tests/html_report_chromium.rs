@@ -40,8 +40,11 @@ fn headless(page: &Path, extra: &[&str]) -> std::process::Output {
 
 #[test]
 fn a_real_run_renders_in_chromium() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("run");
+    // Under target/, not a temp dir: when this test fails, the run's
+    // transcripts and failure evidence stay for CI to archive.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/hil/report-test");
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = dir.join("run");
     let status = Command::new(env!("CARGO_BIN_EXE_hil"))
         .args([
             "run",
@@ -62,7 +65,7 @@ fn a_real_run_renders_in_chromium() {
     let page = out.join("report.html");
     let size = std::fs::metadata(&page).unwrap().len();
     assert!(size < 2 * 1024 * 1024, "report is {size} B");
-    let history = std::fs::read_to_string(dir.path().join("history.jsonl")).unwrap();
+    let history = std::fs::read_to_string(dir.join("history.jsonl")).unwrap();
     assert!(
         history.contains("\"duplicate_command\":\"fail\""),
         "{history}"
