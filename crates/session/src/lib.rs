@@ -23,6 +23,7 @@ pub mod backoff;
 pub mod config;
 pub mod console;
 pub mod device;
+pub mod fuzzing;
 pub mod guard;
 pub mod identity;
 pub mod inbox;
