@@ -1,7 +1,7 @@
 //! An outage that overflows the telemetry buffer drops the oldest, counts
 //! the drops on the console and in telemetry, and flushes the rest in order.
 
-use super::steps::{STEP, client_id, cloud_err, dut_subscribed, fail, json_u32, on, telemetry_seq};
+use super::steps::{wifi_off, STEP, client_id, cloud_err, dut_subscribed, fail, json_u32, on, telemetry_seq};
 use super::{Control, Need, Outcome, Promise, Scenario};
 use crate::dut::{Capability, DeviceSpec};
 use crate::testbed::Testbed;
@@ -37,7 +37,7 @@ fn run(tb: &mut Testbed) -> Outcome {
     cloud
         .subscribe(&tb.topics(&id).telemetry(), 1)
         .map_err(cloud_err("cloud-overflow"))?;
-    tb.dut.command("!wifi off").map_err(on(P))?;
+    wifi_off(tb, P)?;
     tb.dut
         .command(&format!("!telemetry {TAKEN}"))
         .map_err(on(P))?;

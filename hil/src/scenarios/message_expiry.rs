@@ -1,7 +1,7 @@
 //! MQTT 5: a command that expires during the outage is not delivered; a
 //! longer-lived one is, with its remaining interval (read on the wire).
 
-use super::steps::{await_command, client_id, cloud_err, command, dut_connack, dut_subscribed, fail, on, ran, sentinel};
+use super::steps::{wifi_off, await_command, client_id, cloud_err, command, dut_connack, dut_subscribed, fail, on, ran, sentinel};
 use super::{Control, ControlBroker, Need, Outcome, Promise, Scenario};
 use hil_session::{Bug, MqttVersion};
 use crate::dut::{Capability, DeviceSpec};
@@ -37,7 +37,7 @@ fn run(tb: &mut Testbed) -> Outcome {
     dut_subscribed(tb)?;
     let topic = tb.topics(&id).cmd();
     let mut cloud = tb.cloud("cloud-msg-expiry")?;
-    tb.dut.command("!wifi off").map_err(on(P))?;
+    wifi_off(tb, P)?;
     let (short, long) = (
         format!("short-{}", tb.nonce()),
         format!("long-{}", tb.nonce()),

@@ -1,7 +1,7 @@
 //! Commands published at QoS 1 and 2 while the device is offline arrive
 //! once each, in order, on a session the broker kept.
 
-use super::steps::{client_id, cloud_err, dut_connack, dut_subscribed, executed, fail, on, sentinel};
+use super::steps::{wifi_off, client_id, cloud_err, dut_connack, dut_subscribed, executed, fail, on, sentinel};
 use super::{Control, Need, Outcome, Promise, Scenario};
 use crate::dut::{Capability, DeviceSpec};
 use crate::testbed::Testbed;
@@ -27,7 +27,7 @@ fn run(tb: &mut Testbed) -> Outcome {
     const P: Promise = Promise::QueuedCommandsOnce;
     let id = client_id(tb)?;
     dut_subscribed(tb)?;
-    tb.dut.command("!wifi off").map_err(on(P))?;
+    wifi_off(tb, P)?;
     let mut cloud = tb.cloud("cloud-commands")?;
     let topic = tb.topics(&id).cmd();
     let mut expected = Vec::new();

@@ -1,7 +1,7 @@
 //! MQTT 5: offline shorter than the Session Expiry Interval keeps the
 //! session; longer loses it, the device re-subscribes and nothing stale runs.
 
-use super::steps::{await_command, client_id, cloud_err, command, dut_connack, dut_subscribed, fail, on, ran, sentinel};
+use super::steps::{wifi_off, await_command, client_id, cloud_err, command, dut_connack, dut_subscribed, fail, on, ran, sentinel};
 use super::{Control, Need, Outcome, Promise, Scenario};
 use crate::dut::{Capability, DeviceSpec};
 use crate::testbed::Testbed;
@@ -36,7 +36,7 @@ fn run(tb: &mut Testbed) -> Outcome {
     let topic = tb.topics(&id).cmd();
     let mut cloud = tb.cloud("cloud-expiry")?;
     // Short outage: well inside the device's 2 s interval.
-    tb.dut.command("!wifi off").map_err(on(P))?;
+    wifi_off(tb, P)?;
     let kept = format!("kept-{}", tb.nonce());
     cloud
         .publish(&topic, command(&kept).as_bytes(), 1, false)
@@ -52,7 +52,7 @@ fn run(tb: &mut Testbed) -> Outcome {
     }
     await_command(&mut tb.dut, "the queued command", &kept, P)?;
     // Long outage: past the interval.
-    tb.dut.command("!wifi off").map_err(on(P))?;
+    wifi_off(tb, P)?;
     let stale = format!("stale-{}", tb.nonce());
     cloud
         .publish(&topic, command(&stale).as_bytes(), 1, false)

@@ -1,7 +1,7 @@
 //! The client ID is the same after three reboots and an outage, on the
 //! console and in every CONNECT on the wire; the session survives.
 
-use super::steps::{STEP, client_id, dut_connack, dut_subscribed, fail, on};
+use super::steps::{wifi_off, STEP, client_id, dut_connack, dut_subscribed, fail, on};
 use super::{Control, Need, Outcome, Promise, Scenario};
 use crate::dut::{Capability, DeviceSpec};
 use crate::testbed::{Dir, Packet, Testbed};
@@ -67,7 +67,7 @@ fn run(tb: &mut Testbed) -> Outcome {
             ));
         }
     }
-    tb.dut.command("!wifi off").map_err(on(P))?;
+    wifi_off(tb, P)?;
     tb.dut.command("!wifi on").map_err(on(P))?;
     dut_connack(tb, "CONNACK", P)?;
     let ids: Vec<&String> = tb

@@ -375,3 +375,36 @@ pub fn publish_reconnecting(
         }
     }
 }
+
+/// `!wifi off`, and then the wire must show the connection closed on the
+/// broker's side too. Only after both is the device offline as
+/// the broker sees it; a message published before that may still go to the
+/// dying connection, and what happens to it then depends on timing.
+pub fn wifi_off(tb: &mut Testbed, promise: Promise) -> Result<(), Stop> {
+    let conn = tb.wire().last_connection();
+    tb.dut.command("!wifi off").map_err(on(promise))?;
+    let Some(conn) = conn else { return Ok(()) };
+    let closed = |by: Dir| {
+        move |r: &WireRecord| {
+            matches!(r.event, WireEvent::Closed { conn: c, by: b } if c == conn && b == by)
+                || matches!(r.event, WireEvent::Cut { conn: c } if c == conn)
+        }
+    };
+    // A sim resets its socket; a board whose radio went off sends nothing at
+    // all, and its connection only goes silent. Then the proxy closes it, as
+    // the lost network would in time: the scenario needs the broker to know.
+    let quick = Instant::now() + Duration::from_secs(2);
+    if tb.wire().wait_for(quick, closed(Dir::Up)).is_none() {
+        tb.t().runner(format!(
+            "connection #{conn} silent since Wi-Fi off: the proxy closes it"
+        ));
+        tb.link().cut();
+    }
+    let deadline = Instant::now() + STEP;
+    if tb.wire().wait_for(deadline, closed(Dir::Down)).is_none() {
+        return Err(rig(RigError::BrokerBehaviour(format!(
+            "the broker kept connection #{conn} open after the device closed it"
+        ))));
+    }
+    Ok(())
+}

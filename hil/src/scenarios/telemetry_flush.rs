@@ -1,7 +1,7 @@
 //! Readings taken during a Wi-Fi outage are published in order, contiguous,
 //! none lost; a resend carries DUP.
 
-use super::steps::{STEP, client_id, cloud_err, dut_subscribed, fail, on, telemetry_seq};
+use super::steps::{wifi_off, STEP, client_id, cloud_err, dut_subscribed, fail, on, telemetry_seq};
 use super::{Control, Need, Outcome, Promise, Scenario};
 use crate::dut::{Capability, DeviceSpec};
 use crate::testbed::{Dir, Packet, Testbed};
@@ -32,7 +32,7 @@ fn run(tb: &mut Testbed) -> Outcome {
         .subscribe(&tb.topics(&id).telemetry(), 1)
         .map_err(cloud_err("cloud-telemetry"))?;
     dut_subscribed(tb)?;
-    tb.dut.command("!wifi off").map_err(on(P))?;
+    wifi_off(tb, P)?;
     let mark = tb.dut.seen.len();
     tb.dut.command(&format!("!telemetry {M}")).map_err(on(P))?;
     // The device's claim: the readings it says it buffered while offline.

@@ -21,7 +21,7 @@
 //! keeping them across a restart is a broker's choice, not a rule.
 
 use super::wire::{Dir, Packet, WireEvent, WireRecord};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -48,7 +48,10 @@ struct Conn {
     accepted: bool,
     closed: bool,
     /// Packet ids the broker must re-deliver with DUP on this connection.
-    redeliver: HashSet<u16>,
+    /// Messages (topic, payload) the broker must re-deliver with DUP on this
+    /// connection, with their original packet ids. Recognised by the message,
+    /// not the id: a broker may free an id (an expired message) and reuse it.
+    redeliver: HashMap<(String, String), u16>,
     subscribing: HashMap<u16, Vec<String>>,
 }
 
@@ -58,7 +61,7 @@ struct Session {
     exists: Option<bool>,
     granted: HashMap<String, u8>,
     /// QoS > 0 PUBLISHes sent to the device and not acknowledged.
-    unacked: HashSet<u16>,
+    unacked: HashMap<u16, (String, String)>,
     ended: Option<Instant>,
     expiry: Option<u32>,
     live: Option<u32>,
@@ -161,7 +164,7 @@ pub fn check_until(records: &[WireRecord], until: Instant) -> Vec<Deviation> {
                             });
                         }
                         if *session_present {
-                            c.redeliver = s.unacked.clone();
+                            c.redeliver = s.unacked.iter().map(|(p, m)| (m.clone(), *p)).collect();
                         } else {
                             s.unacked.clear();
                             s.granted.clear();
@@ -194,11 +197,12 @@ pub fn check_until(records: &[WireRecord], until: Instant) -> Vec<Deviation> {
                             qos,
                             dup,
                             pid,
+                            payload,
                             ..
                         },
                     ) => {
                         let level = c.level;
-                        let resend = pid.is_some_and(|p| c.redeliver.remove(&p));
+                        let resend = c.redeliver.remove(&(topic.clone(), payload.clone()));
                         let Some(id) = c.client.clone() else { continue };
                         let s = sessions.entry(id.clone()).or_default();
                         if let Some(granted) = s.granted.get(topic) {
@@ -210,15 +214,22 @@ pub fn check_until(records: &[WireRecord], until: Instant) -> Vec<Deviation> {
                                 });
                             }
                         }
-                        if resend && !dup {
+                        if resend.is_some() && !dup {
                             out.push(Deviation {
                                 clause: "MQTT-3.3.1-1",
                                 rule: "a re-delivered PUBLISH carries DUP",
-                                detail: format!("{id}: pid {} re-delivered on the resumed session (#{conn}) with DUP=0", pid.unwrap_or(0)),
+                                detail: format!("{id}: {topic} {payload:?} re-delivered on the resumed session (#{conn}) with DUP=0"),
+                            });
+                        }
+                        if let Some(orig) = resend.filter(|o| Some(*o) != *pid) {
+                            out.push(Deviation {
+                                clause: "MQTT-4.4.0-1",
+                                rule: "an unacknowledged PUBLISH is re-sent with its original packet id",
+                                detail: format!("{id}: {topic} {payload:?} re-sent as pid {} on #{conn}, it was pid {orig}", pid.unwrap_or(0)),
                             });
                         }
                         if let Some(p) = pid {
-                            s.unacked.insert(*p);
+                            s.unacked.insert(*p, (topic.clone(), payload.clone()));
                         }
                     }
                     (Dir::Up, Packet::Puback { pid } | Packet::Pubrec { pid }) => {
