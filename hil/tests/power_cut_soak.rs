@@ -63,8 +63,8 @@ impl Rng {
 #[test]
 fn power_cuts_lose_and_reuse_nothing() {
     let ip = hil_broker::private_loopback();
-    let v4 = SocketAddr::new(ip, hil_broker::free_port(ip).unwrap());
-    let v5 = SocketAddr::new(ip, hil_broker::free_port(ip).unwrap());
+    let (p4, p5) = hil_broker::free_port_pair(ip).unwrap();
+    let (v4, v5) = (SocketAddr::new(ip, p4), SocketAddr::new(ip, p5));
     hil_broker::rumqttd::spawn_in_thread(v4, v5).expect("rumqttd starts");
     let state = tempfile::tempdir().unwrap();
     let topic = hil_session::Topics::new("devices", "esp32c3-240ac4000040").telemetry();

@@ -25,8 +25,8 @@ impl TestBroker {
         let ip = hil_broker::private_loopback();
         match kind {
             "rumqttd" => {
-                let v4 = SocketAddr::new(ip, hil_broker::free_port(ip).unwrap());
-                let v5 = SocketAddr::new(ip, hil_broker::free_port(ip).unwrap());
+                let (p4, p5) = hil_broker::free_port_pair(ip).unwrap();
+                let (v4, v5) = (SocketAddr::new(ip, p4), SocketAddr::new(ip, p5));
                 hil_broker::rumqttd::spawn_in_thread(v4, v5).expect("rumqttd starts");
                 TestBroker::Rumqttd(v4, v5)
             }

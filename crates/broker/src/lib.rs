@@ -26,6 +26,15 @@ pub const EXIT_PORT_TAKEN: i32 = 98;
 
 /// A free TCP port on `ip` (the kernel's pick; released before returning, so
 /// the caller binds it next).
+/// Two different free ports of `ip`: both are held while the second is
+/// picked (two `free_port` calls in a row may return the same port, and a
+/// broker given it twice binds one listener and answers MQTT 5 on 3.1.1).
+pub fn free_port_pair(ip: std::net::IpAddr) -> std::io::Result<(u16, u16)> {
+    let a = TcpListener::bind(SocketAddr::new(ip, 0))?;
+    let b = TcpListener::bind(SocketAddr::new(ip, 0))?;
+    Ok((a.local_addr()?.port(), b.local_addr()?.port()))
+}
+
 pub fn free_port(ip: std::net::IpAddr) -> std::io::Result<u16> {
     let l = TcpListener::bind(SocketAddr::new(ip, 0))?;
     Ok(l.local_addr()?.port())

@@ -125,7 +125,9 @@ impl Broker {
                 || crate::free_port(ip).map_err(|source| BrokerError::NoFreePort { ip, source });
             let (v4, v5) = match &spec {
                 BrokerSpec::Rumqttd { .. } => {
-                    (SocketAddr::new(ip, port()?), SocketAddr::new(ip, port()?))
+                    let (a, b) = crate::free_port_pair(ip)
+                        .map_err(|source| BrokerError::NoFreePort { ip, source })?;
+                    (SocketAddr::new(ip, a), SocketAddr::new(ip, b))
                 }
                 BrokerSpec::Mosquitto { .. } => {
                     let a = SocketAddr::new(ip, port()?);

@@ -19,8 +19,8 @@ fn start(kind: &str, proto: MqttVersion) -> (SocketAddr, Option<Broker>) {
             .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
             .with_test_writer()
             .try_init();
-        let v4 = SocketAddr::new(ip, hil_broker::free_port(ip).unwrap());
-        let v5 = SocketAddr::new(ip, hil_broker::free_port(ip).unwrap());
+        let (p4, p5) = hil_broker::free_port_pair(ip).unwrap();
+        let (v4, v5) = (SocketAddr::new(ip, p4), SocketAddr::new(ip, p5));
         hil_broker::rumqttd::spawn_in_thread(v4, v5).expect("rumqttd starts");
         let addr = if proto == MqttVersion::V5 { v5 } else { v4 };
         (addr, None)
