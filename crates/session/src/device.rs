@@ -119,6 +119,11 @@ pub struct Device<R: RandomSource> {
 /// record is lost".
 const SEQ_BLOCK: u32 = 32;
 
+/// The disconnect reason for an MQTT 5 server DISCONNECT.
+fn server_disconnect(reason: u8) -> String {
+    format!("server-disconnect reason=0x{reason:02x}")
+}
+
 fn topics(cfg: &Config, client_id: &str) -> Topics {
     Topics::new(&cfg.prefix, client_id)
 }
@@ -549,7 +554,7 @@ impl<R: RandomSource> Device<R> {
                 }
                 EngineEvent::Error(e) => return format!("protocol-violation: {e}"),
                 EngineEvent::Received(Incoming::Disconnect { reason }) => {
-                    return format!("server-disconnect reason=0x{reason:02x}")
+                    return server_disconnect(*reason)
                 }
                 _ => {}
             }
@@ -562,13 +567,17 @@ impl<R: RandomSource> Device<R> {
     }
 
     fn apply(&mut self, now: u64, events: Vec<EngineEvent>) {
-        for i in 0..events.len() {
-            let e = events[i].clone();
+        // Read once, before the events are consumed: why the engine closes.
+        let close_why = events
+            .iter()
+            .position(|e| matches!(e, EngineEvent::Close))
+            .map(|i| self.close_reason(&events[i + 1..]));
+        for e in events {
             match e {
                 EngineEvent::Send(bytes) => self.net.push(Output::Transmit(bytes)),
                 EngineEvent::Close => {
                     if self.link != Link::Down {
-                        let reason = self.close_reason(&events[i + 1..]);
+                        let reason = close_why.clone().unwrap_or_default();
                         if !reason.starts_with("keepalive") && !reason.starts_with("server-") {
                             self.rejected = self.rejected.saturating_add(1);
                         }
@@ -579,8 +588,7 @@ impl<R: RandomSource> Device<R> {
                 EngineEvent::Received(Incoming::Disconnect { reason }) => {
                     if self.link != Link::Down {
                         self.net.push(Output::Close { abrupt: false });
-                        let why = format!("server-disconnect reason=0x{reason:02x}");
-                        self.lose_link(now, why, false, true);
+                        self.lose_link(now, server_disconnect(reason), false, true);
                     }
                 }
                 EngineEvent::Timer { kind, after_ms } => {

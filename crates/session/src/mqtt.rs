@@ -32,7 +32,7 @@ pub(crate) fn timer_index(kind: TimerKind) -> usize {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) enum EngineEvent {
     Send(Vec<u8>),
     Close,

@@ -375,8 +375,10 @@ pub fn run(args: Args) -> Result<(), SimError> {
             Rng(SmallRng::seed_from_u64(rng.next_u64())),
             records,
         );
-        for (setting, value) in [("broker", &broker_text), ("mqtt", &cfg.mqtt.to_string())] {
-            let source = if setting == "broker" { source } else { "flag" };
+        for (setting, value, source) in [
+            ("broker", &broker_text, source),
+            ("mqtt", &cfg.mqtt.to_string(), "flag"),
+        ] {
             let line = Event::Config {
                 setting: setting.into(),
                 value: value.clone(),
