@@ -5,6 +5,9 @@
 //! scripts ran must hold every scenario with its verdict, the broken promise,
 //! populated timeline lanes, evidence rows, and no script errors. A
 //! screenshot is kept at target/hil/report-screenshot.png for CI to archive.
+//! A second test: the charts people look at rather than read (the storm
+//! beside its no-jitter control from the history, the QoS lab's bars), from
+//! real runs on mosquitto.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,6 +26,10 @@ fn chromium() -> PathBuf {
 }
 
 fn headless(page: &Path, extra: &[&str]) -> std::process::Output {
+    headless_url(&format!("file://{}", page.display()), extra)
+}
+
+fn headless_url(url: &str, extra: &[&str]) -> std::process::Output {
     Command::new(chromium())
         .args([
             "--headless",
@@ -33,7 +40,7 @@ fn headless(page: &Path, extra: &[&str]) -> std::process::Output {
             "--virtual-time-budget=5000",
         ])
         .args(extra)
-        .arg(format!("file://{}", page.display()))
+        .arg(url)
         .output()
         .expect("chromium runs")
 }
@@ -118,4 +125,76 @@ fn a_real_run_renders_in_chromium() {
         ],
     );
     assert!(s.status.success() && shot.exists(), "screenshot taken");
+}
+
+/// `hil run` into `out`; its exit code.
+fn hil_run(out: &Path, args: &[&str]) -> Option<i32> {
+    Command::new(env!("CARGO_BIN_EXE_hil"))
+        .arg("run")
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .status()
+        .unwrap()
+        .code()
+}
+
+#[test]
+fn the_storm_is_drawn_beside_its_no_jitter_control_and_the_qos_lab_as_bars_on_mosquitto() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/hil/report-charts-test");
+    let _ = std::fs::remove_dir_all(&dir);
+    // The control first: its storm goes into history.jsonl beside both runs.
+    let control = [
+        "--broker",
+        "mosquitto",
+        "--scenario",
+        "reconnect_storm",
+        "--sim-bug",
+        "no-jitter",
+    ];
+    assert_eq!(
+        hil_run(&dir.join("control"), &control),
+        Some(1),
+        "no-jitter fails the storm"
+    );
+    let normal = [
+        "--broker",
+        "mosquitto",
+        "--scenario",
+        "reconnect_storm",
+        "--scenario",
+        "qos_lab",
+    ];
+    assert_eq!(hil_run(&dir.join("run"), &normal), Some(0));
+    let page = dir.join("run/report.html");
+    // `#all` opens passing scenarios too.
+    let dom = headless_url(&format!("file://{}#all", page.display()), &["--dump-dom"]);
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    assert!(
+        dom.contains("data-ready=\"1\""),
+        "the script finished:\n{dom:.2000}"
+    );
+    assert!(dom.contains("data-errors=\"0\""), "no script errors");
+    assert!(
+        dom.contains("beside the no-jitter control"),
+        "the storm chart is there"
+    );
+    assert!(dom.contains("this run (jitter): peak"), "this run's storm");
+    assert!(
+        dom.contains("no-jitter control, run of"),
+        "the control's storm, from history"
+    );
+    assert!(
+        dom.matches("class=\"storm-bar\"").count() > 10,
+        "storm bars drawn"
+    );
+    assert_eq!(
+        dom.matches("class=\"qos-bar\"").count(),
+        9,
+        "delivered, lost, duplicated for QoS 0, 1, 2"
+    );
+    assert!(
+        dom.contains("QoS 1: 100 delivered of 100 sent"),
+        "the QoS 1 bar says what it counts"
+    );
 }

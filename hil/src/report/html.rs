@@ -62,7 +62,9 @@ fn lane(e: &Entry) -> u8 {
     match e.source {
         Source::Device => 0,
         Source::Wire
-            if e.text.contains("device -> broker") || e.text.contains("closed by the device") =>
+            if e.text.contains("device -> broker")
+                || e.text.contains("closed by the device")
+                || e.text.contains(" device connect") =>
         {
             1
         }
@@ -156,6 +158,83 @@ fn evidence_marks(r: &ScenarioResult, entries: &[Entry]) -> Vec<bool> {
     marks
 }
 
+/// After the first broker kill: connection attempts per 100 ms, as the proxy
+/// saw them (every device of the run connects through it; consoles are not
+/// counted, so an attempt is counted once and no device can forge one). A
+/// fleet without jitter shows one tall bar; with jitter, a spread.
+fn storm_buckets(entries: &[Entry]) -> Option<Vec<u32>> {
+    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let re = RE.get_or_init(|| {
+        regex::Regex::new(r"^#\d+ device (connected|connect attempt reset)").unwrap()
+    });
+    let kill = entries
+        .iter()
+        .find(|e| e.source == Source::Runner && e.text.starts_with("broker: kill"))?
+        .at;
+    let mut buckets: Vec<u32> = Vec::new();
+    for e in entries
+        .iter()
+        .filter(|e| e.at >= kill && e.source == Source::Wire && re.is_match(&e.text))
+    {
+        let b = ((e.at - kill).as_millis() / 100) as usize;
+        if buckets.len() <= b {
+            buckets.resize(b + 1, 0);
+        }
+        buckets[b] += 1;
+    }
+    (buckets.len() >= 2).then_some(buckets)
+}
+
+/// The QoS lab's table, from its note: per QoS [qos, sent, delivered, lost,
+/// duplicated].
+fn qos_table(entries: &[Entry]) -> Option<Vec<[u32; 5]>> {
+    let note = entries
+        .iter()
+        .find(|e| e.source == Source::Note && e.text.starts_with("QoS lab"))?;
+    let rows: Vec<[u32; 5]> = note
+        .text
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<u32> = l
+                .split_whitespace()
+                .take(5)
+                .map(str::parse)
+                .collect::<Result<_, _>>()
+                .ok()?;
+            <[u32; 5]>::try_from(f).ok()
+        })
+        .collect();
+    (!rows.is_empty()).then_some(rows)
+}
+
+/// Whether a run had jitter: its negative controls did not include no-jitter.
+fn jittered(bugs: &[&str]) -> bool {
+    !bugs.contains(&hil_session::Bug::NoJitter.name())
+}
+
+/// The storm of the latest earlier run with the other jitter setting: the
+/// no-jitter control beside a normal run, or the normal run beside the
+/// control. Null when no such run is on record.
+fn storm_control(history: &[Value], name: &str, jitter: bool) -> Value {
+    history
+        .iter()
+        .rev()
+        .find_map(|h| {
+            let bugs: Vec<&str> = h
+                .get("bugs")?
+                .as_array()?
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            if jittered(&bugs) == jitter {
+                return None;
+            }
+            let buckets = h.get("storm")?.get(name)?;
+            Some(json!({ "time": h.get("time"), "jitter": !jitter, "buckets": buckets }))
+        })
+        .unwrap_or(Value::Null)
+}
+
 fn device_version(entries: &[Entry]) -> Option<String> {
     entries.iter().find_map(|e| {
         let rest = e.text.strip_prefix("@hil boot ")?;
@@ -212,14 +291,29 @@ fn snapshot_diff(r: &ScenarioResult, plan: Option<&RunPlan>) -> Option<(bool, St
     Some((false, diff))
 }
 
-fn scenario_json(r: &ScenarioResult, past: Vec<String>, plan: Option<&RunPlan>) -> Value {
+fn scenario_json(r: &ScenarioResult, history: &[Value], plan: Option<&RunPlan>) -> Value {
     let snapshot = snapshot_diff(r, plan);
     let entries = r.transcript.entries();
+    let past = past_verdicts(history, r.name);
+    let jitter =
+        plan.is_none_or(|p| jittered(&p.bugs.iter().map(|b| b.name()).collect::<Vec<_>>()));
+    let storm = storm_buckets(&entries);
+    let control = match storm {
+        Some(_) => storm_control(history, r.name, jitter),
+        None => Value::Null,
+    };
     let marks = evidence_marks(r, &entries);
     let lines: Vec<Value> = entries
         .iter()
         .zip(&marks)
-        .map(|(e, m)| json!([e.at.as_millis() as u64, lane(e), e.text, *m as u8]))
+        .map(|(e, m)| {
+            // Extra devices' consoles share the runner's lane: say whose they are.
+            let text = match e.source {
+                Source::Fleet => format!("fleet: {}", e.text),
+                _ => e.text.clone(),
+            };
+            json!([e.at.as_millis() as u64, lane(e), text, *m as u8])
+        })
         .collect();
     let spans: Vec<Value> = spans(&entries)
         .into_iter()
@@ -235,6 +329,10 @@ fn scenario_json(r: &ScenarioResult, past: Vec<String>, plan: Option<&RunPlan>) 
         "lines": lines,
         "spans": spans,
         "history": past,
+        "storm": storm,
+        "storm_jitter": jitter,
+        "storm_control": control,
+        "qos": qos_table(&entries),
         "snapshot": snapshot.as_ref().map(|(same, _)| if *same { "same" } else { "differs" }),
         "snapshot_diff": snapshot.map(|(_, d)| d),
     })
@@ -290,7 +388,7 @@ impl Reporter for HtmlReporter {
                 let scenarios: Vec<Value> = self
                     .results
                     .iter()
-                    .map(|r| scenario_json(r, past_verdicts(&history, r.name), plan))
+                    .map(|r| scenario_json(r, &history, plan))
                     .collect();
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -307,7 +405,7 @@ impl Reporter for HtmlReporter {
                     "wall_s": summary.wall.as_secs_f64(),
                     "counts": counts,
                 });
-                let page = render(&json!({ "run": run, "scenarios": scenarios }));
+                let page = render(&json!({ "run": run, "scenarios": &scenarios }));
                 let write = |path: &Path, text: &str, append: bool| {
                     use std::io::Write;
                     if let Some(dir) = path.parent() {
@@ -340,6 +438,20 @@ impl Reporter for HtmlReporter {
                     "version": run["device_version"],
                     "verdicts": verdicts,
                 });
+                let mut line = line;
+                let storms: serde_json::Map<String, Value> = scenarios
+                    .iter()
+                    .filter(|s| !s["storm"].is_null())
+                    .map(|s| {
+                        (
+                            s["name"].as_str().unwrap_or("").to_string(),
+                            s["storm"].clone(),
+                        )
+                    })
+                    .collect();
+                if !storms.is_empty() {
+                    line["storm"] = Value::Object(storms);
+                }
                 write(&self.history, &format!("{line}\n"), true)?;
             }
             _ => {}
@@ -392,6 +504,74 @@ mod tests {
             3
         );
         assert_eq!(lane(&entry(0, Source::Runner, "verdict: ok")), 4);
+        assert_eq!(lane(&entry(0, Source::Wire, "#3 device connected")), 1);
+        assert_eq!(
+            lane(&entry(
+                0,
+                Source::Wire,
+                "#4 device connect attempt reset (broker unreachable)"
+            )),
+            1
+        );
+    }
+
+    #[test]
+    fn the_storm_is_counted_from_the_kill_and_the_control_comes_from_history() {
+        let e = vec![
+            entry(50, Source::Wire, "#1 device connected"),
+            entry(1000, Source::Runner, "broker: kill -9"),
+            entry(
+                1050,
+                Source::Wire,
+                "#7 device connect attempt reset (broker unreachable)",
+            ),
+            entry(1060, Source::Device, "@hil mqtt.connect attempt=2"),
+            entry(
+                1080,
+                Source::Wire,
+                "#8 device connect attempt reset (broker unreachable)",
+            ),
+            entry(1320, Source::Wire, "#9 device connected"),
+        ];
+        assert_eq!(
+            storm_buckets(&e),
+            Some(vec![2, 0, 0, 1]),
+            "attempts from the proxy only, from the kill on"
+        );
+        assert_eq!(storm_buckets(&e[..2]), None, "no attempts: no chart");
+        let history = vec![
+            json!({"time": 1, "bugs": ["no-jitter"], "storm": {"reconnect_storm": [9, 1]}}),
+            json!({"time": 2, "bugs": [], "storm": {"reconnect_storm": [2, 2]}}),
+            json!({"time": 3, "bugs": ["no-dedupe"]}),
+        ];
+        let c = storm_control(&history, "reconnect_storm", true);
+        assert_eq!(
+            c["buckets"],
+            json!([9, 1]),
+            "a jittered run is shown beside the no-jitter control"
+        );
+        assert_eq!(c["jitter"], json!(false));
+        let c = storm_control(&history, "reconnect_storm", false);
+        assert_eq!(
+            c["buckets"],
+            json!([2, 2]),
+            "the control is shown beside the latest jittered run"
+        );
+        assert!(storm_control(&history[..1], "reconnect_storm", false).is_null());
+    }
+
+    #[test]
+    fn the_qos_lab_table_is_read_from_its_note() {
+        let note = "QoS lab, 20 % of messages hit by a link cut (seeded):\n\
+                    qos  sent  delivered  lost  duplicated  duplicates-with-DUP\n  \
+                    0   100         80    20           0  0/0\n  \
+                    1   100        100     0           5  5/5\n";
+        let e = vec![entry(0, Source::Note, note)];
+        assert_eq!(
+            qos_table(&e),
+            Some(vec![[0, 100, 80, 20, 0], [1, 100, 100, 0, 5]])
+        );
+        assert_eq!(qos_table(&[entry(0, Source::Note, "other")]), None);
     }
 
     #[test]
