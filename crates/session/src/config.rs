@@ -38,9 +38,19 @@ pub enum Bug {
     /// Subscribes to its commands at QoS 0 whatever was configured: the QoS
     /// mismatch pitfall (commands published at QoS 2 arrive at most once).
     SubscribeQos0,
+    /// Never gives up on a PUBACK or SUBACK the broker withholds: the
+    /// reading (or the subscription) waits forever on a live connection.
+    NoAckTimeout,
+    /// Reconnects at once after losing an established connection (no
+    /// backoff until the first failure): a broker that drops every client
+    /// at once, or tells it to go away, gets a tight reconnect loop.
+    ReconnectAtOnce,
+    /// Accepts packets of any size (announcing the protocol's maximum): a
+    /// broker's huge message is buffered whole in the device's RAM.
+    NoPacketLimit,
 }
 
-pub const ALL_BUGS: [Bug; 12] = [
+pub const ALL_BUGS: [Bug; 15] = [
     Bug::RandomClientId,
     Bug::CleanSession,
     Bug::NoOutbox,
@@ -53,6 +63,9 @@ pub const ALL_BUGS: [Bug; 12] = [
     Bug::NoWill,
     Bug::LongKeepalive,
     Bug::SubscribeQos0,
+    Bug::NoAckTimeout,
+    Bug::ReconnectAtOnce,
+    Bug::NoPacketLimit,
 ];
 
 impl Bug {
@@ -70,6 +83,9 @@ impl Bug {
             Bug::NoWill => "no-will",
             Bug::LongKeepalive => "long-keepalive",
             Bug::SubscribeQos0 => "subscribe-qos0",
+            Bug::NoAckTimeout => "no-ack-timeout",
+            Bug::ReconnectAtOnce => "reconnect-at-once",
+            Bug::NoPacketLimit => "no-packet-limit",
         }
     }
 }
@@ -81,7 +97,7 @@ impl FromStr for Bug {
             .iter()
             .copied()
             .find(|b| b.name() == s)
-            .ok_or("unknown bug: random-client-id, clean-session, no-outbox, no-jitter, no-resubscribe, no-dedupe, unbounded-buffer, ignore-expiry, trust-session-present, no-will, long-keepalive, subscribe-qos0")
+            .ok_or("unknown bug: random-client-id, clean-session, no-outbox, no-jitter, no-resubscribe, no-dedupe, unbounded-buffer, ignore-expiry, trust-session-present, no-will, long-keepalive, subscribe-qos0, no-ack-timeout, reconnect-at-once, no-packet-limit")
     }
 }
 
@@ -110,6 +126,15 @@ impl Config {
     }
 
     /// The QoS the device subscribes to its commands with.
+    /// The largest packet accepted (and announced in an MQTT 5 CONNECT).
+    pub fn packet_limit(&self) -> u32 {
+        if self.bugs.has(Bug::NoPacketLimit) {
+            268_435_455
+        } else {
+            self.max_packet_size
+        }
+    }
+
     pub fn sub_qos(&self) -> u8 {
         if self.bugs.has(Bug::SubscribeQos0) {
             0
@@ -142,6 +167,14 @@ pub struct Config {
     pub max_inflight: usize,
     /// Give up on a connection that has not answered CONNECT by then.
     pub connack_timeout_ms: u64,
+    /// Give up on a connection that leaves a telemetry PUBLISH or the
+    /// SUBSCRIBE unacknowledged this long (reset by each acknowledgement);
+    /// the packet is sent again on the next connection. 10 s: a PUBACK takes
+    /// one round trip on a healthy link, so 10 s covers a congested cellular
+    /// link or a broker busy with a restart burst, and is still well inside
+    /// a typical 30-60 s keep-alive, which would otherwise be the only way
+    /// out (and never, for a broker that keeps answering PINGREQ).
+    pub ack_timeout_ms: u64,
     /// Largest packet the device accepts from the broker, in bytes: refused
     /// from its fixed header before it is buffered, and announced as Maximum
     /// Packet Size in an MQTT 5 CONNECT. 16 KiB fits the ESP32-C3's RAM with
@@ -168,6 +201,7 @@ impl Config {
             inbox_capacity: 64,
             max_inflight: 16,
             connack_timeout_ms: 10_000,
+            ack_timeout_ms: 10_000,
             max_packet_size: 16 * 1024,
             version: String::from(env!("CARGO_PKG_VERSION")),
             bugs: Bugs::default(),

@@ -107,6 +107,10 @@ pub struct Device<R: RandomSource> {
     firing: Option<mqtt_protocol_core::mqtt::connection::TimerKind>,
     /// Sequence numbers below this are reserved on flash (`Record::SeqMark`).
     seq_mark: u32,
+    /// When the broker's silence about what awaits its acknowledgement (a
+    /// telemetry PUBACK, the SUBACK) ends this connection. Re-armed whenever
+    /// an acknowledgement arrives and more are awaited.
+    ack_deadline: Option<u64>,
     out: VecDeque<Output>,
     /// Console lines of the handler in progress, released after its records.
     lines: Vec<Output>,
@@ -190,6 +194,7 @@ impl<R: RandomSource> Device<R> {
             rejected: 0,
             firing: None,
             seq_mark: seq_mark.unwrap_or(0),
+            ack_deadline: None,
             out: VecDeque::new(),
             lines: Vec::new(),
             net: Vec::new(),
@@ -218,7 +223,7 @@ impl<R: RandomSource> Device<R> {
                 });
             }
         }
-        d.finish();
+        d.finish(0);
         d
     }
 
@@ -250,7 +255,8 @@ impl<R: RandomSource> Device<R> {
 
     /// Releases this handler's console lines behind its records, and its
     /// network outputs behind both.
-    fn finish(&mut self) {
+    fn finish(&mut self, now: u64) {
+        self.arm_ack_timeout(now);
         self.out.extend(self.lines.drain(..));
         self.out.extend(self.net.drain(..));
     }
@@ -266,7 +272,7 @@ impl<R: RandomSource> Device<R> {
             Link::AwaitConnack { deadline } => Some(deadline),
             _ => None,
         };
-        [self.reconnect_at, connack]
+        [self.reconnect_at, connack, self.ack_deadline]
             .into_iter()
             .chain(self.timers.iter().copied())
             .flatten()
@@ -292,7 +298,7 @@ impl<R: RandomSource> Device<R> {
                 self.lose_link(now, "wifi-down".into(), true, false);
             }
         }
-        self.finish();
+        self.finish(now);
     }
 
     /// The TCP connection asked for by `Output::Open` is up: send CONNECT.
@@ -301,7 +307,7 @@ impl<R: RandomSource> Device<R> {
             return;
         }
         let clean = self.cfg.bugs.has(Bug::CleanSession);
-        self.guard = Guard::new(self.cfg.mqtt, self.cfg.max_packet_size as usize);
+        self.guard = Guard::new(self.cfg.mqtt, self.cfg.packet_limit() as usize);
         if self.cfg.bugs.has(Bug::RandomClientId) {
             self.client_id = self.random_client_id();
             self.console(Event::Id {
@@ -319,7 +325,7 @@ impl<R: RandomSource> Device<R> {
             clean,
             keepalive_s: self.cfg.keepalive(),
             will_topic: (!self.cfg.bugs.has(Bug::NoWill)).then_some(will.as_str()),
-            max_packet_size: self.cfg.max_packet_size,
+            max_packet_size: self.cfg.packet_limit(),
             session_expiry_s: if clean {
                 0
             } else if self.cfg.bugs.has(Bug::IgnoreExpiry) {
@@ -340,7 +346,7 @@ impl<R: RandomSource> Device<R> {
                 self.lose_link(now, "connect-build-failed".into(), false, true);
             }
         }
-        self.finish();
+        self.finish(now);
     }
 
     /// The connection failed to open or was lost.
@@ -348,7 +354,7 @@ impl<R: RandomSource> Device<R> {
         if self.link != Link::Down {
             self.lose_link(now, reason.text(), false, false);
         }
-        self.finish();
+        self.finish(now);
     }
 
     /// Bytes from the broker.
@@ -368,7 +374,7 @@ impl<R: RandomSource> Device<R> {
                 }
             }
         }
-        self.finish();
+        self.finish(now);
     }
 
     /// The broker sent what the guard refuses: say so, close, back off.
@@ -386,6 +392,17 @@ impl<R: RandomSource> Device<R> {
                 self.lose_link(now, "connack-timeout".into(), true, true);
             }
         }
+        if self.link == Link::Connected && self.ack_deadline.is_some_and(|t| t <= now) {
+            let what = match (self.sub_pid, self.outbox.oldest_in_flight()) {
+                (_, Some(pid)) => format!("PUBACK for pid={pid}"),
+                (Some(pid), None) => format!("SUBACK for pid={pid}"),
+                (None, None) => "acknowledgement".into(),
+            };
+            let ms = self.cfg.ack_timeout_ms;
+            self.console(Event::error("mqtt", format!("no {what} within {ms} ms")));
+            self.net.push(Output::Close { abrupt: false });
+            self.lose_link(now, format!("ack-timeout: no {what}"), false, true);
+        }
         for (i, kind) in TIMER_KINDS.iter().enumerate() {
             if self.timers[i].is_some_and(|t| t <= now) {
                 self.timers[i] = None;
@@ -401,7 +418,7 @@ impl<R: RandomSource> Device<R> {
             self.link = Link::Opening;
             self.net.push(Output::Open);
         }
-        self.finish();
+        self.finish(now);
     }
 
     /// A line from the console (or the splitter's error for a bad one).
@@ -414,7 +431,7 @@ impl<R: RandomSource> Device<R> {
                 Err(e) => self.console(Event::error("command", e)),
             },
         }
-        self.finish();
+        self.finish(now);
     }
 
     pub fn handle_command(&mut self, now: u64, cmd: Command) {
@@ -455,7 +472,7 @@ impl<R: RandomSource> Device<R> {
             }
             Command::Config(fields) => self.net.push(Output::Config(fields)),
         }
-        self.finish();
+        self.finish(now);
     }
 
     fn ack(&mut self, cmd: &str, fields: &[(&str, String)]) {
@@ -505,7 +522,7 @@ impl<R: RandomSource> Device<R> {
         }
         self.persist_outbox();
         self.pump(now);
-        self.finish();
+        self.finish(now);
     }
 
     // ----- internals ----------------------------------------------------
@@ -516,6 +533,7 @@ impl<R: RandomSource> Device<R> {
         self.link = Link::Down;
         self.timers = [None; 3];
         self.sub_pid = None;
+        self.ack_deadline = None;
         let _ = self.engine.closed();
         if we_close {
             // The radio going away sends nothing: abrupt.
@@ -525,7 +543,11 @@ impl<R: RandomSource> Device<R> {
             self.console(Event::MqttDisconnected { reason });
         }
         if self.wifi || retry {
-            self.schedule_retry(now);
+            if was == Link::Connected && self.cfg.bugs.has(Bug::ReconnectAtOnce) {
+                self.reconnect_at = self.wifi.then_some(now);
+            } else {
+                self.schedule_retry(now);
+            }
         }
     }
 
@@ -609,6 +631,7 @@ impl<R: RandomSource> Device<R> {
                 EngineEvent::Received(Incoming::Suback { pid, codes }) => {
                     if Some(pid) == self.sub_pid {
                         self.sub_pid = None;
+                        self.ack_deadline = None;
                         let t = topics(&self.cfg, &self.client_id).cmd();
                         if let Some(rc) = codes.iter().find(|c| **c >= 0x80) {
                             // Refused: no subscription is recorded, and a
@@ -644,6 +667,7 @@ impl<R: RandomSource> Device<R> {
                 }) => self.on_command(t, payload, qos, dup),
                 EngineEvent::Released(pid) => {
                     if let Some(entry) = self.outbox.ack(pid) {
+                        self.ack_deadline = None;
                         self.console(Event::TelemetryAcked { seq: entry.seq });
                         self.persist_outbox();
                         self.pump(now);
@@ -748,6 +772,27 @@ impl<R: RandomSource> Device<R> {
     }
 
     /// Publishes buffered readings, oldest first, up to the in-flight window.
+    /// Arms the acknowledgement timeout while the connection awaits one and
+    /// it is not armed (an acknowledgement disarms it, so each one buys the
+    /// broker another `ack_timeout_ms`); disarms it when none is awaited.
+    ///
+    /// Why a timeout at all: MQTT 5 forbids resending a PUBLISH or SUBSCRIBE
+    /// on the same connection [MQTT-4.4.0-1], and 3.1.1 allows it only as an
+    /// option, so a broker that goes quiet about one packet would hold it
+    /// forever (and the outbox behind it). This core resends only on a new
+    /// connection, on both protocols: one rule that is right on either. The
+    /// timeout is what makes the new connection: close, back off, reconnect,
+    /// resend with DUP and the same packet identifier if the session is kept.
+    fn arm_ack_timeout(&mut self, now: u64) {
+        let awaiting =
+            self.link == Link::Connected && (self.sub_pid.is_some() || self.outbox.in_flight() > 0);
+        if !awaiting || self.cfg.bugs.has(Bug::NoAckTimeout) {
+            self.ack_deadline = None;
+        } else if self.ack_deadline.is_none() {
+            self.ack_deadline = Some(now + self.cfg.ack_timeout_ms);
+        }
+    }
+
     fn pump(&mut self, now: u64) {
         if self.link != Link::Connected {
             return;
@@ -854,6 +899,149 @@ mod tests {
             ]
         );
         assert_eq!(d.outbox_len(), 1);
+    }
+
+    fn device_with(edit: impl FnOnce(&mut Config)) -> Device<SplitMix64> {
+        let mut cfg = Config::new("esp32c3", "24:0a:c4:12:34:56".parse().unwrap());
+        edit(&mut cfg);
+        Device::boot(cfg, SplitMix64(7), vec![])
+    }
+
+    fn disconnect_reason(out: &[Output]) -> Option<String> {
+        events(out).into_iter().find_map(|e| match e {
+            Event::MqttDisconnected { reason } => Some(reason),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_withheld_puback_ends_the_connection_after_the_ack_timeout_and_is_resent_with_dup() {
+        let mut d = device();
+        online(&mut d, false);
+        // SUBACK (pid 2) granted; then a reading goes out as pid 2 (free again).
+        d.handle_bytes(3, &[0x90, 3, 0, 2, 1]);
+        d.take_readings(10, 1);
+        drain(&mut d);
+        assert_eq!(d.poll_timeout().map(|t| t <= 10 + 10_000), Some(true));
+        // An acknowledgement of something else (the status, pid 1) does not
+        // let the broker off for the reading; time runs out.
+        d.handle_bytes(5_000, &[0x40, 2, 0, 1]);
+        d.handle_timeout(10 + 10_000);
+        let out = drain(&mut d);
+        assert_eq!(
+            disconnect_reason(&out).as_deref(),
+            Some("ack-timeout: no PUBACK for pid=2")
+        );
+        assert!(out.contains(&Output::Close { abrupt: false }));
+        assert!(events(&out)
+            .iter()
+            .any(|e| matches!(e, Event::Backoff { attempt: 1, .. })));
+        assert_eq!(d.outbox_len(), 1, "the reading is kept");
+        // Next connection, session kept: the same packet id again, with DUP.
+        let at = d.poll_timeout().unwrap();
+        d.handle_timeout(at);
+        assert!(drain(&mut d).contains(&Output::Open));
+        d.handle_link_up(at + 1);
+        drain(&mut d);
+        d.handle_bytes(at + 2, &[0x20, 2, 1, 0]);
+        let resent: Vec<Vec<u8>> = drain(&mut d)
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Transmit(b)
+                    if b[0] & 0xf0 == 0x30 && b.windows(9).any(|w| w == b"telemetry") =>
+                {
+                    Some(b)
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(resent.len(), 1, "one resend");
+        assert_eq!(resent[0][0] & 0x08, 0x08, "DUP set");
+        let topic_len = u16::from_be_bytes([resent[0][2], resent[0][3]]) as usize;
+        let pid = u16::from_be_bytes([resent[0][4 + topic_len], resent[0][5 + topic_len]]);
+        assert_eq!(pid, 2, "the same packet identifier");
+    }
+
+    #[test]
+    fn a_withheld_suback_ends_the_connection_and_the_next_one_subscribes_again() {
+        let mut d = device_with(|c| c.ack_timeout_ms = 2_000);
+        online(&mut d, false);
+        assert_eq!(d.poll_timeout(), Some(2 + 2_000), "armed by the SUBSCRIBE");
+        d.handle_timeout(2_002);
+        let out = drain(&mut d);
+        assert_eq!(
+            disconnect_reason(&out).as_deref(),
+            Some("ack-timeout: no SUBACK for pid=2")
+        );
+        assert!(!events(&out)
+            .iter()
+            .any(|e| matches!(e, Event::MqttSubscribed { .. })));
+        let at = d.poll_timeout().unwrap();
+        d.handle_timeout(at);
+        drain(&mut d);
+        d.handle_link_up(at + 1);
+        drain(&mut d);
+        // session_present=1, but no subscription was ever confirmed.
+        d.handle_bytes(at + 2, &[0x20, 2, 1, 0]);
+        let out = drain(&mut d);
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::Transmit(b) if b[0] == 0x82)),
+            "SUBSCRIBE again: {out:?}"
+        );
+    }
+
+    #[test]
+    fn acknowledgements_keep_a_busy_connection_alive_and_the_negative_control_waits_forever() {
+        let mut d = device_with(|c| c.ack_timeout_ms = 1_000);
+        online(&mut d, false);
+        d.handle_bytes(500, &[0x90, 3, 0, 2, 1]);
+        assert_eq!(
+            d.poll_timeout().map(|t| t > 1_500),
+            Some(true),
+            "nothing awaited: only keep-alive timers"
+        );
+        d.take_readings(600, 2);
+        drain(&mut d);
+        d.handle_bytes(1_400, &[0x40, 2, 0, 3]);
+        drain(&mut d);
+        d.handle_timeout(1_700);
+        assert!(
+            disconnect_reason(&drain(&mut d)).is_none(),
+            "the PUBACK at 1.4 s bought another second"
+        );
+        d.handle_timeout(2_400);
+        assert!(disconnect_reason(&drain(&mut d)).is_some());
+
+        let mut d = device_with(|c| {
+            c.ack_timeout_ms = 1_000;
+            c.bugs = c.bugs.with(Bug::NoAckTimeout);
+        });
+        online(&mut d, false);
+        d.handle_timeout(100_000);
+        assert!(disconnect_reason(&drain(&mut d)).is_none_or(|r| r.starts_with("keepalive")));
+    }
+
+    #[test]
+    fn the_reconnect_at_once_control_skips_the_backoff_after_a_connection() {
+        for (bug, immediate) in [(false, false), (true, true)] {
+            let mut d = device_with(|c| {
+                if bug {
+                    c.bugs = c.bugs.with(Bug::ReconnectAtOnce);
+                }
+            });
+            online(&mut d, false);
+            d.handle_link_down(1_000, LinkDownReason::Closed);
+            drain(&mut d);
+            assert_eq!(d.poll_timeout() == Some(1_000), immediate);
+        }
+    }
+
+    #[test]
+    fn the_no_packet_limit_control_announces_and_accepts_the_maximum() {
+        let d = device_with(|c| c.bugs = c.bugs.with(Bug::NoPacketLimit));
+        assert_eq!(d.cfg.packet_limit(), 268_435_455);
+        assert_eq!(device().cfg.packet_limit(), 16 * 1024);
     }
 
     /// A QoS 1 PUBLISH to the device's command topic.

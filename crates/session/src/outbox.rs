@@ -142,6 +142,11 @@ impl Outbox {
         self.queue.iter().filter(|e| e.packet_id.is_some()).count()
     }
 
+    /// The packet id of the oldest reading in flight.
+    pub fn oldest_in_flight(&self) -> Option<u16> {
+        self.queue.iter().find_map(|e| e.packet_id)
+    }
+
     /// The broker acknowledged `packet_id`: the entry leaves the buffer.
     pub fn ack(&mut self, packet_id: u16) -> Option<Entry> {
         let pos = self

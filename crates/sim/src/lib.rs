@@ -70,6 +70,13 @@ pub struct Args {
     /// Readings kept while offline.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub outbox_capacity: u64,
+    /// Give up on a connection whose CONNACK has not come by then.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub connack_timeout_ms: u64,
+    /// Give up on a connection that leaves a telemetry PUBLISH or the
+    /// SUBSCRIBE unacknowledged this long (resent on the next connection).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ack_timeout_ms: u64,
     /// Seed of the jitter's random source (default: from the MAC and the clock).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -115,6 +122,11 @@ impl Args {
         flag("cmd-qos", self.cmd_qos.to_string().into());
         flag("session-expiry", self.session_expiry.to_string().into());
         flag("outbox-capacity", self.outbox_capacity.to_string().into());
+        flag(
+            "connack-timeout-ms",
+            self.connack_timeout_ms.to_string().into(),
+        );
+        flag("ack-timeout-ms", self.ack_timeout_ms.to_string().into());
         if let Some(seed) = self.seed {
             flag("seed", seed.to_string().into());
         }
@@ -301,6 +313,8 @@ pub fn run(args: Args) -> Result<(), SimError> {
     cfg.cmd_qos = args.cmd_qos;
     cfg.session_expiry_s = args.session_expiry;
     cfg.outbox_capacity = args.outbox_capacity as usize;
+    cfg.connack_timeout_ms = args.connack_timeout_ms;
+    cfg.ack_timeout_ms = args.ack_timeout_ms;
     cfg.bugs = args
         .bugs
         .iter()

@@ -81,6 +81,8 @@ pub struct DeviceSpec {
     pub cmd_qos: u8,
     pub backoff_base_ms: u64,
     pub backoff_cap_ms: u64,
+    pub connack_timeout_ms: u64,
+    pub ack_timeout_ms: u64,
 }
 
 impl DeviceSpec {
@@ -91,6 +93,8 @@ impl DeviceSpec {
         cmd_qos: 1,
         backoff_base_ms: 200,
         backoff_cap_ms: 2_000,
+        connack_timeout_ms: 10_000,
+        ack_timeout_ms: 10_000,
     };
 }
 

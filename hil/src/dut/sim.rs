@@ -102,6 +102,8 @@ fn apply(args: &mut hil_sim::Args, spec: &DeviceSpec) {
     args.cmd_qos = spec.cmd_qos;
     args.session_expiry = spec.session_expiry_s;
     args.outbox_capacity = spec.outbox_capacity;
+    args.connack_timeout_ms = spec.connack_timeout_ms;
+    args.ack_timeout_ms = spec.ack_timeout_ms;
 }
 
 /// A device process: kill -9 is its power cut; a new process on the same
