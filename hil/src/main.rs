@@ -192,6 +192,13 @@ fn main() -> ExitCode {
             let w = hil::scenarios::name_width();
             for s in hil::scenarios::ALL {
                 println!("{:<w$} {}", s.name, s.about);
+                if !s.advisor.is_empty() {
+                    println!(
+                        "{:<w$}   covers Device Advisor: {}",
+                        "",
+                        s.advisor.join(", ")
+                    );
+                }
                 for c in s.catches {
                     println!(
                         "{:<w$}   caught on {}: --sim-bug {} breaks \"{}\"",

@@ -12,6 +12,7 @@ use hil_session::Bug;
 pub static SCENARIO: Scenario = Scenario {
     name: "asleep_commands",
     about: "commands queued at QoS 1 and 2 while the device is powered off arrive once each, in order, after it wakes",
+    advisor: &[],
     needs: &[Need::Can(Capability::ReachesBroker), Need::Can(Capability::PowerCut)],
     device: DeviceSpec::DEFAULT,
     catches: &[

@@ -12,6 +12,7 @@ use hil_session::Event;
 pub static SCENARIO: Scenario = Scenario {
     name: "boot_identity",
     about: "the device boots, reports a client ID derived from its MAC, and answers !status with the same ID",
+    advisor: &[],
     needs: &[Need::Can(Capability::Reset), Need::Can(Capability::ReachesBroker)],
     device: DeviceSpec::DEFAULT,
     catches: &[Control::on_rumqttd(Bug::RandomClientId, Promise::StableClientId)],

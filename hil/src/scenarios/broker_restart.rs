@@ -13,6 +13,7 @@ pub static SCENARIO: Scenario = Scenario {
     name: "broker_restart",
     about:
         "after kill -9 of the broker the device backs off with jitter, reconnects, re-subscribes",
+    advisor: &[],
     needs: &[
         Need::Can(Capability::ReachesBroker),
         Need::Can(Capability::BrokerRestart),

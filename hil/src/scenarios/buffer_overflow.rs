@@ -15,6 +15,7 @@ const TAKEN: u32 = 20;
 pub static SCENARIO: Scenario = Scenario {
     name: "buffer_overflow",
     about: "an outage that overflows the telemetry buffer drops the oldest, counts the drops on the console and in telemetry, flushes the rest in order",
+    advisor: &[],
     needs: &[
         Need::Can(Capability::ReachesBroker),
         Need::Can(Capability::WifiToggle),

@@ -12,6 +12,7 @@ use hil_session::Event;
 pub static SCENARIO: Scenario = Scenario {
     name: "client_id_takeover",
     about: "a second device with the same client ID takes the session over; the runner reports the duplicate client ID pitfall",
+    advisor: &[],
     needs: &[
         Need::Can(Capability::ReachesBroker),
         Need::Can(Capability::Fleet),

@@ -11,6 +11,7 @@ pub static SCENARIO: Scenario = Scenario {
     name: "duplicate_command",
     about:
         "a command delivered twice (QoS 1 at-least-once) is acknowledged twice and executed once",
+    advisor: &[],
     needs: &[Need::Can(Capability::ReachesBroker)],
     device: DeviceSpec::DEFAULT,
     catches: &[Control::on_rumqttd(Bug::NoDedupe, Promise::ExecutedOnce)],

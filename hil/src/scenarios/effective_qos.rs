@@ -12,6 +12,7 @@ use hil_broker::check::Semantic;
 pub static SCENARIO: Scenario = Scenario {
     name: "effective_qos",
     about: "QoS 2 commands reach devices subscribed at 0, 1 and 2 at min(publish, subscription); a lower subscription is the QoS mismatch pitfall",
+    advisor: &[],
     needs: &[
         Need::Can(Capability::ReachesBroker),
         Need::Can(Capability::Fleet),

@@ -13,6 +13,7 @@ use std::time::Instant;
 pub static SCENARIO: Scenario = Scenario {
     name: "interrupted_subscribe",
     about: "a link loss and a power cut between CONNACK and SUBACK: session_present=1 comes back without the subscription; the device subscribes again and gets its command",
+    advisor: &[],
     needs: &[
         Need::Can(Capability::ReachesBroker),
         Need::Can(Capability::Fleet),

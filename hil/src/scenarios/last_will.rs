@@ -11,6 +11,7 @@ use hil_broker::check::Semantic;
 pub static SCENARIO: Scenario = Scenario {
     name: "last_will",
     about: "the Last Will `offline` on a cut link and on a power cut; retained `online` after each recovery",
+    advisor: &[],
     needs: &[
         Need::Can(Capability::ReachesBroker),
         Need::Can(Capability::LinkFaults),

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 pub static SCENARIO: Scenario = Scenario {
     name: "link_blackhole",
     about: "a silent link is noticed within 1.5 x keep-alive; the broker publishes the Will; status is online again after",
+    advisor: &[],
     needs: &[Need::Can(Capability::ReachesBroker), Need::Can(Capability::LinkFaults)],
     device: DeviceSpec {
         keepalive_s: 2,

@@ -12,6 +12,7 @@ use std::time::Duration;
 pub static SCENARIO: Scenario = Scenario {
     name: "message_expiry",
     about: "a command that expires during the outage is not delivered; a longer-lived one is, with its remaining interval",
+    advisor: &[],
     needs: &[
         Need::Can(Capability::ReachesBroker),
         Need::Mqtt5,

@@ -7,6 +7,7 @@
 //! Adding a scenario: one file here, one line in `registry!` below.
 
 pub mod promise;
+pub mod schedule;
 pub mod steps;
 
 pub use promise::Promise;
@@ -43,12 +44,16 @@ registry! {
     interrupted_subscribe,
     reconnect_storm,
     qos_lab,
+    no_connack,
 }
 
 pub struct Scenario {
     pub name: &'static str,
     /// One line: what the scenario proves.
     pub about: &'static str,
+    /// The AWS IoT Device Advisor test cases this scenario covers, locally
+    /// and on any broker (shown by `hil list`).
+    pub advisor: &'static [&'static str],
     pub needs: &'static [Need],
     /// How the device is configured (where the backend applies it).
     pub device: DeviceSpec,
@@ -191,8 +196,13 @@ pub fn markdown_table() -> String {
                 )
             })
             .collect();
+        let advisor = if s.advisor.is_empty() {
+            String::new()
+        } else {
+            format!(" (Device Advisor: {})", s.advisor.join(", "))
+        };
         out.push_str(&format!(
-            "| `{}` | {} | {} | {} |\n",
+            "| `{}` | {}{advisor} | {} | {} |\n",
             s.name,
             s.about.replace('|', "\\|"),
             needs.join(", "),

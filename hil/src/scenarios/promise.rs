@@ -26,6 +26,13 @@ pub enum Promise {
     ExecutedOnce,
     SubscribeUntilSuback,
     QosSemantics,
+    ConnackTimeout,
+    BackoffAfterSuccess,
+    ServerDisconnect,
+    PublishRetried,
+    SubscribeRetried,
+    LargePayload,
+    SessionReused,
 }
 
 impl Promise {
@@ -73,6 +80,27 @@ impl Promise {
             }
             Promise::QosSemantics => {
                 "QoS 0 may lose, QoS 1 duplicates only with DUP, QoS 2 exactly once"
+            }
+            Promise::ConnackTimeout => {
+                "a connection without CONNACK is given up after a bounded timeout and retried with backoff"
+            }
+            Promise::BackoffAfterSuccess => {
+                "after losing an established connection the first reconnect waits at least the base delay"
+            }
+            Promise::ServerDisconnect => {
+                "a server DISCONNECT is reported with its reason and followed by a backoff"
+            }
+            Promise::PublishRetried => {
+                "an unacknowledged reading is kept, resent with DUP and the same packet id on a new connection, never lost or reordered"
+            }
+            Promise::SubscribeRetried => {
+                "an unconfirmed subscription is not trusted: time out, reconnect, subscribe again"
+            }
+            Promise::LargePayload => {
+                "commands within the maximum packet size are executed intact; larger ones are refused and counted, without a crash"
+            }
+            Promise::SessionReused => {
+                "a kept session with a confirmed subscription is reused (no SUBSCRIBE); an expired one is rebuilt"
             }
         }
     }

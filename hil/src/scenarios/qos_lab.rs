@@ -17,6 +17,7 @@ const N: usize = 100;
 pub static SCENARIO: Scenario = Scenario {
     name: "qos_lab",
     about: "100 commands per QoS over a link cut at seeded random points (20 %): a table of delivered, lost and duplicated per QoS",
+    advisor: &[],
     needs: &[
         Need::Can(Capability::ReachesBroker),
         Need::Can(Capability::Fleet),

@@ -11,6 +11,7 @@ pub static SCENARIO: Scenario = Scenario {
     name: "queued_commands",
     about:
         "commands published at QoS 1 and 2 while the device is offline arrive once each, in order",
+    advisor: &[],
     needs: &[
         Need::Can(Capability::ReachesBroker),
         Need::Can(Capability::WifiToggle),

@@ -14,6 +14,7 @@ const FLEET: usize = 50;
 pub static SCENARIO: Scenario = Scenario {
     name: "reconnect_storm",
     about: "50 devices lose the broker at once: jittered backoff spreads their reconnects; every device reconnects and gets its command",
+    advisor: &[],
     needs: &[
         Need::Can(Capability::ReachesBroker),
         Need::Can(Capability::Fleet),

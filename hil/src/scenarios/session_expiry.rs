@@ -12,6 +12,7 @@ use std::time::Duration;
 pub static SCENARIO: Scenario = Scenario {
     name: "session_expiry",
     about: "offline shorter than the Session Expiry Interval keeps the session; longer loses it, the device re-subscribes and nothing stale runs",
+    advisor: &[],
     needs: &[
         Need::Can(Capability::ReachesBroker),
         Need::Mqtt5,

@@ -11,6 +11,7 @@ use hil_session::{Bug, Event};
 pub static SCENARIO: Scenario = Scenario {
     name: "stable_client_id",
     about: "the client ID is the same after three reboots and an outage; the session survives",
+    advisor: &[],
     needs: &[
         Need::Can(Capability::ReachesBroker),
         Need::Can(Capability::Reset),

@@ -11,6 +11,7 @@ use std::time::Instant;
 pub static SCENARIO: Scenario = Scenario {
     name: "telemetry_flush",
     about: "readings taken during a Wi-Fi outage are published in order, contiguous, none lost",
+    advisor: &[],
     needs: &[
         Need::Can(Capability::ReachesBroker),
         Need::Can(Capability::WifiToggle),

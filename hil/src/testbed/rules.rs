@@ -81,6 +81,69 @@ impl Rule for CutAfterPublishes {
     }
 }
 
+/// What a [`Withhold`] rule swallows from the broker (Device Advisor's
+/// "no ack" cases).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Withheld {
+    Connack,
+    Suback,
+    Pingresp,
+    /// PUBACKs (and PUBRECs) of the device's PUBLISHes on topics ending so.
+    PubackFor(String),
+}
+
+/// Swallows every broker packet of one kind while installed: the device's
+/// connection stays up and hears nothing back for that packet.
+pub struct Withhold {
+    what: Withheld,
+    /// (connection, packet id) of the device PUBLISHes whose ack to swallow.
+    pids: std::collections::HashSet<(u32, u16)>,
+}
+
+impl Withhold {
+    pub fn new(what: Withheld) -> Self {
+        Withhold {
+            what,
+            pids: Default::default(),
+        }
+    }
+}
+
+impl Rule for Withhold {
+    fn on_packet(&mut self, conn: u32, dir: Dir, frame: &Frame) -> Action {
+        let drop = match (&self.what, dir, &frame.packet) {
+            (
+                Withheld::PubackFor(suffix),
+                Dir::Up,
+                Packet::Publish {
+                    topic,
+                    pid: Some(pid),
+                    ..
+                },
+            ) => {
+                if topic.ends_with(suffix.as_str()) {
+                    self.pids.insert((conn, *pid));
+                }
+                false
+            }
+            (
+                Withheld::PubackFor(_),
+                Dir::Down,
+                Packet::Puback { pid } | Packet::Pubrec { pid },
+            ) => self.pids.contains(&(conn, *pid)),
+            (Withheld::Connack, Dir::Down, Packet::Connack { .. }) => true,
+            (Withheld::Suback, Dir::Down, Packet::Suback { .. }) => true,
+            (Withheld::Pingresp, Dir::Down, Packet::Pingresp) => true,
+            _ => false,
+        };
+        if drop {
+            Action::Drop
+        } else {
+            Action::Pass
+        }
+    }
+}
+
 /// A broker that breaks an MQTT rule on purpose, so tests can prove the
 /// conformance monitor names the rule (and never blames the device).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -270,6 +333,39 @@ mod tests {
             payload: payload.into(),
             expiry: None,
         })
+    }
+
+    #[test]
+    fn withhold_swallows_only_its_kind_and_only_the_acks_of_its_topic() {
+        let mut r = Withhold::new(Withheld::PubackFor("/telemetry".into()));
+        let mut up = publish("{}");
+        if let Packet::Publish { topic, pid, .. } = &mut up.packet {
+            *topic = "devices/x/telemetry".into();
+            *pid = Some(7);
+        }
+        assert_eq!(r.on_packet(1, Dir::Up, &up), Action::Pass);
+        let ack = |pid| frame(Packet::Puback { pid });
+        assert_eq!(r.on_packet(1, Dir::Down, &ack(7)), Action::Drop);
+        assert_eq!(
+            r.on_packet(1, Dir::Down, &ack(8)),
+            Action::Pass,
+            "another publish's ack"
+        );
+        assert_eq!(
+            r.on_packet(2, Dir::Down, &ack(7)),
+            Action::Pass,
+            "another connection"
+        );
+        let mut c = Withhold::new(Withheld::Connack);
+        let connack = frame(Packet::Connack {
+            session_present: false,
+            rc: 0,
+        });
+        assert_eq!(c.on_packet(1, Dir::Down, &connack), Action::Drop);
+        assert_eq!(
+            c.on_packet(1, Dir::Down, &frame(Packet::Pingresp)),
+            Action::Pass
+        );
     }
 
     #[test]

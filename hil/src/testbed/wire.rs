@@ -242,6 +242,81 @@ impl WireLog {
     }
 }
 
+/// One connection the tap saw: when it was opened and how it ended.
+#[derive(Clone, Debug)]
+pub struct Connection {
+    pub conn: u32,
+    pub opened: Instant,
+    pub reached_broker: bool,
+    /// When it ended, and who ended it (`Dir::Up`: the device; `Dir::Down`:
+    /// the broker; None: the proxy cut it).
+    pub ended: Option<(Instant, Option<Dir>)>,
+}
+
+/// The connections opened after `after`, in order, with their ends.
+pub fn connections(records: &[WireRecord], after: Instant) -> Vec<Connection> {
+    let mut out: Vec<Connection> = Vec::new();
+    for r in records.iter().cloned() {
+        match r.event {
+            WireEvent::Attempt {
+                conn,
+                reached_broker,
+            } if r.at > after => out.push(Connection {
+                conn,
+                opened: r.at,
+                reached_broker,
+                ended: None,
+            }),
+            WireEvent::Closed { conn, by } => {
+                if let Some(c) = out.iter_mut().find(|c| c.conn == conn && c.ended.is_none()) {
+                    c.ended = Some((r.at, Some(by)));
+                }
+            }
+            WireEvent::Cut { conn } => {
+                if let Some(c) = out.iter_mut().find(|c| c.conn == conn && c.ended.is_none()) {
+                    c.ended = Some((r.at, None));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+impl WireLog {
+    /// The connections opened after `after`, in order, with their ends.
+    pub fn connections(&self, after: Instant) -> Vec<Connection> {
+        connections(&self.records(), after)
+    }
+
+    /// Waits until `pred` holds of everything the tap has seen; false at the deadline.
+    pub fn wait_until(&self, deadline: Instant, pred: impl Fn(&[WireRecord]) -> bool) -> bool {
+        let mut records = self.records.lock().unwrap();
+        loop {
+            if pred(&records) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            records = self.arrived.wait_timeout(records, left).unwrap().0;
+        }
+    }
+
+    /// The waits before each reconnect after `after`: from the end of one
+    /// connection to the opening of the next (ms), for connections that ended.
+    pub fn retry_waits(&self, after: Instant) -> Vec<u64> {
+        self.connections(after)
+            .windows(2)
+            .filter_map(|w| {
+                let (end, _) = w[0].ended?;
+                Some(w[1].opened.saturating_duration_since(end).as_millis() as u64)
+            })
+            .collect()
+    }
+}
+
 fn open_qos2(records: &[WireRecord]) -> usize {
     use std::collections::HashSet;
     // (connection, published by the device, packet id)
