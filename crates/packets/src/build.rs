@@ -5,7 +5,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use mqtt_protocol_core::mqtt::packet::{
     v3_1_1, v5_0, MaximumPacketSize, MessageExpiryInterval, Packet, Property, Qos,
-    SessionExpiryInterval, SubEntry, SubOpts,
+    ServerReference, SessionExpiryInterval, SubEntry, SubOpts,
 };
 use mqtt_protocol_core::mqtt::result_code::MqttError;
 
@@ -159,4 +159,25 @@ pub fn disconnect(v: MqttVersion) -> Packet {
             // the same two bytes (0xE0 0x00), which MQTT 5 also accepts.
             .unwrap_or_else(|_| v3_1_1::Disconnect::new().into()),
     }
+}
+
+/// An MQTT 5 DISCONNECT a server sends: its reason code (0x89 server busy,
+/// 0x8B server shutting down, 0x9C use another server, ...) and, for 0x9C
+/// and 0x9D, the Server Reference. None for a reason code MQTT 5 does not
+/// define for DISCONNECT.
+pub fn server_disconnect(reason: u8, server_reference: Option<&str>) -> Result<Packet, MqttError> {
+    use mqtt_protocol_core::mqtt::result_code::DisconnectReasonCode as R;
+    let rc = match reason {
+        0x89 => R::ServerBusy,
+        0x8b => R::ServerShuttingDown,
+        0x98 => R::AdministrativeAction,
+        0x9c => R::UseAnotherServer,
+        0x9d => R::ServerMoved,
+        _ => R::UnspecifiedError,
+    };
+    let mut b = v5_0::Disconnect::builder().reason_code(rc);
+    if let Some(r) = server_reference {
+        b = b.props(vec![Property::ServerReference(ServerReference::new(r)?)]);
+    }
+    Ok(b.build()?.into())
 }

@@ -74,7 +74,10 @@ pub enum Packet {
     },
     Pingreq,
     Pingresp,
-    Disconnect,
+    /// MQTT 5 carries a reason code (none: 3.1.1, or 0x00 left out).
+    Disconnect {
+        reason: Option<u8>,
+    },
     Other {
         kind: u8,
     },
@@ -96,7 +99,7 @@ impl Packet {
             Packet::Pubcomp { .. } => "PUBCOMP",
             Packet::Pingreq => "PINGREQ",
             Packet::Pingresp => "PINGRESP",
-            Packet::Disconnect => "DISCONNECT",
+            Packet::Disconnect { .. } => "DISCONNECT",
             Packet::Other { .. } => "packet",
             Packet::Malformed(_) => "malformed packet",
         }
@@ -167,7 +170,8 @@ impl fmt::Display for Packet {
             Packet::Pubcomp { pid } => write!(f, "PUBCOMP pid={pid}"),
             Packet::Pingreq => f.write_str("PINGREQ"),
             Packet::Pingresp => f.write_str("PINGRESP"),
-            Packet::Disconnect => f.write_str("DISCONNECT"),
+            Packet::Disconnect { reason: None } => f.write_str("DISCONNECT"),
+            Packet::Disconnect { reason: Some(r) } => write!(f, "DISCONNECT reason=0x{r:02x}"),
             Packet::Other { kind } => write!(f, "packet type {kind}"),
             Packet::Malformed(e) => write!(f, "MALFORMED {e}"),
         }
@@ -418,7 +422,9 @@ impl Decoder {
                 }
                 12 => Packet::Pingreq,
                 13 => Packet::Pingresp,
-                14 => Packet::Disconnect,
+                14 => Packet::Disconnect {
+                    reason: data.first().copied(),
+                },
                 kind => Packet::Other { kind },
             })
         })();

@@ -45,6 +45,8 @@ registry! {
     reconnect_storm,
     qos_lab,
     no_connack,
+    reconnect_after_success,
+    server_disconnect,
 }
 
 pub struct Scenario {

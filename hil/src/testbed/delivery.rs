@@ -312,7 +312,7 @@ fn wills(records: &[WireRecord], last: Instant) -> Vec<Deviation> {
                 &r.event,
                 WireEvent::Packet {
                     dir: Dir::Up,
-                    packet: Packet::Disconnect,
+                    packet: Packet::Disconnect { .. },
                     ..
                 }
             )
@@ -608,7 +608,7 @@ mod tests {
             WireEvent::Packet {
                 conn: 1,
                 dir: Dir::Up,
-                packet: Packet::Disconnect,
+                packet: Packet::Disconnect { reason: None },
             },
         );
         s.at(100, cut);

@@ -155,6 +155,39 @@ impl FaultProxy {
         st.held.clear();
     }
 
+    /// The broker ends every live connection: sends `packet` to the device
+    /// first (an MQTT 5 DISCONNECT with a reason code; None on 3.1.1, where
+    /// a server can only close the socket), then closes the device's side
+    /// gracefully (FIN) and drops the broker's. On the record as the
+    /// broker's packet and the broker's close.
+    pub fn server_close(&self, disconnect: Option<(u8, Option<&str>)>) {
+        use mqtt_protocol_core::mqtt::packet::GenericPacketTrait;
+        let bytes = disconnect.and_then(|(reason, reference)| {
+            hil_packets::build::server_disconnect(reason, reference)
+                .ok()
+                .map(|p| (reason, p.to_continuous_buffer()))
+        });
+        let mut st = self.state.lock().unwrap();
+        for (conn, d, u) in st.conns.drain(..) {
+            if let Some((reason, bytes)) = &bytes {
+                let mut w = &d;
+                if w.write_all(bytes).and_then(|_| w.flush()).is_ok() {
+                    self.log.push(WireEvent::Packet {
+                        conn,
+                        dir: Dir::Down,
+                        packet: hil_packets::tap::Packet::Disconnect {
+                            reason: Some(*reason),
+                        },
+                    });
+                }
+            }
+            let _ = d.shutdown(Shutdown::Write);
+            self.log.push(WireEvent::Closed { conn, by: Dir::Down });
+            reset(&u);
+        }
+        st.held.clear();
+    }
+
     /// Drops all bytes both ways while on; connections stay open.
     pub fn blackhole(&self, on: bool) {
         let mut st = self.state.lock().unwrap();
