@@ -4,8 +4,8 @@ use crate::MqttVersion;
 use alloc::vec;
 use alloc::vec::Vec;
 use mqtt_protocol_core::mqtt::packet::{
-    v3_1_1, v5_0, MaximumPacketSize, MessageExpiryInterval, Packet, Property, Qos,
-    ServerReference, SessionExpiryInterval, SubEntry, SubOpts,
+    v3_1_1, v5_0, MaximumPacketSize, MessageExpiryInterval, Packet, Property, Qos, ServerReference,
+    SessionExpiryInterval, SubEntry, SubOpts,
 };
 use mqtt_protocol_core::mqtt::result_code::MqttError;
 

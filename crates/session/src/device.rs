@@ -689,9 +689,26 @@ impl<R: RandomSource> Device<R> {
         }
         self.link = Link::Connected;
         self.backoff.reset();
+        if !self.engine.resends_stored() {
+            if session_present {
+                // The broker kept the session, and with it the packet ids of
+                // the readings in flight: resend under the same ids (first,
+                // so nothing new takes them), with DUP.
+                for pid in self.outbox.resend_in_flight() {
+                    if !self.engine.reserve(pid) {
+                        self.outbox.forget_pid(pid);
+                    }
+                }
+            } else {
+                self.outbox.forget_in_flight();
+            }
+        }
         // Retained "online" overrides the retained Last Will "offline".
         let status = topics(&self.cfg, &self.client_id).status();
-        match self.engine.publish(&status, b"online", 1, true, false) {
+        match self
+            .engine
+            .publish(&status, b"online", 1, true, false, None)
+        {
             Ok((_, events)) => self.apply(now, events),
             Err(e) => self.console(Event::error("mqtt", e)),
         }
@@ -718,10 +735,9 @@ impl<R: RandomSource> Device<R> {
                 Err(e) => self.console(Event::error("mqtt", e)),
             }
         }
-        if !session_present || !self.engine.resends_stored() {
-            // The broker forgot our in-flight publishes and so did the engine
-            // (or the engine does not resend them): send them again, with DUP
-            // as they were sent before.
+        if !session_present && self.engine.resends_stored() {
+            // The broker forgot our in-flight publishes and so did the engine:
+            // send them again, with DUP as they were sent before.
             self.outbox.forget_in_flight();
         }
         self.pump(now);
@@ -804,9 +820,10 @@ impl<R: RandomSource> Device<R> {
                 break;
             };
             let (seq, dup, payload) = (entry.seq, entry.sent, entry.payload.clone());
+            let reserved = entry.resend_pid.take();
             match self
                 .engine
-                .publish(&topic, payload.as_bytes(), 1, false, dup)
+                .publish(&topic, payload.as_bytes(), 1, false, dup, reserved)
             {
                 Ok((pid, events)) => {
                     if let Some(e) = self.outbox.next_unsent() {
@@ -916,50 +933,80 @@ mod tests {
 
     #[test]
     fn a_withheld_puback_ends_the_connection_after_the_ack_timeout_and_is_resent_with_dup() {
-        let mut d = device();
-        online(&mut d, false);
-        // SUBACK (pid 2) granted; then a reading goes out as pid 2 (free again).
-        d.handle_bytes(3, &[0x90, 3, 0, 2, 1]);
-        d.take_readings(10, 1);
-        drain(&mut d);
-        assert_eq!(d.poll_timeout().map(|t| t <= 10 + 10_000), Some(true));
-        // An acknowledgement of something else (the status, pid 1) does not
-        // let the broker off for the reading; time runs out.
-        d.handle_bytes(5_000, &[0x40, 2, 0, 1]);
-        d.handle_timeout(10 + 10_000);
-        let out = drain(&mut d);
-        assert_eq!(
-            disconnect_reason(&out).as_deref(),
-            Some("ack-timeout: no PUBACK for pid=2")
-        );
-        assert!(out.contains(&Output::Close { abrupt: false }));
-        assert!(events(&out)
-            .iter()
-            .any(|e| matches!(e, Event::Backoff { attempt: 1, .. })));
-        assert_eq!(d.outbox_len(), 1, "the reading is kept");
-        // Next connection, session kept: the same packet id again, with DUP.
-        let at = d.poll_timeout().unwrap();
-        d.handle_timeout(at);
-        assert!(drain(&mut d).contains(&Output::Open));
-        d.handle_link_up(at + 1);
-        drain(&mut d);
-        d.handle_bytes(at + 2, &[0x20, 2, 1, 0]);
-        let resent: Vec<Vec<u8>> = drain(&mut d)
-            .into_iter()
-            .filter_map(|o| match o {
-                Output::Transmit(b)
-                    if b[0] & 0xf0 == 0x30 && b.windows(9).any(|w| w == b"telemetry") =>
-                {
-                    Some(b)
+        for v in [MqttVersion::V3_1_1, MqttVersion::V5] {
+            let v5 = v == MqttVersion::V5;
+            let connack = |sp: u8| {
+                if v5 {
+                    vec![0x20, 3, sp, 0, 0]
+                } else {
+                    vec![0x20, 2, sp, 0]
                 }
-                _ => None,
-            })
-            .collect();
-        assert_eq!(resent.len(), 1, "one resend");
-        assert_eq!(resent[0][0] & 0x08, 0x08, "DUP set");
-        let topic_len = u16::from_be_bytes([resent[0][2], resent[0][3]]) as usize;
-        let pid = u16::from_be_bytes([resent[0][4 + topic_len], resent[0][5 + topic_len]]);
-        assert_eq!(pid, 2, "the same packet identifier");
+            };
+            let mut d = device_with(|c| c.mqtt = v);
+            d.handle_wifi(0, true);
+            d.handle_timeout(0);
+            drain(&mut d);
+            d.handle_link_up(1);
+            drain(&mut d);
+            d.handle_bytes(2, &connack(0));
+            drain(&mut d);
+            // SUBACK (pid 2) granted; then a reading goes out as pid 2 (free again).
+            let suback: &[u8] = if v5 {
+                &[0x90, 4, 0, 2, 0, 1]
+            } else {
+                &[0x90, 3, 0, 2, 1]
+            };
+            d.handle_bytes(3, suback);
+            d.take_readings(10, 1);
+            drain(&mut d);
+            assert_eq!(d.poll_timeout().map(|t| t <= 10 + 10_000), Some(true));
+            // An acknowledgement of something else (the status, pid 1) does not
+            // let the broker off for the reading; time runs out.
+            let puback1: &[u8] = if v5 {
+                &[0x40, 2, 0, 1]
+            } else {
+                &[0x40, 2, 0, 1]
+            };
+            d.handle_bytes(5_000, puback1);
+            d.handle_timeout(10 + 10_000);
+            let out = drain(&mut d);
+            assert_eq!(
+                disconnect_reason(&out).as_deref(),
+                Some("ack-timeout: no PUBACK for pid=2"),
+                "{v}"
+            );
+            assert!(out.contains(&Output::Close { abrupt: false }));
+            assert!(events(&out)
+                .iter()
+                .any(|e| matches!(e, Event::Backoff { attempt: 1, .. })));
+            assert_eq!(d.outbox_len(), 1, "the reading is kept");
+            // Next connection, session kept: the same packet id again, with DUP.
+            let at = d.poll_timeout().unwrap();
+            d.handle_timeout(at);
+            assert!(drain(&mut d).contains(&Output::Open));
+            d.handle_link_up(at + 1);
+            drain(&mut d);
+            d.handle_bytes(at + 2, &connack(1));
+            let resent: Vec<Vec<u8>> = drain(&mut d)
+                .into_iter()
+                .filter_map(|o| match o {
+                    Output::Transmit(b)
+                        if b[0] & 0xf0 == 0x30 && b.windows(9).any(|w| w == b"telemetry") =>
+                    {
+                        Some(b)
+                    }
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(resent.len(), 1, "{v}: one resend");
+            assert_eq!(resent[0][0] & 0x08, 0x08, "{v}: DUP set");
+            let topic_len = u16::from_be_bytes([resent[0][2], resent[0][3]]) as usize;
+            let pid = u16::from_be_bytes([resent[0][4 + topic_len], resent[0][5 + topic_len]]);
+            assert_eq!(
+                pid, 2,
+                "{v}: the same packet identifier in the kept session"
+            );
+        }
     }
 
     #[test]

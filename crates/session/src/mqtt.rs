@@ -151,12 +151,14 @@ impl Engine {
         qos_level: u8,
         retain: bool,
         dup: bool,
+        reserved: Option<u16>,
     ) -> Result<(Option<u16>, Vec<EngineEvent>), EngineError> {
         let err = failed("PUBLISH");
-        let pid = if qos_level > 0 {
-            Some(self.conn.acquire_packet_id().map_err(err)?)
-        } else {
-            None
+        let pid = match (qos_level, reserved) {
+            (0, _) => None,
+            // Reserved by `reserve` for this resend.
+            (_, Some(pid)) => Some(pid),
+            _ => Some(self.conn.acquire_packet_id().map_err(err)?),
         };
         let packet = build::publish(
             self.version,
@@ -173,6 +175,12 @@ impl Engine {
         .map_err(err)?;
         let events = self.conn.send(packet);
         Ok((pid, self.map(events)))
+    }
+
+    /// Holds `pid` for a resend under the packet id a kept session knows
+    /// (before anything new is sent); false when it is in use.
+    pub fn reserve(&mut self, pid: u16) -> bool {
+        self.conn.register_packet_id(pid).is_ok()
     }
 
     pub fn subscribe(

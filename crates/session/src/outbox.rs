@@ -19,6 +19,10 @@ pub struct Entry {
     /// Packet id while in flight on the current connection (not persisted).
     #[serde(skip)]
     pub packet_id: Option<u16>,
+    /// The packet id it was in flight under on the previous connection,
+    /// kept for its resend into the same session (not persisted).
+    #[serde(skip)]
+    pub resend_pid: Option<u16>,
 }
 
 /// What survives a reboot.
@@ -125,6 +129,7 @@ impl Outbox {
             payload,
             sent: false,
             packet_id: None,
+            resend_pid: None,
         });
         Pushed {
             seq,
@@ -154,6 +159,25 @@ impl Outbox {
             .iter()
             .position(|e| e.packet_id == Some(packet_id))?;
         self.queue.remove(pos)
+    }
+
+    /// A new connection to the same session: what was in flight goes out
+    /// again under the packet ids the broker knows it by; returns them.
+    pub fn resend_in_flight(&mut self) -> Vec<u16> {
+        self.queue
+            .iter_mut()
+            .filter_map(|e| {
+                e.resend_pid = e.packet_id.take();
+                e.resend_pid
+            })
+            .collect()
+    }
+
+    /// `pid` could not be kept: its entry goes out under a new one.
+    pub fn forget_pid(&mut self, pid: u16) {
+        for e in self.queue.iter_mut().filter(|e| e.resend_pid == Some(pid)) {
+            e.resend_pid = None;
+        }
     }
 
     /// The connection is gone: nothing is in flight any more.

@@ -119,6 +119,7 @@ mod tests {
                 payload: "{}".into(),
                 sent: true,
                 packet_id: None,
+                resend_pid: None,
             }],
         });
         assert_eq!(Record::decode(&r.encode()), Ok(r));

@@ -47,6 +47,9 @@ registry! {
     no_connack,
     reconnect_after_success,
     server_disconnect,
+    no_puback,
+    no_suback,
+    no_pingresp,
 }
 
 pub struct Scenario {

@@ -182,7 +182,10 @@ impl FaultProxy {
                 }
             }
             let _ = d.shutdown(Shutdown::Write);
-            self.log.push(WireEvent::Closed { conn, by: Dir::Down });
+            self.log.push(WireEvent::Closed {
+                conn,
+                by: Dir::Down,
+            });
             reset(&u);
         }
         st.held.clear();
