@@ -23,6 +23,23 @@ pub enum Dir {
     Down,
 }
 
+/// A payload as a transcript line shows it: whole up to 256 bytes, else its
+/// first 200 and how much more (a 64 KiB command is one line, not 64 KiB).
+pub fn shown(payload: &str) -> alloc::borrow::Cow<'_, str> {
+    if payload.len() <= 256 {
+        return alloc::borrow::Cow::Borrowed(payload);
+    }
+    let mut cut = 200;
+    while !payload.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    alloc::borrow::Cow::Owned(alloc::format!(
+        "{}...(+{} B)",
+        &payload[..cut],
+        payload.len() - cut
+    ))
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Packet {
     Connect {
@@ -37,6 +54,8 @@ pub enum Packet {
         level: u8,
         /// MQTT 5 Session Expiry Interval (None: absent, or 3.1.1). Not shown.
         session_expiry: Option<u32>,
+        /// MQTT 5 Maximum Packet Size the client accepts. Not shown.
+        max_packet_size: Option<u32>,
     },
     Connack {
         session_present: bool,
@@ -162,7 +181,7 @@ impl fmt::Display for Packet {
                 if let Some(e) = expiry {
                     write!(f, " expiry={e}")?;
                 }
-                write!(f, " payload={payload}")
+                write!(f, " payload={}", shown(payload))
             }
             Packet::Puback { pid } => write!(f, "PUBACK pid={pid}"),
             Packet::Pubrec { pid } => write!(f, "PUBREC pid={pid}"),
@@ -302,6 +321,10 @@ impl Decoder {
                                 mqtt_protocol_core::mqtt::packet::Property::SessionExpiryInterval(v) => Some(v.val()),
                                 _ => None,
                             }),
+                            max_packet_size: c.props().iter().find_map(|pr| match pr {
+                                mqtt_protocol_core::mqtt::packet::Property::MaximumPacketSize(v) => Some(v.val()),
+                                _ => None,
+                            }),
                         }
                     } else {
                         let (c, _) = v3_1_1::Connect::parse(data).map_err(m)?;
@@ -318,6 +341,7 @@ impl Decoder {
                             will_delay: None,
                             level,
                             session_expiry: None,
+                            max_packet_size: None,
                         }
                     }
                 }
@@ -471,6 +495,7 @@ mod tests {
                 will_delay: None,
                 level: 4,
                 session_expiry: None,
+                max_packet_size: None,
             }]
         );
         assert_eq!(

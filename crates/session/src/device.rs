@@ -14,7 +14,7 @@
 use crate::backoff::{Backoff, RandomSource};
 use crate::config::{Bug, Config, MqttVersion};
 use crate::console::{Command, Event, LineError};
-use crate::guard::{Guard, Violation};
+use crate::guard::{Guard, Item, Violation};
 use crate::identity::{client_id, Topics};
 use crate::inbox::Inbox;
 use crate::mqtt::{timer_index, ConnectParams, Engine, EngineEvent, TIMER_KINDS};
@@ -360,13 +360,36 @@ impl<R: RandomSource> Device<R> {
     /// Bytes from the broker.
     pub fn handle_bytes(&mut self, now: u64, bytes: &[u8]) {
         if matches!(self.link, Link::AwaitConnack { .. } | Link::Connected) {
-            let (packets, violation) = self.guard.feed(bytes);
-            for packet in packets {
+            let (items, violation) = self.guard.feed(bytes);
+            for item in items {
                 if self.link == Link::Down {
                     break;
                 }
-                let events = self.engine.recv(&packet);
-                self.apply(now, events);
+                match item {
+                    Item::Packet(packet) => {
+                        let events = self.engine.recv(&packet);
+                        self.apply(now, events);
+                    }
+                    Item::Discarded {
+                        len,
+                        qos,
+                        topic,
+                        reply,
+                    } => {
+                        // Counted and said; acknowledged so the broker is
+                        // done with it (no redelivery on every reconnect).
+                        self.rejected = self.rejected.saturating_add(1);
+                        self.console(Event::error(
+                            "protocol",
+                            format!(
+                                "discarded a {len} B PUBLISH (QoS {qos}) on {topic}: over the {} B limit",
+                                self.cfg.packet_limit()
+                            ),
+                        ));
+                        self.net.extend(reply.map(Output::Transmit));
+                    }
+                    Item::Reply(bytes) => self.net.push(Output::Transmit(bytes)),
+                }
             }
             if let Some(v) = violation {
                 if self.link != Link::Down {
@@ -381,6 +404,11 @@ impl<R: RandomSource> Device<R> {
     fn refuse(&mut self, now: u64, v: Violation) {
         self.rejected = self.rejected.saturating_add(1);
         self.console(Event::error("protocol", &v));
+        if self.cfg.mqtt == MqttVersion::V5 && matches!(v, Violation::TooLarge { .. }) {
+            // MQTT 5 says why: DISCONNECT 0x95, Packet too large (reason
+            // code only; the property length may be left out).
+            self.net.push(Output::Transmit(alloc::vec![0xe0, 1, 0x95]));
+        }
         self.net.push(Output::Close { abrupt: false });
         self.lose_link(now, v.reason(), false, true);
     }
@@ -779,12 +807,20 @@ impl<R: RandomSource> Device<R> {
         self.inbox.remember(id.clone());
         self.out
             .push_back(Output::Persist(Record::Inbox(self.inbox.snapshot())));
+        let digest = (payload.len() > crate::console::MAX_VALUE).then(|| Event::CmdDigest {
+            id: id.clone(),
+            len: payload.len() as u32,
+            fnv: crate::console::fnv1a64(&payload),
+        });
         self.console(Event::Cmd {
             id,
             qos,
             dup,
             payload: text,
         });
+        if let Some(d) = digest {
+            self.console(d);
+        }
     }
 
     /// Publishes buffered readings, oldest first, up to the in-flight window.

@@ -11,6 +11,16 @@
 //! less than a fork of it. Everything the guard passes is one whole packet of
 //! at most `max` bytes with valid fixed-header flags and a non-zero packet id
 //! wherever one is required.
+//!
+//! A PUBLISH over `max` on MQTT 3.1.1 is not a reason to drop the
+//! connection: 3.1.1 has no way to tell the broker the limit, so the broker
+//! would redeliver the same message on every reconnect (a poison message
+//! that keeps the device offline). The guard discards it as it streams in,
+//! keeping only its topic and packet id (never more than `max` bytes), and
+//! has it acknowledged at its QoS, so the broker is done with it; the device
+//! counts and reports it. On MQTT 5 the limit was announced in CONNECT, a
+//! server must not send such a packet [MQTT-3.1.2-24], and the client treats
+//! one as a protocol error (DISCONNECT 0x95, Packet too large).
 
 use crate::config::MqttVersion;
 use alloc::vec::Vec;
@@ -45,6 +55,42 @@ impl core::fmt::Display for Violation {
     }
 }
 
+/// What the guard makes of the broker's bytes, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Item {
+    /// A whole packet for the engine.
+    Packet(Vec<u8>),
+    /// An oversized PUBLISH (3.1.1) read to its end and thrown away;
+    /// `reply` acknowledges it at its QoS (PUBACK, PUBREC), to send as is.
+    Discarded {
+        len: usize,
+        qos: u8,
+        topic: alloc::string::String,
+        reply: Option<Vec<u8>>,
+    },
+    /// Bytes to send as they are: the PUBCOMP for a discarded QoS 2
+    /// PUBLISH's PUBREL (the engine never saw that PUBLISH).
+    Reply(Vec<u8>),
+}
+
+/// An oversized PUBLISH being read to its end.
+#[derive(Debug)]
+struct Skip {
+    total: usize,
+    /// Body bytes still to come.
+    left: usize,
+    qos: u8,
+    /// The start of the body: topic length, topic, packet id.
+    head: Vec<u8>,
+}
+
+/// QoS 2 packet ids of discarded PUBLISHes awaiting their PUBREL.
+const MAX_DISCARDED_QOS2: usize = 16;
+/// Past this many times `max` a PUBLISH is not a command that is too big but
+/// a broken broker: refused, not read to its end (a 268 MB announcement
+/// would keep the radio busy for minutes).
+const DISCARD_FACTOR: usize = 64;
+
 /// Frames one connection's bytes; make a new one (or `reset`) per connection.
 #[derive(Debug)]
 pub struct Guard {
@@ -52,6 +98,8 @@ pub struct Guard {
     max: usize,
     buf: Vec<u8>,
     connack_seen: bool,
+    skip: Option<Skip>,
+    discarded_qos2: Vec<u16>,
 }
 
 /// The remaining length, if the header is complete: (value, header bytes).
@@ -76,6 +124,8 @@ impl Guard {
             max: max_packet_size.max(16),
             buf: Vec::new(),
             connack_seen: false,
+            skip: None,
+            discarded_qos2: Vec::new(),
         }
     }
 
@@ -84,21 +134,52 @@ impl Guard {
         self.buf.len()
     }
 
-    /// Feeds bytes from the socket; returns the whole packets they complete, in
-    /// order. On a violation the rest is discarded: the caller closes the link.
-    /// Packets before the violation are returned with it.
-    pub fn feed(&mut self, mut bytes: &[u8]) -> (Vec<Vec<u8>>, Option<Violation>) {
-        let mut packets = Vec::new();
+    /// Feeds bytes from the socket; returns what they complete, in order. On
+    /// a violation the rest is discarded: the caller closes the link. Items
+    /// before the violation are returned with it.
+    pub fn feed(&mut self, mut bytes: &[u8]) -> (Vec<Item>, Option<Violation>) {
+        let mut items = Vec::new();
         loop {
+            if self.skip.is_some() {
+                match self.skipping(&mut bytes) {
+                    Err(v) => return self.fail(items, v),
+                    Ok(Some(item)) => {
+                        items.push(item);
+                        continue;
+                    }
+                    Ok(None) => return (items, None),
+                }
+            }
             // Take just enough to know the packet's length, then just the packet.
             let need = match remaining_length(&self.buf) {
-                Err(v) => return self.fail(packets, v),
+                Err(v) => return self.fail(items, v),
                 Ok(None) => self.buf.len() + 1,
                 Ok(Some((rl, header))) => {
                     let total = header + rl;
                     if total > self.max {
+                        let publish = self.buf[0] >> 4 == 3;
+                        let discardable = total <= self.max.saturating_mul(DISCARD_FACTOR);
+                        if publish
+                            && discardable
+                            && self.version == MqttVersion::V3_1_1
+                            && self.connack_seen
+                        {
+                            let qos = (self.buf[0] >> 1) & 0b11;
+                            if qos == 3 {
+                                return self
+                                    .fail(items, Violation::Malformed("PUBLISH with QoS 3"));
+                            }
+                            self.buf = Vec::new();
+                            self.skip = Some(Skip {
+                                total,
+                                left: rl,
+                                qos,
+                                head: Vec::new(),
+                            });
+                            continue;
+                        }
                         return self.fail(
-                            packets,
+                            items,
                             Violation::TooLarge {
                                 announced: total,
                                 max: self.max,
@@ -108,16 +189,25 @@ impl Guard {
                     if self.buf.len() == total {
                         let packet = core::mem::take(&mut self.buf);
                         if let Err(v) = self.check(&packet, header) {
-                            return self.fail(packets, v);
+                            return self.fail(items, v);
                         }
-                        packets.push(packet);
+                        // The PUBREL of a PUBLISH the engine never saw.
+                        if packet[0] == 0x62 && packet.len() >= 4 {
+                            let pid = u16::from_be_bytes([packet[2], packet[3]]);
+                            if let Some(i) = self.discarded_qos2.iter().position(|p| *p == pid) {
+                                self.discarded_qos2.swap_remove(i);
+                                items.push(Item::Reply(alloc::vec![0x70, 2, packet[2], packet[3]]));
+                                continue;
+                            }
+                        }
+                        items.push(Item::Packet(packet));
                         continue;
                     }
                     total
                 }
             };
             if bytes.is_empty() {
-                return (packets, None);
+                return (items, None);
             }
             let take = (need - self.buf.len()).min(bytes.len());
             self.buf.extend_from_slice(&bytes[..take]);
@@ -125,9 +215,84 @@ impl Guard {
         }
     }
 
-    fn fail(&mut self, packets: Vec<Vec<u8>>, v: Violation) -> (Vec<Vec<u8>>, Option<Violation>) {
+    /// Reads an oversized PUBLISH: its topic and packet id kept, the rest
+    /// dropped as it comes; the discarded item when it has all come.
+    fn skipping(&mut self, bytes: &mut &[u8]) -> Result<Option<Item>, Violation> {
+        let max = self.max;
+        let Some(skip) = self.skip.as_mut() else {
+            return Ok(None);
+        };
+        loop {
+            let head_need = if skip.head.len() < 2 {
+                2
+            } else {
+                let topic_len = u16::from_be_bytes([skip.head[0], skip.head[1]]) as usize;
+                2 + topic_len + if skip.qos > 0 { 2 } else { 0 }
+            };
+            if head_need > max || head_need > skip.left + skip.head.len() {
+                return Err(Violation::TooLarge {
+                    announced: skip.total,
+                    max,
+                });
+            }
+            if skip.head.len() < head_need {
+                if bytes.is_empty() {
+                    return Ok(None);
+                }
+                let take = (head_need - skip.head.len()).min(bytes.len());
+                skip.head.extend_from_slice(&bytes[..take]);
+                skip.left -= take;
+                *bytes = &bytes[take..];
+                continue;
+            }
+            let take = skip.left.min(bytes.len());
+            skip.left -= take;
+            *bytes = &bytes[take..];
+            if skip.left > 0 {
+                return Ok(None);
+            }
+            break;
+        }
+        let Some(skip) = self.skip.take() else {
+            return Ok(None);
+        };
+        let topic_len = u16::from_be_bytes([skip.head[0], skip.head[1]]) as usize;
+        let topic =
+            alloc::string::String::from_utf8_lossy(&skip.head[2..2 + topic_len]).into_owned();
+        let reply = if skip.qos > 0 {
+            let (hi, lo) = (skip.head[2 + topic_len], skip.head[3 + topic_len]);
+            if hi == 0 && lo == 0 {
+                return Err(Violation::Protocol("packet id 0 where one is required"));
+            }
+            if skip.qos == 2 {
+                if self.discarded_qos2.len() >= MAX_DISCARDED_QOS2 {
+                    return Err(Violation::Protocol(
+                        "too many discarded QoS 2 messages awaiting PUBREL",
+                    ));
+                }
+                self.discarded_qos2.push(u16::from_be_bytes([hi, lo]));
+            }
+            Some(alloc::vec![
+                if skip.qos == 1 { 0x40 } else { 0x50 },
+                2,
+                hi,
+                lo
+            ])
+        } else {
+            None
+        };
+        Ok(Some(Item::Discarded {
+            len: skip.total,
+            qos: skip.qos,
+            topic,
+            reply,
+        }))
+    }
+
+    fn fail(&mut self, items: Vec<Item>, v: Violation) -> (Vec<Item>, Option<Violation>) {
         self.buf = Vec::new();
-        (packets, Some(v))
+        self.skip = None;
+        (items, Some(v))
     }
 
     /// The fixed-header rules for what a server may send a client.
@@ -217,8 +382,102 @@ mod tests {
 
     fn guard() -> Guard {
         let mut g = Guard::new(MqttVersion::V3_1_1, 64);
-        assert_eq!(g.feed(&CONNACK), (vec![CONNACK.to_vec()], None));
+        assert_eq!(
+            g.feed(&CONNACK),
+            (vec![Item::Packet(CONNACK.to_vec())], None)
+        );
         g
+    }
+
+    fn packets(items: Vec<Item>) -> Vec<Vec<u8>> {
+        items
+            .into_iter()
+            .filter_map(|i| match i {
+                Item::Packet(p) => Some(p),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A 3.1.1 PUBLISH of `n` payload bytes on topic "t".
+    fn big_publish(qos: u8, pid: u16, n: usize) -> Vec<u8> {
+        let rl = 2 + 1 + if qos > 0 { 2 } else { 0 } + n;
+        let mut v = vec![0x30 | (qos << 1)];
+        let mut x = rl;
+        loop {
+            let mut b = (x % 128) as u8;
+            x /= 128;
+            if x > 0 {
+                b |= 0x80;
+            }
+            v.push(b);
+            if x == 0 {
+                break;
+            }
+        }
+        v.extend_from_slice(&[0, 1, b't']);
+        if qos > 0 {
+            v.extend_from_slice(&pid.to_be_bytes());
+        }
+        v.extend(core::iter::repeat_n(b'x', n));
+        v
+    }
+
+    #[test]
+    fn an_oversized_3_1_1_publish_is_discarded_in_constant_memory_and_acknowledged() {
+        for qos in [0u8, 1, 2] {
+            let mut g = guard();
+            let mut stream = big_publish(qos, 9, 3_000);
+            stream.extend_from_slice(&[0xd0, 0]);
+            let mut items = Vec::new();
+            for chunk in stream.chunks(7) {
+                let (i, e) = g.feed(chunk);
+                assert_eq!(e, None);
+                assert!(g.buffered() <= 64);
+                items.extend(i);
+            }
+            let reply = match qos {
+                0 => None,
+                1 => Some(vec![0x40, 2, 0, 9]),
+                _ => Some(vec![0x50, 2, 0, 9]),
+            };
+            assert_eq!(
+                items,
+                vec![
+                    Item::Discarded {
+                        len: stream.len() - 2,
+                        qos,
+                        topic: "t".into(),
+                        reply
+                    },
+                    Item::Packet(vec![0xd0, 0])
+                ],
+                "QoS {qos}"
+            );
+            if qos == 2 {
+                // Its PUBREL is answered by the guard: the engine never saw it.
+                assert_eq!(
+                    g.feed(&[0x62, 2, 0, 9]).0,
+                    vec![Item::Reply(vec![0x70, 2, 0, 9])]
+                );
+                assert_eq!(
+                    g.feed(&[0x62, 2, 0, 9]).0,
+                    vec![Item::Packet(vec![0x62, 2, 0, 9])]
+                );
+            }
+        }
+        // Far past the limit: a broken broker, refused rather than read.
+        assert!(matches!(
+            guard().feed(&big_publish(1, 9, 5_000)).1,
+            Some(Violation::TooLarge { .. })
+        ));
+        // MQTT 5 announced the limit: a larger packet is the broker's protocol error.
+        let mut g = Guard::new(MqttVersion::V5, 64);
+        g.feed(&[0x20, 3, 0, 0, 0]);
+        assert!(matches!(
+            g.feed(&big_publish(1, 9, 100)).1,
+            Some(Violation::TooLarge { .. })
+        ));
     }
 
     #[test]
@@ -231,7 +490,7 @@ mod tests {
             a.extend(b);
             assert_eq!((e1, e2), (None, None));
             assert_eq!(
-                a,
+                packets(a),
                 vec![vec![0x20, 2, 0, 0], vec![0xd0, 0], vec![0x40, 2, 0, 7]]
             );
         }

@@ -50,6 +50,9 @@ registry! {
     no_puback,
     no_suback,
     no_pingresp,
+    large_payload,
+    persistent_session_happy,
+    expired_session,
 }
 
 pub struct Scenario {

@@ -360,6 +360,7 @@ fn wills(records: &[WireRecord], last: Instant) -> Vec<Deviation> {
             .filter(|r| r.at > start && r.at <= deadline)
             .any(|r| match &r.event {
                 WireEvent::BrokerRestart => true,
+                WireEvent::SessionEnded { client_id } => client_id == client,
                 WireEvent::Packet {
                     conn: c,
                     dir: Dir::Up,
@@ -457,6 +458,7 @@ mod tests {
                 will_delay: None,
                 level,
                 session_expiry: None,
+                max_packet_size: None,
             },
         }
     }

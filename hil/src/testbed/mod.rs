@@ -254,6 +254,32 @@ impl Testbed {
         })
     }
 
+    /// Ends `client_id`'s session at the broker, the way the spec provides
+    /// on any broker: a connection with that client ID and a clean session
+    /// (MQTT 5: Clean Start and Session Expiry 0), closed with DISCONNECT
+    /// ([MQTT-3.1.2-6] in 3.1.1; [MQTT-3.1.2-4] and 3.1.2.11.2 in 5). Only
+    /// while the device is offline: otherwise it would take over its link.
+    pub fn end_session(&self, client_id: &str) -> Result<(), RigError> {
+        let mut opts = ConnectOptions::new(client_id);
+        opts.clean = true;
+        opts.session_expiry_s = Some(0);
+        self.t.runner(format!(
+            "cloud: end the session of {client_id} (clean connect with its ID)"
+        ));
+        let c =
+            Client::connect(self.broker.addr(self.mqtt), self.mqtt, &opts).map_err(|source| {
+                RigError::Cloud {
+                    name: client_id.into(),
+                    source,
+                }
+            })?;
+        c.disconnect();
+        self.proxy.wire().push(WireEvent::SessionEnded {
+            client_id: client_id.into(),
+        });
+        Ok(())
+    }
+
     /// Extra devices of the backend (Need::Can(Capability::Fleet) guarantees one).
     pub fn fleet(&self) -> Result<&dyn Fleet, RigError> {
         self.fleet.as_deref().ok_or(RigError::NoFleet(self.backend))

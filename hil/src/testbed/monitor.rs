@@ -12,7 +12,11 @@
 //!   CONNECT ([MQTT-3.2.2-2] in 3.1.1, [MQTT-3.2.2-3] in 5), and 0 for a
 //!   clean one ([MQTT-3.2.2-1], [MQTT-3.2.2-2] in 5);
 //! - a second CONNECT with the same client ID closes the first connection
-//!   ([MQTT-3.1.4-2] in 3.1.1, [MQTT-3.1.4-3] in 5).
+//!   ([MQTT-3.1.4-2] in 3.1.1, [MQTT-3.1.4-3] in 5);
+//! - MQTT 5: no PUBLISH larger than the Maximum Packet Size the client's
+//!   CONNECT announced ([MQTT-3.1.2-24]; the server discards it instead,
+//!   [MQTT-3.1.2-25]). Judged on a lower bound of the packet's size, so a
+//!   broker is never blamed for a packet that might have fitted.
 //!
 //! The rules that compare what was published with what was delivered (QoS
 //! cap, order, message expiry, the Will) are in `delivery.rs`.
@@ -53,6 +57,22 @@ struct Conn {
     /// not the id: a broker may free an id (an expired message) and reuse it.
     redeliver: HashMap<(String, String), u16>,
     subscribing: HashMap<u16, Vec<String>>,
+    /// MQTT 5 Maximum Packet Size the client announced.
+    max_packet: Option<u32>,
+}
+
+/// The least a PUBLISH can take on the wire: fixed header (2 bytes at
+/// least, 3 past 127, 4 past 16383), topic, packet id, an empty MQTT 5
+/// property length, the payload.
+pub fn publish_size_at_least(topic: &str, qos: u8, payload: &str, v5: bool) -> usize {
+    let rest = 2 + topic.len() + if qos > 0 { 2 } else { 0 } + v5 as usize + payload.len();
+    let header = match rest {
+        0..=127 => 2,
+        128..=16_383 => 3,
+        16_384..=2_097_151 => 4,
+        _ => 5,
+    };
+    header + rest
 }
 
 #[derive(Default)]
@@ -87,6 +107,13 @@ pub fn check_until(records: &[WireRecord], until: Instant) -> Vec<Deviation> {
     let mut out = Vec::new();
     for r in records {
         match &r.event {
+            WireEvent::SessionEnded { client_id } => {
+                if let Some(s) = sessions.get_mut(client_id) {
+                    s.exists = Some(false);
+                    s.unacked.clear();
+                    s.granted.clear();
+                }
+            }
             WireEvent::BrokerRestart => {
                 for s in sessions.values_mut() {
                     s.exists = None;
@@ -116,9 +143,11 @@ pub fn check_until(records: &[WireRecord], until: Instant) -> Vec<Deviation> {
                             clean,
                             level,
                             session_expiry,
+                            max_packet_size,
                             ..
                         },
                     ) => {
+                        c.max_packet = *max_packet_size;
                         c.client = Some(client_id.clone());
                         c.clean = *clean;
                         c.level = *level;
@@ -202,6 +231,15 @@ pub fn check_until(records: &[WireRecord], until: Instant) -> Vec<Deviation> {
                         },
                     ) => {
                         let level = c.level;
+                        let size = publish_size_at_least(topic, *qos, payload, v5(level));
+                        if let Some(max) = c.max_packet.filter(|m| v5(level) && size > *m as usize)
+                        {
+                            out.push(Deviation {
+                                clause: "MQTT-3.1.2-24",
+                                rule: "no packet larger than the client's Maximum Packet Size",
+                                detail: format!("#{conn}: a PUBLISH on {topic} of at least {size} B; the client's CONNECT allowed {max} B"),
+                            });
+                        }
                         let resend = c.redeliver.remove(&(topic.clone(), payload.clone()));
                         let Some(id) = c.client.clone() else { continue };
                         let s = sessions.entry(id.clone()).or_default();
@@ -218,14 +256,14 @@ pub fn check_until(records: &[WireRecord], until: Instant) -> Vec<Deviation> {
                             out.push(Deviation {
                                 clause: "MQTT-3.3.1-1",
                                 rule: "a re-delivered PUBLISH carries DUP",
-                                detail: format!("{id}: {topic} {payload:?} re-delivered on the resumed session (#{conn}) with DUP=0"),
+                                detail: format!("{id}: {topic} {:?} re-delivered on the resumed session (#{conn}) with DUP=0", hil_packets::tap::shown(payload)),
                             });
                         }
                         if let Some(orig) = resend.filter(|o| Some(*o) != *pid) {
                             out.push(Deviation {
                                 clause: "MQTT-4.4.0-1",
                                 rule: "an unacknowledged PUBLISH is re-sent with its original packet id",
-                                detail: format!("{id}: {topic} {payload:?} re-sent as pid {} on #{conn}, it was pid {orig}", pid.unwrap_or(0)),
+                                detail: format!("{id}: {topic} {:?} re-sent as pid {} on #{conn}, it was pid {orig}", hil_packets::tap::shown(payload), pid.unwrap_or(0)),
                             });
                         }
                         if let Some(p) = pid {

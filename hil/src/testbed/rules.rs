@@ -203,6 +203,7 @@ fn without_will(frame: &Frame) -> Option<Frame> {
         keepalive,
         level,
         session_expiry,
+        max_packet_size,
         will: Some(_),
         ..
     } = &frame.packet
@@ -222,7 +223,7 @@ fn without_will(frame: &Frame) -> Option<Frame> {
             keepalive_s: *keepalive,
             will: None,
             session_expiry_s: *session_expiry,
-            max_packet_size: None,
+            max_packet_size: *max_packet_size,
         },
     )
     .ok()?;

@@ -23,6 +23,11 @@ pub enum WireEvent {
     },
     /// The testbed killed and restarted the broker (sessions may be gone).
     BrokerRestart,
+    /// The testbed ended this client ID's session through the broker (a
+    /// clean connect with its ID): the broker must not report it present.
+    SessionEnded {
+        client_id: String,
+    },
     /// The proxy itself reset the connection (a link fault).
     Cut {
         conn: u32,
@@ -79,6 +84,9 @@ impl WireLog {
                 reached_broker: false,
             } => format!("#{conn} device connect attempt reset (broker unreachable)"),
             WireEvent::BrokerRestart => "broker restarted by the testbed".to_string(),
+            WireEvent::SessionEnded { client_id } => {
+                format!("session of {client_id} ended by the testbed (a clean connect with its ID)")
+            }
             WireEvent::Cut { conn } => format!("#{conn} cut by the proxy"),
             WireEvent::Closed { conn, by } => match by {
                 Dir::Up => format!("#{conn} closed by the device"),
@@ -96,7 +104,7 @@ impl WireLog {
                     ..
                 } => format!(
                     "cloud {client} -> broker PUBLISH {topic} qos={qos} {}",
-                    String::from_utf8_lossy(payload)
+                    hil_packets::tap::shown(&String::from_utf8_lossy(payload))
                 ),
                 CloudEvent::Subscribed {
                     client,
@@ -108,7 +116,7 @@ impl WireLog {
                     message.topic,
                     message.qos,
                     message.dup as u8,
-                    message.text()
+                    hil_packets::tap::shown(&message.text())
                 ),
                 CloudEvent::Closed { client } => format!("cloud {client} connection closed"),
             },
