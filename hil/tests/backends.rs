@@ -20,6 +20,10 @@ fn sim_on_pty() -> (PtyDevice, tempfile::TempDir) {
     args.keepalive = 2;
     args.backoff_base_ms = 200;
     args.backoff_cap_ms = 2000;
+    // As a board's firmware would be built for a bench: short timeouts, so
+    // the Device Advisor scenarios (11 withheld CONNACKs) end in seconds.
+    args.connack_timeout_ms = 500;
+    args.ack_timeout_ms = 2000;
     let dev = PtyDevice::start(env!("CARGO_BIN_EXE_hil").as_ref(), args).unwrap();
     (dev, state)
 }

@@ -579,6 +579,7 @@ fn set_up(
         mac: mac.into(),
         expected_client_id,
         backoff_cap_ms: configured.then_some(s.device.backoff_cap_ms),
+        backoff_base_ms: configured.then_some(s.device.backoff_base_ms),
         keepalive_s: s.device.keepalive_s,
         state,
         rules: faults,

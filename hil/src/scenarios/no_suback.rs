@@ -4,7 +4,7 @@
 //! the subscription was never confirmed), until a SUBACK confirms it.
 
 use super::no_puback::ACK_BOUND;
-use super::steps::{client_id, dut_connack, dut_subscribed, fail, on};
+use super::steps::{client_id, dut_connack, dut_subscribed, fail, on, rig, wifi_off};
 use super::{Control, Need, Outcome, Promise, Scenario};
 use crate::dut::{Capability, DeviceSpec};
 use crate::testbed::rules::{Withhold, Withheld};
@@ -30,17 +30,20 @@ pub static SCENARIO: Scenario = Scenario {
 
 fn run(tb: &mut Testbed) -> Outcome {
     const P: Promise = Promise::SubscribeRetried;
-    client_id(tb)?;
-    // The first connection's SUBSCRIBE goes unanswered; the rule is in
-    // place before the device's first packet (it connects as it boots, so
-    // the SUBSCRIBE may already be out: then the reboot below makes another).
+    let id = client_id(tb)?;
+    dut_subscribed(tb)?;
+    // A fresh session for the next connection, so it must SUBSCRIBE: the
+    // device goes offline, its session is ended at the broker, and every
+    // SUBACK is withheld before it comes back.
+    wifi_off(tb, P)?;
+    tb.end_session(&id).map_err(rig)?;
     let rule = tb.link().install(Withhold::new(Withheld::Suback));
     tb.t().runner("proxy: withhold every SUBACK");
     tb.dut.drain();
     let mark = tb.dut.seen.len();
     let t0 = Instant::now();
-    tb.dut.command("!reboot").map_err(on(P))?;
-    // The SUBSCRIBE of the connection after the reboot.
+    tb.dut.command("!wifi on").map_err(on(P))?;
+    // The SUBSCRIBE of the connection after the outage.
     let sub = tb.wire().wait_for(t0 + ACK_BOUND, |r| {
         r.at > t0
             && matches!(
@@ -54,7 +57,7 @@ fn run(tb: &mut Testbed) -> Outcome {
     });
     let Some(sub) = sub else {
         drop(rule);
-        return Err(fail(P, "no SUBSCRIBE on the wire after the reboot"));
+        return Err(fail(P, "no SUBSCRIBE on the wire after the session ended"));
     };
     let WireEvent::Packet { conn, .. } = sub.event else {
         unreachable!("matched above")

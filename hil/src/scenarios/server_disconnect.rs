@@ -15,7 +15,7 @@ use std::time::Instant;
 
 pub static SCENARIO: Scenario = Scenario {
     name: "server_disconnect",
-    about: "the broker disconnects the device (MQTT 5: DISCONNECT 0x8B, 0x89, 0x9C with a Server Reference; 3.1.1: socket closed): the reason is reported and the reconnect backs off (>= 0.5 s)",
+    about: "the broker disconnects the device (MQTT 5: DISCONNECT 0x8B, 0x89, 0x9C with a Server Reference; 3.1.1: socket closed): the reason is reported and the reconnect backs off (at least half the base delay)",
     advisor: &["MQTT_Reconnect_Backoff_Retries_On_Server_Disconnect"],
     needs: &[
         Need::Can(Capability::ReachesBroker),

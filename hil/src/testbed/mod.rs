@@ -70,6 +70,7 @@ pub struct Testbed {
     mac: String,
     expected_client_id: Option<String>,
     backoff_cap_ms: Option<u64>,
+    backoff_base_ms: Option<u64>,
     keepalive_s: u16,
     /// An external broker "killed": the proxy refuses until its restart.
     external_down: bool,
@@ -95,6 +96,8 @@ pub struct Parts {
     /// The device's backoff cap when the runner configured it (the sim); a
     /// board's is learnt from the windows its `backoff` lines report.
     pub backoff_cap_ms: Option<u64>,
+    /// The base delay, where the backend applied the scenario's spec.
+    pub backoff_base_ms: Option<u64>,
     pub keepalive_s: u16,
     pub state: tempfile::TempDir,
     pub rules: Vec<RuleGuard>,
@@ -115,6 +118,7 @@ impl Testbed {
             mac: p.mac,
             expected_client_id: p.expected_client_id,
             backoff_cap_ms: p.backoff_cap_ms,
+            backoff_base_ms: p.backoff_base_ms,
             keepalive_s: p.keepalive_s,
             external_down: false,
             _rules: p.rules,
@@ -152,6 +156,11 @@ impl Testbed {
 
     pub fn backoff_cap_ms(&self) -> Option<u64> {
         self.backoff_cap_ms
+    }
+
+    /// The device's backoff base delay, where the backend applied the spec.
+    pub fn backoff_base_ms(&self) -> Option<u64> {
+        self.backoff_base_ms
     }
 
     /// The keep-alive the scenario configured (a board keeps its own).

@@ -392,6 +392,7 @@ impl Pump {
                 if to.write_all(&bytes).is_err() {
                     return;
                 }
+                self.log.count_bytes(dir, bytes.len());
                 if cut {
                     self.st.lock().unwrap().conns.retain(|(c, ..)| *c != conn);
                     self.log.push(WireEvent::Cut { conn });

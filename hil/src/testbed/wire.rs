@@ -62,6 +62,8 @@ pub struct WireLog {
     /// Signalled on every new record, for [`WireLog::wait_for`].
     arrived: Arc<Condvar>,
     transcript: Transcript,
+    /// Bytes the proxy forwarded, device -> broker and broker -> device.
+    bytes: Arc<[std::sync::atomic::AtomicU64; 2]>,
 }
 
 impl WireLog {
@@ -70,7 +72,20 @@ impl WireLog {
             records: Arc::new(Mutex::new(Vec::new())),
             arrived: Arc::new(Condvar::new()),
             transcript: transcript.clone(),
+            bytes: Arc::new(Default::default()),
         }
+    }
+
+    /// The proxy forwarded `n` bytes in `dir`.
+    pub(crate) fn count_bytes(&self, dir: Dir, n: usize) {
+        let i = if dir == Dir::Up { 0 } else { 1 };
+        self.bytes[i].fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Bytes forwarded so far: (device -> broker, broker -> device).
+    pub fn bytes(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.bytes[0].load(Relaxed), self.bytes[1].load(Relaxed))
     }
 
     pub(crate) fn push(&self, event: WireEvent) {
