@@ -11,7 +11,8 @@
 //! - [`transcript`]: every console line, wire packet, cloud observation and
 //!   runner step of a scenario, time-ordered;
 //! - [`bench`]: boards on a bench (rig file, flashing, images);
-//! - [`doctor`]: `hil doctor`, checks this host and a rig's boards.
+//! - [`doctor`]: `hil doctor`, checks this host and a rig's boards;
+//! - [`soak`]: `hil soak`, seeded chaos with a delivery ledger.
 
 pub mod bench;
 pub mod doctor;
@@ -19,5 +20,6 @@ pub mod dut;
 pub mod report;
 pub mod runner;
 pub mod scenarios;
+pub mod soak;
 pub mod testbed;
 pub mod transcript;

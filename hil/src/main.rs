@@ -102,6 +102,35 @@ enum Cmd {
         #[arg(long)]
         report: Option<PathBuf>,
     },
+    /// Seeded chaos on the sim device for a while, with a delivery ledger:
+    /// cuts, blackholes, latency, refusals, broker kill -9, reboots, power
+    /// cuts, bursts of commands (QoS 0/1/2) and readings. The same seed
+    /// replays the same fault schedule. Exit 0: the ledger is clean for the
+    /// device; 1: device anomalies; 3: rig error.
+    Soak {
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// How long: 90s, 10m, 2h.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        duration: std::time::Duration,
+        /// Devices under chaos (the sim device under test; more need the
+        /// in-process fleet, not built yet).
+        #[arg(long, default_value_t = 1)]
+        devices: u32,
+        /// A fault or burst every 50-400 ms instead of 0.3-2.5 s.
+        #[arg(long)]
+        dense: bool,
+        #[arg(long, default_value = "rumqttd")]
+        broker: BrokerChoice,
+        #[arg(long, default_value = "3.1.1")]
+        mqtt: MqttVersion,
+        /// Pass a negative control to the sim device (repeatable).
+        #[arg(long = "sim-bug", value_parser = parse_bug)]
+        sim_bugs: Vec<Bug>,
+        /// The transcript and the ledger go here (default target/hil/soak-<seed>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// List the scenarios, with the negative controls each must catch.
     List {
         /// The README's scenario table (Markdown), generated from the registry.
@@ -172,6 +201,21 @@ fn parse_bug(s: &str) -> Result<Bug, String> {
     s.parse().map_err(|e: &str| e.to_string())
 }
 
+/// `90s`, `10m`, `2h`, or plain seconds. By hand: three units do not need a crate.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}`: expected a number with s, m or h (90s, 10m, 2h)"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("`{s}`: the unit is s, m or h")),
+    };
+    Ok(std::time::Duration::from_secs(secs))
+}
+
 fn parse_fault(s: &str) -> Result<hil::testbed::rules::BrokerFault, String> {
     s.parse()
 }
@@ -184,6 +228,85 @@ fn usage(cmd: &str, e: impl std::fmt::Display) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Soak {
+            seed,
+            duration,
+            devices,
+            dense,
+            broker,
+            mqtt,
+            sim_bugs,
+            out,
+        } => {
+            if devices != 1 {
+                return usage(
+                    "soak",
+                    "--devices above 1 needs the in-process fleet (not built yet); run one soak per device for now",
+                );
+            }
+            let exe = match std::env::current_exe() {
+                Ok(p) => p,
+                Err(e) => return usage("soak", format!("cannot find my own executable: {e}")),
+            };
+            let mut opts = RunOptions::sim(exe, broker);
+            opts.mqtt = mqtt;
+            opts.bugs = sim_bugs;
+            let plan = hil::soak::Plan {
+                seed,
+                duration,
+                pace: if dense {
+                    hil::soak::schedule::Pace::DENSE
+                } else {
+                    hil::soak::schedule::Pace::NORMAL
+                },
+                progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            };
+            let out = out.unwrap_or_else(|| PathBuf::from(format!("target/hil/soak-{seed}")));
+            let started = std::time::Instant::now();
+            let (r, ledger) = hil::soak::soak(&opts, plan, "24:0a:c4:00:50:0a");
+            let _ = std::fs::create_dir_all(&out);
+            let _ = std::fs::write(out.join("soak.raw.txt"), r.transcript.raw());
+            if let Some(l) = &ledger {
+                let _ = std::fs::write(out.join("ledger.txt"), l.table());
+                print!("{}", l.table());
+            }
+            println!("transcript: {}", out.join("soak.raw.txt").display());
+            // The broker's deviations are its own: grouped by rule, and the
+            // device's verdict stands beside them.
+            let verdict = match &r.verdict {
+                hil::runner::Verdict::Broker { deviations, device } => {
+                    let mut rules: Vec<(String, usize)> = Vec::new();
+                    for d in deviations {
+                        let k = format!("[{}] {}", d.clause, d.rule);
+                        match rules.iter_mut().find(|(r, _)| *r == k) {
+                            Some((_, n)) => *n += 1,
+                            None => rules.push((k, 1)),
+                        }
+                    }
+                    for (k, n) in &rules {
+                        println!("broker deviation (the broker's, not the device's): {k}: {n}x");
+                    }
+                    match device {
+                        Some(f) => format!("device: {f}"),
+                        None => "device: the ledger is clean; the broker broke the rules above".into(),
+                    }
+                }
+                v => hil::report::evidence::verdict_text(v),
+            };
+            println!(
+                "soak seed {seed}, {} s on {}: {verdict} in {:.1}s",
+                duration.as_secs(),
+                opts.broker.name(),
+                started.elapsed().as_secs_f64()
+            );
+            match (&r.verdict, &ledger) {
+                (hil::runner::Verdict::Fail(_), _)
+                | (hil::runner::Verdict::Broker { device: Some(_), .. }, _) => ExitCode::from(1),
+                (hil::runner::Verdict::Error(_), _) | (_, None) => ExitCode::from(3),
+                (_, Some(l)) if !l.device_clean() => ExitCode::from(1),
+                _ => ExitCode::SUCCESS,
+            }
+        }
         Cmd::List { markdown: true } => {
             print!("{}", hil::scenarios::markdown_table());
             ExitCode::SUCCESS
