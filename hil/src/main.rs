@@ -288,7 +288,9 @@ fn main() -> ExitCode {
                     }
                     match device {
                         Some(f) => format!("device: {f}"),
-                        None => "device: the ledger is clean; the broker broke the rules above".into(),
+                        None => {
+                            "device: the ledger is clean; the broker broke the rules above".into()
+                        }
                     }
                 }
                 v => hil::report::evidence::verdict_text(v),
@@ -301,7 +303,12 @@ fn main() -> ExitCode {
             );
             match (&r.verdict, &ledger) {
                 (hil::runner::Verdict::Fail(_), _)
-                | (hil::runner::Verdict::Broker { device: Some(_), .. }, _) => ExitCode::from(1),
+                | (
+                    hil::runner::Verdict::Broker {
+                        device: Some(_), ..
+                    },
+                    _,
+                ) => ExitCode::from(1),
                 (hil::runner::Verdict::Error(_), _) | (_, None) => ExitCode::from(3),
                 (_, Some(l)) if !l.device_clean() => ExitCode::from(1),
                 _ => ExitCode::SUCCESS,

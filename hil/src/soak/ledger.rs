@@ -93,7 +93,9 @@ impl Ledger {
         let around = |at: Instant| -> Vec<String> {
             faults
                 .iter()
-                .filter(|(t, _)| *t + Duration::from_secs(3) >= at && *t <= at + Duration::from_secs(10))
+                .filter(|(t, _)| {
+                    *t + Duration::from_secs(3) >= at && *t <= at + Duration::from_secs(10)
+                })
                 .map(|(_, f)| f.clone())
                 .collect()
         };
@@ -104,6 +106,9 @@ impl Ledger {
         let mut tel_sent: Vec<(u32, u32, Option<u16>, Instant)> = Vec::new();
         let mut acked_by_broker: BTreeSet<(u32, u16)> = BTreeSet::new();
         let mut kills: Vec<Instant> = Vec::new();
+        // A device that asks for a clean session has nothing queued for it
+        // while it is away: what is lost then is its own doing.
+        let mut clean_session = false;
         // After a restart, until the device's subscription is back (a SUBACK,
         // or a CONNACK that kept the session): nobody to deliver to.
         let mut unsubscribed: Vec<(Instant, Option<Instant>)> = Vec::new();
@@ -113,7 +118,11 @@ impl Ledger {
                     &r.event,
                     WireEvent::Packet {
                         dir: Dir::Down,
-                        packet: Packet::Suback { .. } | Packet::Connack { session_present: true, .. },
+                        packet: Packet::Suback { .. }
+                            | Packet::Connack {
+                                session_present: true,
+                                ..
+                            },
                         ..
                     }
                 ) {
@@ -126,7 +135,30 @@ impl Ledger {
                     unsubscribed.push((r.at, None));
                 }
                 WireEvent::Packet { conn, dir, packet } => match (dir, packet) {
-                    (Dir::Down, Packet::Publish { topic, pid, payload, .. }) if topic.ends_with("/cmd") => {
+                    (
+                        Dir::Up,
+                        Packet::Connect {
+                            clean,
+                            level,
+                            session_expiry,
+                            ..
+                        },
+                    ) => {
+                        clean_session |= if *level == 5 {
+                            session_expiry.unwrap_or(0) == 0
+                        } else {
+                            *clean
+                        };
+                    }
+                    (
+                        Dir::Down,
+                        Packet::Publish {
+                            topic,
+                            pid,
+                            payload,
+                            ..
+                        },
+                    ) if topic.ends_with("/cmd") => {
                         if let Some(id) = command_id(payload) {
                             delivered.entry(id).or_default().push((*conn, *pid));
                         }
@@ -134,7 +166,15 @@ impl Ledger {
                     (Dir::Up, Packet::Puback { pid } | Packet::Pubrec { pid }) => {
                         acked_by_device.insert((*conn, *pid));
                     }
-                    (Dir::Up, Packet::Publish { topic, pid, payload, .. }) if topic.ends_with("/telemetry") => {
+                    (
+                        Dir::Up,
+                        Packet::Publish {
+                            topic,
+                            pid,
+                            payload,
+                            ..
+                        },
+                    ) if topic.ends_with("/telemetry") => {
                         if let Some(seq) = crate::scenarios::steps::telemetry_seq(payload) {
                             tel_sent.push((*conn, seq, *pid, r.at));
                         }
@@ -171,7 +211,10 @@ impl Ledger {
             let row = l.commands.entry(s.qos).or_default();
             row.sent += 1;
             let times = executed.get(s.id.as_str()).copied().unwrap_or(0);
-            let deliveries = delivered.get(s.id.as_str()).map(Vec::as_slice).unwrap_or(&[]);
+            let deliveries = delivered
+                .get(s.id.as_str())
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
             if deliveries.len() > 1 {
                 row.duplicated += 1;
             }
@@ -204,7 +247,10 @@ impl Ledger {
                         row.lost_by_device += 1;
                         l.anomalies.push(Anomaly {
                             party: "device",
-                            what: format!("command {} (QoS 0) delivered on the wire, never executed", s.id),
+                            what: format!(
+                                "command {} (QoS 0) delivered on the wire, never executed",
+                                s.id
+                            ),
                             around: around(s.at),
                         });
                     }
@@ -212,13 +258,25 @@ impl Ledger {
                     row.lost_by_device += 1;
                     l.anomalies.push(Anomaly {
                         party: "device",
-                        what: format!("command {} (QoS {}) acknowledged by the device, never executed", s.id, s.qos),
+                        what: format!(
+                            "command {} (QoS {}) acknowledged by the device, never executed",
+                            s.id, s.qos
+                        ),
                         around: around(s.at),
                     });
                 } else if kills.iter().any(|k| *k > s.at)
-                    || unsubscribed.iter().any(|(a, b)| s.at >= *a && b.is_none_or(|b| s.at <= b))
+                    || unsubscribed
+                        .iter()
+                        .any(|(a, b)| s.at >= *a && b.is_none_or(|b| s.at <= b))
                 {
                     row.lost_in_broker_kill += 1;
+                } else if clean_session {
+                    row.lost_by_device += 1;
+                    l.anomalies.push(Anomaly {
+                        party: "device",
+                        what: format!("command {} (QoS {}) never delivered: the device connects with a clean session, so nothing is queued for it while it is away", s.id, s.qos),
+                        around: around(s.at),
+                    });
                 } else {
                     row.lost_by_broker += 1;
                     l.anomalies.push(Anomaly {
@@ -264,7 +322,10 @@ impl Ledger {
                 delivered_seqs.insert(*seq);
             }
         }
-        r.delivered = delivered_seqs.iter().filter(|s| buffered.contains(s)).count() as u32;
+        r.delivered = delivered_seqs
+            .iter()
+            .filter(|s| buffered.contains(s))
+            .count() as u32;
         let mut high = 0;
         for s in &first_sent {
             if *s < high {
@@ -283,7 +344,9 @@ impl Ledger {
                 let when = tel_sent.iter().find(|t| t.1 == *s).map(|t| t.3);
                 l.anomalies.push(Anomaly {
                     party: "device",
-                    what: format!("reading seq {s} buffered, not dropped, never acknowledged by the broker"),
+                    what: format!(
+                        "reading seq {s} buffered, not dropped, never acknowledged by the broker"
+                    ),
                     around: when.map(around).unwrap_or_default(),
                 });
             }
@@ -319,7 +382,10 @@ impl Ledger {
              {:>8}  {:>12}  {:>4}  {:>16}  {:>10}  {:>9}\n",
             r.buffered, r.delivered, r.lost, r.dropped_counted, r.duplicated, r.reordered
         ));
-        t.push_str(&format!("{} faults applied; expired: - (the soak publishes without expiry)\n", self.faults));
+        t.push_str(&format!(
+            "{} faults applied; expired: - (the soak publishes without expiry)\n",
+            self.faults
+        ));
         if self.anomalies.is_empty() {
             t.push_str("anomalies: none\n");
         }
@@ -372,29 +438,113 @@ mod tests {
         let t0 = Instant::now();
         let at = |ms| t0 + Duration::from_millis(ms);
         let sent = vec![
-            Sent { id: "ok".into(), qos: 1, at: at(0) },
-            Sent { id: "twice".into(), qos: 2, at: at(1) },
-            Sent { id: "acked-lost".into(), qos: 1, at: at(2) },
-            Sent { id: "in-kill".into(), qos: 1, at: at(3) },
-            Sent { id: "q0".into(), qos: 0, at: at(4) },
-            Sent { id: "liar".into(), qos: 1, at: at(5) },
+            Sent {
+                id: "ok".into(),
+                qos: 1,
+                at: at(0),
+            },
+            Sent {
+                id: "twice".into(),
+                qos: 2,
+                at: at(1),
+            },
+            Sent {
+                id: "acked-lost".into(),
+                qos: 1,
+                at: at(2),
+            },
+            Sent {
+                id: "in-kill".into(),
+                qos: 1,
+                at: at(3),
+            },
+            Sent {
+                id: "q0".into(),
+                qos: 0,
+                at: at(4),
+            },
+            Sent {
+                id: "liar".into(),
+                qos: 1,
+                at: at(5),
+            },
             // After the restart, before the new subscription: nobody to deliver to.
-            Sent { id: "no-session".into(), qos: 1, at: at(21) },
+            Sent {
+                id: "no-session".into(),
+                qos: 1,
+                at: at(21),
+            },
         ];
         let wire = vec![
-            rec(at(10), publish(1, Dir::Down, "d/x/cmd", 1, r#"{"id":"ok"}"#)),
-            rec(at(11), WireEvent::Packet { conn: 1, dir: Dir::Up, packet: Packet::Puback { pid: 1 } }),
-            rec(at(12), publish(1, Dir::Down, "d/x/cmd", 2, r#"{"id":"twice"}"#)),
-            rec(at(13), publish(1, Dir::Down, "d/x/cmd", 3, r#"{"id":"acked-lost"}"#)),
-            rec(at(14), WireEvent::Packet { conn: 1, dir: Dir::Up, packet: Packet::Puback { pid: 3 } }),
+            rec(
+                at(10),
+                publish(1, Dir::Down, "d/x/cmd", 1, r#"{"id":"ok"}"#),
+            ),
+            rec(
+                at(11),
+                WireEvent::Packet {
+                    conn: 1,
+                    dir: Dir::Up,
+                    packet: Packet::Puback { pid: 1 },
+                },
+            ),
+            rec(
+                at(12),
+                publish(1, Dir::Down, "d/x/cmd", 2, r#"{"id":"twice"}"#),
+            ),
+            rec(
+                at(13),
+                publish(1, Dir::Down, "d/x/cmd", 3, r#"{"id":"acked-lost"}"#),
+            ),
+            rec(
+                at(14),
+                WireEvent::Packet {
+                    conn: 1,
+                    dir: Dir::Up,
+                    packet: Packet::Puback { pid: 3 },
+                },
+            ),
             rec(at(20), WireEvent::BrokerRestart),
-            rec(at(25), WireEvent::Packet { conn: 2, dir: Dir::Down, packet: Packet::Suback { pid: 2, codes: vec![1] } }),
+            rec(
+                at(25),
+                WireEvent::Packet {
+                    conn: 2,
+                    dir: Dir::Down,
+                    packet: Packet::Suback {
+                        pid: 2,
+                        codes: vec![1],
+                    },
+                },
+            ),
             // Readings 1 and 2 published and acknowledged; 3 published, never acknowledged.
-            rec(at(30), publish(2, Dir::Up, "d/x/telemetry", 5, r#"{"seq":1}"#)),
-            rec(at(31), WireEvent::Packet { conn: 2, dir: Dir::Down, packet: Packet::Puback { pid: 5 } }),
-            rec(at(32), publish(2, Dir::Up, "d/x/telemetry", 6, r#"{"seq":3}"#)),
-            rec(at(33), publish(2, Dir::Up, "d/x/telemetry", 7, r#"{"seq":2}"#)),
-            rec(at(34), WireEvent::Packet { conn: 2, dir: Dir::Down, packet: Packet::Puback { pid: 7 } }),
+            rec(
+                at(30),
+                publish(2, Dir::Up, "d/x/telemetry", 5, r#"{"seq":1}"#),
+            ),
+            rec(
+                at(31),
+                WireEvent::Packet {
+                    conn: 2,
+                    dir: Dir::Down,
+                    packet: Packet::Puback { pid: 5 },
+                },
+            ),
+            rec(
+                at(32),
+                publish(2, Dir::Up, "d/x/telemetry", 6, r#"{"seq":3}"#),
+            ),
+            rec(
+                at(33),
+                publish(2, Dir::Up, "d/x/telemetry", 7, r#"{"seq":2}"#),
+            ),
+            rec(
+                at(34),
+                WireEvent::Packet {
+                    conn: 2,
+                    dir: Dir::Down,
+                    packet: Packet::Puback { pid: 7 },
+                },
+            ),
         ];
         let events = vec![
             cmd("ok"),
@@ -410,14 +560,38 @@ mod tests {
         let faults = vec![(at(20), "broker kill -9, down 500 ms".to_string())];
         let l = Ledger::build(&sent, &events, &wire, &faults);
         let q1 = &l.commands[&1];
-        assert_eq!((q1.sent, q1.delivered, q1.lost_by_device, q1.lost_in_broker_kill), (5, 2, 1, 2));
+        assert_eq!(
+            (
+                q1.sent,
+                q1.delivered,
+                q1.lost_by_device,
+                q1.lost_in_broker_kill
+            ),
+            (5, 2, 1, 2)
+        );
         assert_eq!(l.commands[&2].executed_twice, 1);
         assert_eq!(l.commands[&0].lost_qos0, 1);
         let r = &l.readings;
-        assert_eq!((r.buffered, r.delivered, r.lost, r.dropped_counted, r.reordered), (4, 2, 1, 1, 1));
-        let device: Vec<&str> = l.anomalies.iter().filter(|a| a.party == "device").map(|a| a.what.as_str()).collect();
+        assert_eq!(
+            (
+                r.buffered,
+                r.delivered,
+                r.lost,
+                r.dropped_counted,
+                r.reordered
+            ),
+            (4, 2, 1, 1, 1)
+        );
+        let device: Vec<&str> = l
+            .anomalies
+            .iter()
+            .filter(|a| a.party == "device")
+            .map(|a| a.what.as_str())
+            .collect();
         assert_eq!(device.len(), 5, "{device:#?}");
-        assert!(device.iter().any(|a| a.contains("liar") && a.contains("no delivery on the wire")));
+        assert!(device
+            .iter()
+            .any(|a| a.contains("liar") && a.contains("no delivery on the wire")));
         assert!(!l.device_clean());
         assert!(l.table().contains("anomaly (device): command acked-lost (QoS 1) acknowledged by the device, never executed [faults around it: broker kill -9"));
     }
@@ -425,8 +599,15 @@ mod tests {
     #[test]
     fn a_clean_run_has_a_clean_ledger() {
         let t0 = Instant::now();
-        let sent = vec![Sent { id: "a".into(), qos: 2, at: t0 }];
-        let wire = vec![rec(t0, publish(1, Dir::Down, "d/x/cmd", 1, r#"{"id":"a"}"#))];
+        let sent = vec![Sent {
+            id: "a".into(),
+            qos: 2,
+            at: t0,
+        }];
+        let wire = vec![rec(
+            t0,
+            publish(1, Dir::Down, "d/x/cmd", 1, r#"{"id":"a"}"#),
+        )];
         let l = Ledger::build(&sent, &[cmd("a")], &wire, &[]);
         assert!(l.device_clean() && l.broker_clean());
         assert!(l.table().contains("anomalies: none"));

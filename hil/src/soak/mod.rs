@@ -18,7 +18,7 @@ use crate::testbed::Testbed;
 use hil_broker::client::ClientError;
 use hil_session::Event;
 use ledger::{Ledger, Sent};
-use schedule::{Fault, Pace, Step};
+use schedule::{Burst, Fault, Pace, Step};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -57,7 +57,11 @@ pub static SOAK: Scenario = Scenario {
 
 /// Runs `plan` through the runner (its broker, proxy and device); the
 /// result and the ledger (None when the soak could not be run to the end).
-pub fn soak(opts: &crate::runner::RunOptions, plan: Plan, mac: &str) -> (crate::runner::ScenarioResult, Option<Ledger>) {
+pub fn soak(
+    opts: &crate::runner::RunOptions,
+    plan: Plan,
+    mac: &str,
+) -> (crate::runner::ScenarioResult, Option<Ledger>) {
     *PLAN.lock().unwrap() = Some(plan);
     *LEDGER.lock().unwrap() = None;
     let r = crate::runner::run_one(opts, &SOAK, mac);
@@ -73,7 +77,12 @@ fn collect(tb: &mut Testbed, log: &mut Vec<Event>) {
 
 /// Publishes at `qos`, reconnecting the cloud client once if the broker
 /// dropped it (a kill -9); false when the broker did not accept it.
-fn publish(cloud: &mut hil_broker::Client, topic: &str, payload: &[u8], qos: u8) -> Result<bool, crate::scenarios::Stop> {
+fn publish(
+    cloud: &mut hil_broker::Client,
+    topic: &str,
+    payload: &[u8],
+    qos: u8,
+) -> Result<bool, crate::scenarios::Stop> {
     for _ in 0..2 {
         match cloud.publish(topic, payload, qos, false) {
             Ok(()) => return Ok(true),
@@ -88,9 +97,35 @@ fn publish(cloud: &mut hil_broker::Client, topic: &str, payload: &[u8], qos: u8)
     Ok(false)
 }
 
+/// Publishes `k` commands at `qos`, recording those the broker accepted.
+#[allow(clippy::too_many_arguments)]
+fn commands(
+    cloud: &mut hil_broker::Client,
+    topic: &str,
+    seed: u64,
+    n: &mut u32,
+    k: u32,
+    qos: u8,
+    sent: &mut Vec<Sent>,
+) -> Result<(), crate::scenarios::Stop> {
+    for _ in 0..k {
+        *n += 1;
+        let cid = format!("soak-{seed}-{n}");
+        let at = Instant::now();
+        if publish(cloud, topic, command(&cid).as_bytes(), qos)? {
+            sent.push(Sent { id: cid, qos, at });
+        }
+    }
+    Ok(())
+}
+
 fn run(tb: &mut Testbed) -> Outcome {
     const P: Promise = Promise::QueuedCommandsOnce;
-    let plan = PLAN.lock().unwrap().clone().ok_or_else(|| fail(P, "no soak plan"))?;
+    let plan = PLAN
+        .lock()
+        .unwrap()
+        .clone()
+        .ok_or_else(|| fail(P, "no soak plan"))?;
     let steps: Vec<Step> = schedule::schedule(plan.seed, plan.duration, plan.pace);
     let id = device_id(&mut tb.dut, P)?;
     dut_subscribed(tb)?;
@@ -105,8 +140,10 @@ fn run(tb: &mut Testbed) -> Outcome {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} steps  {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} steps  {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     tb.t().runner(format!(
         "soak: seed {} for {} s, {} steps ({} faults)",
@@ -132,39 +169,49 @@ fn run(tb: &mut Testbed) -> Outcome {
         };
         match &step.fault {
             Fault::Commands { n: k, qos } => {
-                for _ in 0..*k {
-                    n += 1;
-                    let cid = format!("soak-{}-{n}", plan.seed);
-                    let at = Instant::now();
-                    if publish(&mut cloud, &topic, command(&cid).as_bytes(), *qos)? {
-                        sent.push(Sent { id: cid, qos: *qos, at });
-                    }
-                }
+                commands(&mut cloud, &topic, plan.seed, &mut n, *k, *qos, &mut sent)?;
             }
             Fault::Readings(k) => {
                 // A device that is rebooting may miss the line: its answer is not awaited.
                 let _ = tb.dut.send(&format!("!telemetry {k}"));
             }
             f => {
+                let during = step.during;
+                let mut burst = |tb: &mut Testbed| -> Result<(), crate::scenarios::Stop> {
+                    if let Some(b) = during {
+                        commands(
+                            &mut cloud, &topic, plan.seed, &mut n, b.commands, b.qos, &mut sent,
+                        )?;
+                        if b.readings > 0 {
+                            let _ = tb.dut.send(&format!("!telemetry {}", b.readings));
+                        }
+                    }
+                    Ok(())
+                };
                 let applied = match f {
                     Fault::Cut => {
                         tb.link().cut();
+                        burst(tb)?;
                         true
                     }
                     Fault::Blackhole(d) => {
                         tb.link().blackhole(true);
+                        burst(tb)?;
                         tb.dut.pass_time(*d);
                         tb.link().blackhole(false);
                         true
                     }
                     Fault::Latency(l, d) => {
                         tb.link().latency(*l);
+                        burst(tb)?;
                         tb.dut.pass_time(*d);
                         tb.link().latency(Duration::ZERO);
                         true
                     }
                     Fault::Refuse(d) => {
                         tb.link().refuse(true);
+                        tb.link().cut();
+                        burst(tb)?;
                         tb.dut.pass_time(*d);
                         tb.link().refuse(false);
                         true
@@ -173,10 +220,21 @@ fn run(tb: &mut Testbed) -> Outcome {
                         tb.broker_outage(*d)?;
                         true
                     }
-                    Fault::Reboot => tb.dut.send("!reboot").is_ok(),
+                    Fault::Reboot => {
+                        let ok = tb.dut.send("!reboot").is_ok();
+                        burst(tb)?;
+                        ok
+                    }
                     Fault::PowerCut(d) if tb.can(Capability::PowerCut) => {
                         collect(tb, &mut log);
                         tb.dut.power_off().map_err(on(P))?;
+                        // Readings cannot be taken while it is off: commands only.
+                        let b = during.map(|b| Burst { readings: 0, ..b });
+                        if let Some(b) = b {
+                            commands(
+                                &mut cloud, &topic, plan.seed, &mut n, b.commands, b.qos, &mut sent,
+                            )?;
+                        }
                         std::thread::sleep(*d); // the outage itself: powered off by design
                         tb.dut.power_on().map_err(on(P))?;
                         true
@@ -207,45 +265,79 @@ fn run(tb: &mut Testbed) -> Outcome {
     tb.link().blackhole(false);
     tb.link().refuse(false);
     tb.link().latency(Duration::ZERO);
-    tb.t().runner("soak: faults over; waiting for the device to settle");
+    tb.t()
+        .runner("soak: faults over; waiting for the device to settle");
+    // A last command at QoS 1 and at QoS 2: once both are executed,
+    // everything the broker delivered before them at that QoS has been
+    // processed (the broker keeps each topic's order per QoS [MQTT-4.6.0-6]
+    // and the device handles in order); then every reading acknowledged or
+    // dropped, or the deadline.
     let settle = Instant::now() + Duration::from_secs(60);
+    for qos in [1u8, 2] {
+        let end = format!("soak-{}-end-q{qos}", plan.seed);
+        if publish(&mut cloud, &topic, command(&end).as_bytes(), qos)? {
+            let left = settle.saturating_duration_since(Instant::now());
+            let _ = tb.dut.expect(
+                "the last command",
+                left,
+                |e| matches!(e, Event::Cmd { id, .. } if *id == end),
+            );
+        }
+    }
     loop {
         collect(tb, &mut log);
-        let executed: std::collections::HashSet<&str> = log
+        let buffered = log
             .iter()
-            .filter_map(|e| match e {
-                Event::Cmd { id, .. } => Some(id.as_str()),
-                _ => None,
-            })
-            .collect();
-        let waiting = sent.iter().filter(|s| s.qos > 0 && !executed.contains(s.id.as_str())).count();
-        let buffered = log.iter().filter(|e| matches!(e, Event::TelemetryBuffered { .. })).count();
+            .filter(|e| matches!(e, Event::TelemetryBuffered { .. }))
+            .count();
         let done = log
             .iter()
-            .filter(|e| matches!(e, Event::TelemetryAcked { .. } | Event::TelemetryDropped { .. }))
+            .filter(|e| {
+                matches!(
+                    e,
+                    Event::TelemetryAcked { .. } | Event::TelemetryDropped { .. }
+                )
+            })
             .count();
-        if waiting == 0 && done >= buffered {
+        if done >= buffered {
             break;
         }
         let left = settle.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            tb.t().note(format!("soak: {waiting} commands and {} readings still outstanding after 60 s", buffered.saturating_sub(done)));
+            tb.t().note(format!(
+                "soak: {} readings still outstanding after 60 s",
+                buffered - done
+            ));
             break;
         }
         let _ = tb.dut.expect("", left, |e| {
-            matches!(e, Event::Cmd { .. } | Event::TelemetryAcked { .. } | Event::TelemetryDropped { .. })
+            matches!(
+                e,
+                Event::TelemetryAcked { .. } | Event::TelemetryDropped { .. }
+            )
         });
     }
     // Every reading's acknowledgement has crossed the tap by now, or never will.
     let wire = tb.wire().records();
     let ledger = Ledger::build(&sent, &log, &wire, &faults);
     let table = ledger.table();
-    tb.t().note(format!("soak ledger (seed {}):\n{table}", plan.seed));
+    tb.t()
+        .note(format!("soak ledger (seed {}):\n{table}", plan.seed));
     let clean = ledger.device_clean();
-    let first = ledger.anomalies.iter().find(|a| a.party == "device").map(|a| a.what.clone());
+    let first = ledger
+        .anomalies
+        .iter()
+        .find(|a| a.party == "device")
+        .map(|a| a.what.clone());
     *LEDGER.lock().unwrap() = Some(ledger);
     if !clean {
-        return Err(fail(P, format!("the ledger has device anomalies: {}", first.unwrap_or_default())));
+        return Err(fail(
+            P,
+            format!(
+                "the ledger has device anomalies: {}",
+                first.unwrap_or_default()
+            ),
+        ));
     }
     tb.t().runner("verdict: the ledger is clean for the device");
     Ok(())

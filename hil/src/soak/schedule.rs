@@ -51,11 +51,23 @@ impl Fault {
     }
 }
 
+/// Traffic in the middle of a fault: commands published and readings taken
+/// while the device is cut off, rebooting or powered down (what a session
+/// must carry through is what arrives while it is away).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Burst {
+    pub commands: u32,
+    pub qos: u8,
+    pub readings: u32,
+}
+
 /// A fault at an offset from the start of the soak.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Step {
     pub at: Duration,
     pub fault: Fault,
+    /// Traffic during the fault (never during a broker kill: nothing to publish to).
+    pub during: Option<Burst>,
 }
 
 /// How the steps are spaced: `gap_ms` between the end of one step's draw
@@ -67,7 +79,9 @@ pub struct Pace {
 
 impl Pace {
     /// A fault or a burst every 0.3 to 2.5 s.
-    pub const NORMAL: Pace = Pace { gap_ms: (300, 2_500) };
+    pub const NORMAL: Pace = Pace {
+        gap_ms: (300, 2_500),
+    };
     /// As fast as the device can take: for a 1,000-fault run.
     pub const DENSE: Pace = Pace { gap_ms: (50, 400) };
 }
@@ -96,13 +110,28 @@ pub fn schedule(seed: u64, duration: Duration, pace: Pace) -> Vec<Step> {
             30..=54 => Fault::Readings(between(&mut rng, 1, 6) as u32),
             55..=66 => Fault::Cut,
             67..=71 => Fault::Blackhole(ms(between(&mut rng, 500, 4_000))),
-            72..=76 => Fault::Latency(ms(between(&mut rng, 20, 300)), ms(between(&mut rng, 500, 3_000))),
+            72..=76 => Fault::Latency(
+                ms(between(&mut rng, 20, 300)),
+                ms(between(&mut rng, 500, 3_000)),
+            ),
             77..=81 => Fault::Refuse(ms(between(&mut rng, 300, 3_000))),
             82..=87 => Fault::BrokerKill(ms(between(&mut rng, 300, 3_000))),
             88..=93 => Fault::Reboot,
             _ => Fault::PowerCut(ms(between(&mut rng, 100, 2_000))),
         };
-        out.push(Step { at: ms(at), fault });
+        let during = (fault.is_fault()
+            && !matches!(fault, Fault::BrokerKill(_))
+            && between(&mut rng, 0, 9) < 7)
+            .then(|| Burst {
+                commands: between(&mut rng, 1, 3) as u32,
+                qos: between(&mut rng, 1, 2) as u8,
+                readings: between(&mut rng, 0, 2) as u32,
+            });
+        out.push(Step {
+            at: ms(at),
+            fault,
+            during,
+        });
     }
 }
 
@@ -119,9 +148,22 @@ mod tests {
         assert!(a.windows(2).all(|w| w[0].at < w[1].at));
         assert!(a.last().unwrap().at < d);
         // Ten minutes hold every kind of step, and a few hundred of them.
-        for kind in ["cut", "blackhole", "latency", "refuse", "broker", "reboot", "power", "commands", "readings"] {
+        for kind in [
+            "cut",
+            "blackhole",
+            "latency",
+            "refuse",
+            "broker",
+            "reboot",
+            "power",
+            "commands",
+            "readings",
+        ] {
             assert!(a.iter().any(|s| s.fault.label().contains(kind)), "{kind}");
         }
         assert!((300..700).contains(&a.len()), "{}", a.len());
+        assert!(a.iter().any(|s| s.during.is_some()));
+        assert!(a.iter().all(|s| s.during.is_none()
+            || (s.fault.is_fault() && !matches!(s.fault, Fault::BrokerKill(_)))));
     }
 }
