@@ -29,7 +29,10 @@ fn a_short_seeded_soak_has_a_clean_ledger() {
     assert!(!text.contains("anomaly (device)"), "{text}");
     // The ledger: both directions, per QoS, and the faults it survived.
     assert!(text.contains("commands (cloud -> device)"), "{text}");
-    assert!(text.contains("readings (device -> broker, QoS 1)"), "{text}");
+    assert!(
+        text.contains("readings (device -> broker, QoS 1)"),
+        "{text}"
+    );
     assert!(text.contains("faults applied"), "{text}");
     let ledger = std::fs::read_to_string(dir.path().join("ledger.txt")).unwrap();
     assert!(ledger.contains("lost:device"), "{ledger}");
@@ -39,7 +42,14 @@ fn a_short_seeded_soak_has_a_clean_ledger() {
 fn a_clean_session_device_fails_the_soak_and_is_blamed() {
     let dir = tempfile::tempdir().unwrap();
     let (code, text) = soak(
-        &["--seed", "4", "--duration", "25s", "--sim-bug", "clean-session"],
+        &[
+            "--seed",
+            "4",
+            "--duration",
+            "25s",
+            "--sim-bug",
+            "clean-session",
+        ],
         dir.path(),
     );
     assert_eq!(code, Some(1), "{text}");

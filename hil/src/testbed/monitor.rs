@@ -299,3 +299,85 @@ pub fn check_until(records: &[WireRecord], until: Instant) -> Vec<Deviation> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(t0: Instant, ms: u64, event: WireEvent) -> WireRecord {
+        WireRecord {
+            at: t0 + Duration::from_millis(ms),
+            event,
+        }
+    }
+
+    fn connect(level: u8, max_packet_size: Option<u32>) -> WireEvent {
+        WireEvent::Packet {
+            conn: 1,
+            dir: Dir::Up,
+            packet: Packet::Connect {
+                client_id: "dev".into(),
+                clean: false,
+                keepalive: 5,
+                will: None,
+                will_payload: None,
+                will_delay: None,
+                level,
+                session_expiry: None,
+                max_packet_size,
+            },
+        }
+    }
+
+    fn publish(len: usize) -> WireEvent {
+        WireEvent::Packet {
+            conn: 1,
+            dir: Dir::Down,
+            packet: Packet::Publish {
+                topic: "d/dev/cmd".into(),
+                qos: 1,
+                dup: false,
+                retain: false,
+                pid: Some(1),
+                payload: "x".repeat(len),
+                expiry: None,
+            },
+        }
+    }
+
+    #[test]
+    fn a_publish_past_the_announced_maximum_packet_size_is_the_brokers_deviation() {
+        let t0 = Instant::now();
+        let clauses = |records: &[WireRecord]| -> Vec<&'static str> {
+            check(records).into_iter().map(|d| d.clause).collect()
+        };
+        let connack = WireEvent::Packet {
+            conn: 1,
+            dir: Dir::Down,
+            packet: Packet::Connack {
+                session_present: false,
+                rc: 0,
+            },
+        };
+        let over = vec![
+            at(t0, 0, connect(5, Some(1024))),
+            at(t0, 1, connack.clone()),
+            at(t0, 2, publish(1100)),
+        ];
+        assert_eq!(clauses(&over), vec!["MQTT-3.1.2-24"]);
+        // Within the limit (its size is at least 1,000 + 15 B): nothing.
+        let within = vec![
+            at(t0, 0, connect(5, Some(1024))),
+            at(t0, 1, connack.clone()),
+            at(t0, 2, publish(1000)),
+        ];
+        assert!(clauses(&within).is_empty());
+        // 3.1.1 has no limit to announce: never the broker's fault.
+        let v3 = vec![
+            at(t0, 0, connect(4, None)),
+            at(t0, 1, connack),
+            at(t0, 2, publish(100_000)),
+        ];
+        assert!(clauses(&v3).is_empty());
+    }
+}
