@@ -113,8 +113,8 @@ enum Cmd {
         /// How long: 90s, 10m, 2h.
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         duration: std::time::Duration,
-        /// Devices under chaos (the sim device under test; more need the
-        /// in-process fleet, not built yet).
+        /// Devices under chaos: the device under test and more sim devices
+        /// through the same proxy (1 to 50).
         #[arg(long, default_value_t = 1)]
         devices: u32,
         /// A fault or burst every 50-400 ms instead of 0.3-2.5 s.
@@ -238,10 +238,10 @@ fn main() -> ExitCode {
             sim_bugs,
             out,
         } => {
-            if devices != 1 {
+            if !(1..=50).contains(&devices) {
                 return usage(
                     "soak",
-                    "--devices above 1 needs the in-process fleet (not built yet); run one soak per device for now",
+                    "--devices is 1 to 50 (sim processes; a bigger fleet needs the in-process fleet engine)",
                 );
             }
             let exe = match std::env::current_exe() {
@@ -259,6 +259,7 @@ fn main() -> ExitCode {
                 } else {
                     hil::soak::schedule::Pace::NORMAL
                 },
+                devices,
                 progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
             };
             let out = out.unwrap_or_else(|| PathBuf::from(format!("target/hil/soak-{seed}")));

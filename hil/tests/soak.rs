@@ -39,6 +39,28 @@ fn a_short_seeded_soak_has_a_clean_ledger() {
 }
 
 #[test]
+fn a_soak_over_three_devices_judges_each_on_its_own_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, text) = soak(
+        &["--seed", "4", "--duration", "20s", "--devices", "3"],
+        dir.path(),
+    );
+    assert_eq!(code, Some(0), "{text}");
+    assert!(!text.contains("anomaly (device)"), "{text}");
+    let raw = std::fs::read_to_string(dir.path().join("soak.raw.txt")).unwrap();
+    for id in [
+        "esp32c3-240ac400500a",
+        "esp32c3-240ac4005001",
+        "esp32c3-240ac4005002",
+    ] {
+        assert!(
+            raw.contains(&format!("devices/{id}/cmd")),
+            "{id} got commands"
+        );
+    }
+}
+
+#[test]
 fn a_clean_session_device_fails_the_soak_and_is_blamed() {
     let dir = tempfile::tempdir().unwrap();
     let (code, text) = soak(
@@ -64,7 +86,7 @@ fn bad_soak_input_is_refused_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
     for (args, says) in [
         (&["--duration", "10x"][..], "the unit is s, m or h"),
-        (&["--devices", "3"][..], "in-process fleet"),
+        (&["--devices", "0"][..], "--devices is 1 to 50"),
     ] {
         let (code, text) = soak(args, dir.path());
         assert_eq!(code, Some(2), "{args:?}: {text}");

@@ -354,6 +354,36 @@ impl Ledger {
         l
     }
 
+    /// Adds another device's ledger (its anomalies labelled with `device`).
+    pub fn merge(&mut self, other: Ledger, device: Option<&str>) {
+        for (qos, r) in other.commands {
+            let m = self.commands.entry(qos).or_default();
+            m.sent += r.sent;
+            m.delivered += r.delivered;
+            m.lost_by_device += r.lost_by_device;
+            m.lost_in_broker_kill += r.lost_in_broker_kill;
+            m.lost_by_broker += r.lost_by_broker;
+            m.lost_qos0 += r.lost_qos0;
+            m.executed_twice += r.executed_twice;
+            m.duplicated += r.duplicated;
+            m.reordered += r.reordered;
+        }
+        let (a, b) = (&mut self.readings, other.readings);
+        a.buffered += b.buffered;
+        a.delivered += b.delivered;
+        a.lost += b.lost;
+        a.dropped_counted += b.dropped_counted;
+        a.duplicated += b.duplicated;
+        a.reordered += b.reordered;
+        self.anomalies
+            .extend(other.anomalies.into_iter().map(|mut x| {
+                if let Some(d) = device {
+                    x.what = format!("{d}: {}", x.what);
+                }
+                x
+            }));
+    }
+
     /// A device anomaly makes the soak fail; broker ones are the broker's.
     pub fn device_clean(&self) -> bool {
         !self.anomalies.iter().any(|a| a.party == "device")

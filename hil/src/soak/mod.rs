@@ -28,6 +28,8 @@ pub struct Plan {
     pub seed: u64,
     pub duration: Duration,
     pub pace: Pace,
+    /// Devices under chaos: the device under test and `devices - 1` more of the fleet.
+    pub devices: u32,
     /// Draw a progress bar (stderr).
     pub progress: bool,
 }
@@ -66,13 +68,6 @@ pub fn soak(
     *LEDGER.lock().unwrap() = None;
     let r = crate::runner::run_one(opts, &SOAK, mac);
     (r, LEDGER.lock().unwrap().take())
-}
-
-/// The console events so far, moved out of the device (a power cut gives it
-/// a new console, and the ledger needs them all).
-fn collect(tb: &mut Testbed, log: &mut Vec<Event>) {
-    tb.dut.drain();
-    log.append(&mut tb.dut.seen);
 }
 
 /// Publishes at `qos`, reconnecting the cloud client once if the broker
@@ -119,6 +114,28 @@ fn commands(
     Ok(())
 }
 
+/// The device `i` of the soak: 0 is the device under test, then the fleet.
+fn dev<'a>(
+    tb: &'a mut Testbed,
+    fleet: &'a mut [crate::dut::FleetDevice],
+    i: usize,
+) -> &'a mut crate::dut::Dut {
+    if i == 0 {
+        &mut tb.dut
+    } else {
+        &mut fleet[i - 1].dut
+    }
+}
+
+/// Every device's console events so far, moved into its log.
+fn collect_all(tb: &mut Testbed, fleet: &mut [crate::dut::FleetDevice], logs: &mut [Vec<Event>]) {
+    for (i, log) in logs.iter_mut().enumerate() {
+        let d = dev(tb, fleet, i);
+        d.drain();
+        log.append(&mut d.seen);
+    }
+}
+
 fn run(tb: &mut Testbed) -> Outcome {
     const P: Promise = Promise::QueuedCommandsOnce;
     let plan = PLAN
@@ -127,12 +144,29 @@ fn run(tb: &mut Testbed) -> Outcome {
         .clone()
         .ok_or_else(|| fail(P, "no soak plan"))?;
     let steps: Vec<Step> = schedule::schedule(plan.seed, plan.duration, plan.pace);
-    let id = device_id(&mut tb.dut, P)?;
+    let devices = plan.devices.max(1) as usize;
+    let mut fleet: Vec<crate::dut::FleetDevice> = Vec::new();
+    for k in 1..devices {
+        let mac = format!("24:0a:c4:00:5{}:{:02x}", k / 256, k % 256);
+        fleet.push(
+            tb.fleet()?
+                .start(&mac, &|_| {})
+                .map_err(crate::scenarios::steps::rig)?,
+        );
+    }
+    let mut ids = Vec::new();
+    for i in 0..devices {
+        ids.push(device_id(dev(tb, &mut fleet, i), P)?);
+    }
     dut_subscribed(tb)?;
-    let topic = tb.topics(&id).cmd();
+    let wire = tb.wire().clone();
+    for f in fleet.iter_mut() {
+        crate::scenarios::steps::subscribed(&mut f.dut, &wire)?;
+    }
+    let topics: Vec<String> = ids.iter().map(|id| tb.topics(id).cmd()).collect();
     let mut cloud = tb.cloud("cloud-soak")?;
-    let mut log: Vec<Event> = Vec::new();
-    let mut sent: Vec<Sent> = Vec::new();
+    let mut logs: Vec<Vec<Event>> = vec![Vec::new(); devices];
+    let mut sent: Vec<Vec<Sent>> = vec![Vec::new(); devices];
     let mut faults: Vec<(Instant, String)> = Vec::new();
     let mut skipped: Vec<&'static str> = Vec::new();
     let bar = indicatif::ProgressBar::new(steps.len() as u64);
@@ -146,7 +180,7 @@ fn run(tb: &mut Testbed) -> Outcome {
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     tb.t().runner(format!(
-        "soak: seed {} for {} s, {} steps ({} faults)",
+        "soak: seed {} for {} s on {devices} device(s), {} steps ({} faults)",
         plan.seed,
         plan.duration.as_secs(),
         steps.len(),
@@ -160,8 +194,13 @@ fn run(tb: &mut Testbed) -> Outcome {
         if due > now {
             tb.dut.pass_time(due - now);
         }
-        collect(tb, &mut log);
-        let label = step.fault.label();
+        collect_all(tb, &mut fleet, &mut logs);
+        let i = step.pick as usize % devices;
+        let label = if devices > 1 && matches!(step.fault, Fault::Reboot | Fault::PowerCut(_)) {
+            format!("{} of {}", step.fault.label(), ids[i])
+        } else {
+            step.fault.label()
+        };
         let mut skip = |what: &'static str| {
             if !skipped.contains(&what) {
                 skipped.push(what);
@@ -169,21 +208,37 @@ fn run(tb: &mut Testbed) -> Outcome {
         };
         match &step.fault {
             Fault::Commands { n: k, qos } => {
-                commands(&mut cloud, &topic, plan.seed, &mut n, *k, *qos, &mut sent)?;
+                commands(
+                    &mut cloud,
+                    &topics[i],
+                    plan.seed,
+                    &mut n,
+                    *k,
+                    *qos,
+                    &mut sent[i],
+                )?;
             }
             Fault::Readings(k) => {
                 // A device that is rebooting may miss the line: its answer is not awaited.
-                let _ = tb.dut.send(&format!("!telemetry {k}"));
+                let _ = dev(tb, &mut fleet, i).send(&format!("!telemetry {k}"));
             }
             f => {
                 let during = step.during;
-                let mut burst = |tb: &mut Testbed| -> Result<(), crate::scenarios::Stop> {
+                let mut burst = |tb: &mut Testbed,
+                                 fleet: &mut [crate::dut::FleetDevice]|
+                 -> Result<(), crate::scenarios::Stop> {
                     if let Some(b) = during {
                         commands(
-                            &mut cloud, &topic, plan.seed, &mut n, b.commands, b.qos, &mut sent,
+                            &mut cloud,
+                            &topics[i],
+                            plan.seed,
+                            &mut n,
+                            b.commands,
+                            b.qos,
+                            &mut sent[i],
                         )?;
                         if b.readings > 0 {
-                            let _ = tb.dut.send(&format!("!telemetry {}", b.readings));
+                            let _ = dev(tb, fleet, i).send(&format!("!telemetry {}", b.readings));
                         }
                     }
                     Ok(())
@@ -191,19 +246,19 @@ fn run(tb: &mut Testbed) -> Outcome {
                 let applied = match f {
                     Fault::Cut => {
                         tb.link().cut();
-                        burst(tb)?;
+                        burst(tb, &mut fleet)?;
                         true
                     }
                     Fault::Blackhole(d) => {
                         tb.link().blackhole(true);
-                        burst(tb)?;
+                        burst(tb, &mut fleet)?;
                         tb.dut.pass_time(*d);
                         tb.link().blackhole(false);
                         true
                     }
                     Fault::Latency(l, d) => {
                         tb.link().latency(*l);
-                        burst(tb)?;
+                        burst(tb, &mut fleet)?;
                         tb.dut.pass_time(*d);
                         tb.link().latency(Duration::ZERO);
                         true
@@ -211,7 +266,7 @@ fn run(tb: &mut Testbed) -> Outcome {
                     Fault::Refuse(d) => {
                         tb.link().refuse(true);
                         tb.link().cut();
-                        burst(tb)?;
+                        burst(tb, &mut fleet)?;
                         tb.dut.pass_time(*d);
                         tb.link().refuse(false);
                         true
@@ -221,22 +276,27 @@ fn run(tb: &mut Testbed) -> Outcome {
                         true
                     }
                     Fault::Reboot => {
-                        let ok = tb.dut.send("!reboot").is_ok();
-                        burst(tb)?;
+                        let ok = dev(tb, &mut fleet, i).send("!reboot").is_ok();
+                        burst(tb, &mut fleet)?;
                         ok
                     }
                     Fault::PowerCut(d) if tb.can(Capability::PowerCut) => {
-                        collect(tb, &mut log);
-                        tb.dut.power_off().map_err(on(P))?;
+                        collect_all(tb, &mut fleet, &mut logs);
+                        dev(tb, &mut fleet, i).power_off().map_err(on(P))?;
                         // Readings cannot be taken while it is off: commands only.
-                        let b = during.map(|b| Burst { readings: 0, ..b });
-                        if let Some(b) = b {
+                        if let Some(b) = during.map(|b| Burst { readings: 0, ..b }) {
                             commands(
-                                &mut cloud, &topic, plan.seed, &mut n, b.commands, b.qos, &mut sent,
+                                &mut cloud,
+                                &topics[i],
+                                plan.seed,
+                                &mut n,
+                                b.commands,
+                                b.qos,
+                                &mut sent[i],
                             )?;
                         }
                         std::thread::sleep(*d); // the outage itself: powered off by design
-                        tb.dut.power_on().map_err(on(P))?;
+                        dev(tb, &mut fleet, i).power_on().map_err(on(P))?;
                         true
                     }
                     Fault::BrokerKill(_) => {
@@ -254,75 +314,123 @@ fn run(tb: &mut Testbed) -> Outcome {
             }
         }
         bar.inc(1);
-        bar.set_message(format!("{} commands, {} faults", sent.len(), faults.len()));
+        let total: usize = sent.iter().map(Vec::len).sum();
+        bar.set_message(format!("{total} commands, {} faults", faults.len()));
     }
     bar.finish_and_clear();
     for s in &skipped {
         tb.t().note(format!("soak: skipped {s}"));
     }
-    // Heal, then let everything that can arrive arrive: every QoS 1/2
-    // command executed, every reading acknowledged, or the deadline.
+    // Heal, then let everything that can arrive arrive. A last command at
+    // QoS 1 and at QoS 2 per device: once executed, everything the broker
+    // delivered before them at that QoS has been processed (the broker keeps
+    // each topic's order per QoS [MQTT-4.6.0-6] and the device handles in
+    // order); then every reading acknowledged or dropped, or the deadline.
     tb.link().blackhole(false);
     tb.link().refuse(false);
     tb.link().latency(Duration::ZERO);
     tb.t()
-        .runner("soak: faults over; waiting for the device to settle");
-    // A last command at QoS 1 and at QoS 2: once both are executed,
-    // everything the broker delivered before them at that QoS has been
-    // processed (the broker keeps each topic's order per QoS [MQTT-4.6.0-6]
-    // and the device handles in order); then every reading acknowledged or
-    // dropped, or the deadline.
+        .runner("soak: faults over; waiting for the devices to settle");
     let settle = Instant::now() + Duration::from_secs(60);
-    for qos in [1u8, 2] {
-        let end = format!("soak-{}-end-q{qos}", plan.seed);
-        if publish(&mut cloud, &topic, command(&end).as_bytes(), qos)? {
-            let left = settle.saturating_duration_since(Instant::now());
-            let _ = tb.dut.expect(
-                "the last command",
-                left,
-                |e| matches!(e, Event::Cmd { id, .. } if *id == end),
-            );
+    for (i, topic) in topics.iter().enumerate() {
+        for qos in [1u8, 2] {
+            let end = format!("soak-{}-end-{i}-q{qos}", plan.seed);
+            if publish(&mut cloud, topic, command(&end).as_bytes(), qos)? {
+                let left = settle.saturating_duration_since(Instant::now());
+                let _ = dev(tb, &mut fleet, i).expect(
+                    "the last command",
+                    left,
+                    |e| matches!(e, Event::Cmd { id, .. } if *id == end),
+                );
+            }
         }
     }
-    loop {
-        collect(tb, &mut log);
-        let buffered = log
-            .iter()
-            .filter(|e| matches!(e, Event::TelemetryBuffered { .. }))
-            .count();
-        let done = log
-            .iter()
-            .filter(|e| {
+    for i in 0..devices {
+        loop {
+            collect_all(tb, &mut fleet, &mut logs);
+            let log = &logs[i];
+            let buffered = log
+                .iter()
+                .filter(|e| matches!(e, Event::TelemetryBuffered { .. }))
+                .count();
+            let done = log
+                .iter()
+                .filter(|e| {
+                    matches!(
+                        e,
+                        Event::TelemetryAcked { .. } | Event::TelemetryDropped { .. }
+                    )
+                })
+                .count();
+            if done >= buffered {
+                break;
+            }
+            let left = settle.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tb.t().note(format!(
+                    "soak: {}: {} readings still outstanding after 60 s",
+                    ids[i],
+                    buffered - done
+                ));
+                break;
+            }
+            let _ = dev(tb, &mut fleet, i).expect("", left, |e| {
                 matches!(
                     e,
                     Event::TelemetryAcked { .. } | Event::TelemetryDropped { .. }
                 )
-            })
-            .count();
-        if done >= buffered {
-            break;
+            });
         }
-        let left = settle.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            tb.t().note(format!(
-                "soak: {} readings still outstanding after 60 s",
-                buffered - done
-            ));
-            break;
-        }
-        let _ = tb.dut.expect("", left, |e| {
-            matches!(
-                e,
-                Event::TelemetryAcked { .. } | Event::TelemetryDropped { .. }
-            )
-        });
     }
-    // Every reading's acknowledgement has crossed the tap by now, or never will.
-    let wire = tb.wire().records();
-    let ledger = Ledger::build(&sent, &log, &wire, &faults);
+    collect_all(tb, &mut fleet, &mut logs);
+    // Each device judged on its own connections (and the broker's restarts).
+    let records = tb.wire().records();
+    let mut owner: std::collections::HashMap<u32, &str> = std::collections::HashMap::new();
+    for r in &records {
+        if let crate::testbed::WireEvent::Packet {
+            conn,
+            dir: crate::testbed::Dir::Up,
+            packet: crate::testbed::Packet::Connect { client_id, .. },
+        } = &r.event
+        {
+            if let Some(id) = ids.iter().find(|i| *i == client_id) {
+                owner.insert(*conn, id.as_str());
+            }
+        }
+    }
+    let conn_of = |e: &crate::testbed::WireEvent| match e {
+        crate::testbed::WireEvent::Packet { conn, .. }
+        | crate::testbed::WireEvent::Closed { conn, .. }
+        | crate::testbed::WireEvent::Cut { conn }
+        | crate::testbed::WireEvent::Attempt { conn, .. } => Some(*conn),
+        _ => None,
+    };
+    let mut ledger = Ledger::default();
+    for i in 0..devices {
+        let mine: Vec<crate::testbed::WireRecord> = records
+            .iter()
+            .filter(|r| match conn_of(&r.event) {
+                Some(c) => owner.get(&c) == Some(&ids[i].as_str()),
+                None => true,
+            })
+            .cloned()
+            .collect();
+        let one = Ledger::build(&sent[i], &logs[i], &mine, &faults);
+        ledger.merge(
+            one,
+            if devices > 1 {
+                Some(ids[i].as_str())
+            } else {
+                None
+            },
+        );
+    }
+    ledger.faults = faults.len();
     let table = ledger.table();
-    tb.t()
-        .note(format!("soak ledger (seed {}):\n{table}", plan.seed));
+    tb.t().note(format!(
+        "soak ledger (seed {}, {devices} device(s)):\n{table}",
+        plan.seed
+    ));
     let clean = ledger.device_clean();
     let first = ledger
         .anomalies
@@ -339,6 +447,7 @@ fn run(tb: &mut Testbed) -> Outcome {
             ),
         ));
     }
-    tb.t().runner("verdict: the ledger is clean for the device");
+    tb.t()
+        .runner("verdict: the ledger is clean for every device");
     Ok(())
 }

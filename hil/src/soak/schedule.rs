@@ -68,6 +68,8 @@ pub struct Step {
     pub fault: Fault,
     /// Traffic during the fault (never during a broker kill: nothing to publish to).
     pub during: Option<Burst>,
+    /// Which device a reboot, power cut or burst is for: `pick % devices`.
+    pub pick: u32,
 }
 
 /// How the steps are spaced: `gap_ms` between the end of one step's draw
@@ -93,6 +95,9 @@ fn between(rng: &mut SplitMix64, lo: u64, hi: u64) -> u64 {
 /// The steps of a soak of `duration` from `seed`, in order.
 pub fn schedule(seed: u64, duration: Duration, pace: Pace) -> Vec<Step> {
     let mut rng = SplitMix64(seed ^ 0x50a4_50a4);
+    // Which device each step is for: a stream of its own, so the schedule
+    // of faults for a seed is the same whatever the number of devices.
+    let mut picks = SplitMix64(seed ^ 0xde71_ce00);
     let mut at = 0u64;
     let mut out = Vec::new();
     let ms = Duration::from_millis;
@@ -131,6 +136,7 @@ pub fn schedule(seed: u64, duration: Duration, pace: Pace) -> Vec<Step> {
             at: ms(at),
             fault,
             during,
+            pick: picks.next_u32(),
         });
     }
 }
