@@ -314,8 +314,16 @@ fn run(tb: &mut Testbed) -> Outcome {
             }
         }
         bar.inc(1);
+        // The ledger's running counts, as far as the consoles tell so far.
         let total: usize = sent.iter().map(Vec::len).sum();
-        bar.set_message(format!("{total} commands, {} faults", faults.len()));
+        let count = |f: fn(&Event) -> bool| logs.iter().flatten().filter(|e| f(e)).count();
+        bar.set_message(format!(
+            "{total} commands sent, {} executed; {} readings buffered, {} acked; {} faults",
+            count(|e| matches!(e, Event::Cmd { .. })),
+            count(|e| matches!(e, Event::TelemetryBuffered { .. })),
+            count(|e| matches!(e, Event::TelemetryAcked { .. })),
+            faults.len()
+        ));
     }
     bar.finish_and_clear();
     for s in &skipped {
