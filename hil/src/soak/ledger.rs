@@ -35,6 +35,11 @@ pub struct CommandRow {
     /// QoS 0 never delivered (allowed: at most once).
     pub lost_qos0: u32,
     pub executed_twice: u32,
+    /// Executed again, but only after more distinct commands than the
+    /// device's de-duplication window holds: a redelivery that old (a broker
+    /// restored from a stale snapshot after kill -9 does it) is past what a
+    /// bounded inbox can promise. Shown, not blamed on the device.
+    pub reexecuted_beyond_window: u32,
     /// Delivered to the device more than once (deduplicated or not).
     pub duplicated: u32,
     /// Executed before a command of the same QoS published earlier.
@@ -78,6 +83,12 @@ pub struct Ledger {
     pub faults: usize,
 }
 
+/// The session core's de-duplication window (its inbox): the sim's, and the
+/// firmware's.
+pub fn dedupe_window() -> usize {
+    hil_session::Config::new("esp32c3", hil_session::identity::Mac([0; 6])).inbox_capacity
+}
+
 fn command_id(payload: &str) -> Option<&str> {
     payload.split("\"id\":\"").nth(1)?.split('"').next()
 }
@@ -89,6 +100,18 @@ impl Ledger {
         events: &[Event],
         wire: &[WireRecord],
         faults: &[(Instant, String)],
+    ) -> Ledger {
+        Ledger::build_with_window(sent, events, wire, faults, dedupe_window())
+    }
+
+    /// [`Ledger::build`] for a device that remembers the last `window`
+    /// command ids.
+    pub fn build_with_window(
+        sent: &[Sent],
+        events: &[Event],
+        wire: &[WireRecord],
+        faults: &[(Instant, String)],
+        window: usize,
     ) -> Ledger {
         let mut l = Ledger {
             faults: faults.len(),
@@ -238,12 +261,31 @@ impl Ledger {
                 }
             }
             if times > 1 {
-                row.executed_twice += 1;
-                l.anomalies.push(Anomaly {
-                    party: "device",
-                    what: format!("command {} (QoS {}) executed {times} times", s.id, s.qos),
-                    around: around(s.at),
-                });
+                // How many other commands ran between its first two executions.
+                let at: Vec<usize> = exec_order
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, id)| **id == s.id)
+                    .map(|(i, _)| i)
+                    .take(2)
+                    .collect();
+                let between: BTreeSet<&str> =
+                    exec_order[at[0] + 1..at[1]].iter().copied().collect();
+                if between.len() > window {
+                    row.reexecuted_beyond_window += 1;
+                } else {
+                    row.executed_twice += 1;
+                    l.anomalies.push(Anomaly {
+                        party: "device",
+                        what: format!(
+                            "command {} (QoS {}) executed {times} times ({} other commands between, within its {window}-command de-duplication window)",
+                            s.id,
+                            s.qos,
+                            between.len()
+                        ),
+                        around: around(s.at),
+                    });
+                }
             }
             if times == 0 {
                 let acked = deliveries
@@ -371,6 +413,7 @@ impl Ledger {
             m.lost_by_broker += r.lost_by_broker;
             m.lost_qos0 += r.lost_qos0;
             m.executed_twice += r.executed_twice;
+            m.reexecuted_beyond_window += r.reexecuted_beyond_window;
             m.duplicated += r.duplicated;
             m.reordered += r.reordered;
         }
@@ -404,12 +447,12 @@ impl Ledger {
     pub fn table(&self) -> String {
         let mut t = String::from(
             "commands (cloud -> device), by the wire and the console:\n\
-             qos   sent  delivered  lost:device  lost:broker-restart  lost:broker  lost:qos0-allowed  executed-twice  duplicated  reordered  expired\n",
+             qos   sent  delivered  lost:device  lost:broker-restart  lost:broker  lost:qos0-allowed  executed-twice  re-executed:beyond-window  duplicated  reordered  expired\n",
         );
         for (qos, r) in &self.commands {
             t.push_str(&format!(
-                "{qos:>3}  {:>5}  {:>9}  {:>11}  {:>19}  {:>11}  {:>17}  {:>14}  {:>10}  {:>9}  {:>7}\n",
-                r.sent, r.delivered, r.lost_by_device, r.lost_in_broker_kill, r.lost_by_broker, r.lost_qos0, r.executed_twice, r.duplicated, r.reordered, "-"
+                "{qos:>3}  {:>5}  {:>9}  {:>11}  {:>19}  {:>11}  {:>17}  {:>14}  {:>24}  {:>10}  {:>9}  {:>7}\n",
+                r.sent, r.delivered, r.lost_by_device, r.lost_in_broker_kill, r.lost_by_broker, r.lost_qos0, r.executed_twice, r.reexecuted_beyond_window, r.duplicated, r.reordered, "-"
             ));
         }
         let r = &self.readings;
@@ -640,6 +683,49 @@ mod tests {
         let l2 = Ledger::build(&sent, &events, &wire2, &faults);
         assert_eq!((l2.readings.lost, l2.readings.dropped_unannounced), (0, 1));
         assert!(l.table().contains("anomaly (device): command acked-lost (QoS 1) acknowledged by the device, never executed [faults around it: broker kill -9"));
+    }
+
+    #[test]
+    fn a_re_execution_past_the_dedupe_window_is_shown_not_blamed() {
+        let t0 = Instant::now();
+        let mut sent = vec![Sent {
+            id: "old".into(),
+            qos: 1,
+            at: t0,
+        }];
+        let mut events = vec![cmd("old")];
+        let mut wire = vec![rec(
+            t0,
+            publish(1, Dir::Down, "d/x/cmd", 1, r#"{"id":"old"}"#),
+        )];
+        for k in 0..5 {
+            let id = format!("c{k}");
+            sent.push(Sent {
+                id: id.clone(),
+                qos: 1,
+                at: t0,
+            });
+            events.push(cmd(&id));
+            wire.push(rec(
+                t0,
+                publish(1, Dir::Down, "d/x/cmd", 2, &format!(r#"{{"id":"{id}"}}"#)),
+            ));
+        }
+        events.push(cmd("old"));
+        // A window of 3: 5 others between is past it; a window of 8 is not.
+        let past = Ledger::build_with_window(&sent, &events, &wire, &[], 3);
+        assert_eq!(
+            (
+                past.commands[&1].executed_twice,
+                past.commands[&1].reexecuted_beyond_window
+            ),
+            (0, 1)
+        );
+        assert!(past.device_clean());
+        let within = Ledger::build_with_window(&sent, &events, &wire, &[], 8);
+        assert_eq!(within.commands[&1].executed_twice, 1);
+        assert!(!within.device_clean());
+        assert_eq!(dedupe_window(), 64, "the session core's inbox");
     }
 
     #[test]
