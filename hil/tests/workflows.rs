@@ -53,7 +53,7 @@ fn ci_runs_host_tests_and_the_reference_broker_and_checks_the_firmware() {
     assert!(r.contains("cargo build --release"), "{r}");
     assert!(r.contains("--target riscv32imc-unknown-none-elf"), "{r}");
     assert!(
-        r.contains("firmware image") && r.contains("--max-bytes 716800"),
+        r.contains("firmware image") && r.contains("--max-bytes 720896"),
         "{r}"
     );
     let build = fw["steps"]

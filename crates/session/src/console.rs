@@ -164,7 +164,11 @@ pub fn fnv1a64(data: &[u8]) -> alloc::string::String {
         h ^= *b as u64;
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    alloc::format!("{h:016x}")
+    // Hex by hand: the chip's image has no other use for u64 hex formatting.
+    (0..16)
+        .rev()
+        .map(|i| char::from(b"0123456789abcdef"[((h >> (i * 4)) & 0xf) as usize]))
+        .collect()
 }
 
 fn bounded(mut v: String) -> String {
@@ -984,5 +988,17 @@ mod tests {
             prop_assert_eq!(&out[0], &Err(LineError::TooLong { len: 10 * 1024 }));
             prop_assert_eq!(Event::parse(out[1].as_ref().unwrap()).unwrap(), Event::Wifi { up: true });
         }
+    }
+}
+
+#[cfg(test)]
+mod digest_tests {
+    use super::fnv1a64;
+
+    #[test]
+    fn fnv1a64_matches_the_published_test_vectors() {
+        assert_eq!(fnv1a64(b""), "cbf29ce484222325");
+        assert_eq!(fnv1a64(b"a"), "af63dc4c8601ec8c");
+        assert_eq!(fnv1a64(b"foobar"), "85944171f73967e8");
     }
 }
