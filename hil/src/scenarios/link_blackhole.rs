@@ -2,11 +2,11 @@
 //! within 1.5 x keep-alive; the broker publishes the Will; the retained
 //! status is `online` again after recovery.
 
-use super::steps::{STEP, client_id, dut_connack, dut_subscribed, fail, on, retained_online, status, watch_status};
+use super::steps::{STEP, client_id, dut_connack, dut_subscribed, fail, keepalive_within, on, retained_online, status, watch_status};
 use super::{Control, Need, Outcome, Promise, Scenario};
 use hil_session::Bug;
 use crate::dut::{Capability, DeviceSpec};
-use crate::testbed::{Dir, Packet, Testbed};
+use crate::testbed::Testbed;
 use hil_session::Event;
 use std::time::{Duration, Instant};
 
@@ -38,29 +38,7 @@ fn run(tb: &mut Testbed) -> Outcome {
     let id = client_id(tb)?;
     dut_subscribed(tb)?;
     let (mut cloud, topic) = watch_status(tb, &id, "cloud-status", WILL)?;
-    // The budget is the scenario's, not the device's: a device that declares
-    // a long keep-alive would be blind to a dead link for 1.5 times that.
-    let declared = tb
-        .wire()
-        .packets(Dir::Up)
-        .iter()
-        .rev()
-        .find_map(|p| match p {
-            Packet::Connect { keepalive, .. } => Some(*keepalive),
-            _ => None,
-        })
-        .ok_or_else(|| fail(P, "no CONNECT on the wire"))?;
-    let ka = Duration::from_secs(declared as u64);
-    if ka * 3 / 2 > BUDGET || declared == 0 {
-        return Err(fail(
-            P,
-            format!(
-                "the device declares keep-alive {declared} s: a dead link would go unnoticed for {:.1} s, over the {:.1} s budget",
-                (ka * 3 / 2).as_secs_f32(),
-                BUDGET.as_secs_f32()
-            ),
-        ));
-    }
+    let ka = keepalive_within(tb, BUDGET, "a dead link", P)?;
     let conn = tb
         .wire()
         .last_connection()

@@ -3,7 +3,7 @@
 //! reconnects. Unlike `link_blackhole` the broker is alive and the TCP link
 //! works: only the keep-alive answer is missing.
 
-use super::steps::{dut_connack, dut_subscribed, fail};
+use super::steps::{dut_connack, dut_subscribed, fail, keepalive_within};
 use super::{Control, Need, Outcome, Promise, Scenario};
 use crate::dut::{Capability, DeviceSpec};
 use crate::testbed::rules::{Withhold, Withheld};
@@ -33,27 +33,7 @@ const BUDGET: Duration = Duration::from_millis(3500);
 fn run(tb: &mut Testbed) -> Outcome {
     const P: Promise = Promise::DeadLinkNoticed;
     dut_subscribed(tb)?;
-    let declared = tb
-        .wire()
-        .packets(Dir::Up)
-        .iter()
-        .rev()
-        .find_map(|p| match p {
-            Packet::Connect { keepalive, .. } => Some(*keepalive),
-            _ => None,
-        })
-        .ok_or_else(|| fail(P, "no CONNECT on the wire"))?;
-    let ka = Duration::from_secs(declared as u64);
-    if declared == 0 || ka * 3 / 2 > BUDGET {
-        return Err(fail(
-            P,
-            format!(
-                "the device declares keep-alive {declared} s: a broker that stops answering PINGREQ would go unnoticed for {:.1} s, over the {:.1} s budget",
-                (ka * 3 / 2).as_secs_f32(),
-                BUDGET.as_secs_f32()
-            ),
-        ));
-    }
+    keepalive_within(tb, BUDGET, "a broker that stops answering PINGREQ", P)?;
     let conn = tb
         .wire()
         .last_connection()

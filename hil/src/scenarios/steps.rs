@@ -420,3 +420,37 @@ pub fn wifi_off(tb: &mut Testbed, promise: Promise) -> Result<(), Stop> {
     }
     Ok(())
 }
+
+/// The keep-alive the device's last CONNECT declared, which must let a dead
+/// link (`what`) be noticed within `budget` (1.5 x keep-alive): the budget is
+/// the scenario's, not the device's, or a device declaring a long keep-alive
+/// would be blind for 1.5 times that.
+pub fn keepalive_within(
+    tb: &Testbed,
+    budget: Duration,
+    what: &str,
+    promise: Promise,
+) -> Result<Duration, Stop> {
+    let declared = tb
+        .wire()
+        .packets(Dir::Up)
+        .iter()
+        .rev()
+        .find_map(|p| match p {
+            Packet::Connect { keepalive, .. } => Some(*keepalive),
+            _ => None,
+        })
+        .ok_or_else(|| fail(promise, "no CONNECT on the wire"))?;
+    let ka = Duration::from_secs(declared as u64);
+    if declared == 0 || ka * 3 / 2 > budget {
+        return Err(fail(
+            promise,
+            format!(
+                "the device declares keep-alive {declared} s: {what} would go unnoticed for {:.1} s, over the {:.1} s budget",
+                (ka * 3 / 2).as_secs_f32(),
+                budget.as_secs_f32()
+            ),
+        ));
+    }
+    Ok(ka)
+}
