@@ -21,6 +21,9 @@ pub struct Console {
     /// out every 200 ms), so a closed console releases its port.
     stop: Arc<AtomicBool>,
     reader: Option<std::thread::JoinHandle<()>>,
+    /// A serial port's reader times out, so dropping the console can wait
+    /// for it; a pipe's may block until its process ends, so it is not.
+    join_on_drop: bool,
     /// Every event seen so far, in order (the raw lines are in the transcript).
     pub seen: Vec<Event>,
     transcript: Transcript,
@@ -45,6 +48,7 @@ impl Console {
             events,
             stop,
             reader: Some(reader),
+            join_on_drop: false,
             seen: Vec::new(),
             transcript: transcript.clone(),
         }
@@ -65,10 +69,9 @@ impl Console {
         };
         let reader = clone(port.as_ref())?;
         let control = clone(port.as_ref())?;
-        Ok((
-            Console::new(Box::new(reader), Box::new(port), transcript, source),
-            control,
-        ))
+        let mut console = Console::new(Box::new(reader), Box::new(port), transcript, source);
+        console.join_on_drop = true;
+        Ok((console, control))
     }
 
     /// Stops reading and waits for the reader to let go of the port (a
@@ -182,8 +185,17 @@ impl Console {
 }
 
 impl Drop for Console {
+    /// Stops the reader and waits for it (at most one read timeout): a
+    /// serial port is opened exclusively, so the next scenario's open of the
+    /// same port must not race a reader that still holds it (seen under load
+    /// in CI as "no device at /dev/pts/N" right after a short scenario).
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        if self.join_on_drop {
+            if let Some(r) = self.reader.take() {
+                let _ = r.join();
+            }
+        }
     }
 }
 
