@@ -21,8 +21,7 @@ pub struct Console {
     /// out every 200 ms), so a closed console releases its port.
     stop: Arc<AtomicBool>,
     reader: Option<std::thread::JoinHandle<()>>,
-    /// A serial port's reader times out, so dropping the console can wait
-    /// for it; a pipe's may block until its process ends, so it is not.
+    /// Dropping the console waits for its reader (see [`Console::release_on_drop`]).
     join_on_drop: bool,
     /// Every event seen so far, in order (the raw lines are in the transcript).
     pub seen: Vec<Event>,
@@ -69,9 +68,20 @@ impl Console {
         };
         let reader = clone(port.as_ref())?;
         let control = clone(port.as_ref())?;
-        let mut console = Console::new(Box::new(reader), Box::new(port), transcript, source);
-        console.join_on_drop = true;
-        Ok((console, control))
+        Ok((
+            Console::new(Box::new(reader), Box::new(port), transcript, source),
+            control,
+        ))
+    }
+
+    /// Dropping this console will wait for its reader to let go of the port
+    /// (at most one 200 ms read timeout). For a port the next scenario opens
+    /// again (a board, or the serial backend's pty): the open is exclusive
+    /// and must not race the old reader (seen under load in CI as "no device
+    /// at /dev/pts/N" right after a 0.1 s scenario). Not for a pipe, whose
+    /// read may block until its process ends.
+    pub fn release_on_drop(&mut self) {
+        self.join_on_drop = true;
     }
 
     /// Stops reading and waits for the reader to let go of the port (a

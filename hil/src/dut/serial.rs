@@ -102,7 +102,8 @@ impl Backend for SerialBackend {
         let o = &self.0;
         p.transcript
             .runner(format!("open serial device {}", o.port));
-        let (console, control) = Console::on_port(&o.port, p.transcript, Source::Device)?;
+        let (mut console, control) = Console::on_port(&o.port, p.transcript, Source::Device)?;
+        console.release_on_drop();
         let mut dut = Dut::new(console, self.name(), Box::new(Board { port: control }));
         // Provision first (kept in the board's flash), then reset: the
         // board boots straight into this scenario's broker.
