@@ -54,6 +54,9 @@ fn run(tb: &mut Testbed) -> Outcome {
             ));
         }
     }
+    // Connected and subscribed first: then the answer to !status has one
+    // place in the transcript (before, it raced the CONNACK and the SUBACK).
+    dut_subscribed(tb)?;
     let status = tb.dut.command("!status").map_err(on(P))?;
     let reported = match &status {
         Event::Ack { fields, .. } => fields
@@ -68,8 +71,6 @@ fn run(tb: &mut Testbed) -> Outcome {
             format!("!status reports client ID {reported:?}, the boot said {id}"),
         ));
     }
-    // Let the connection settle (the transcript is then the same every run).
-    dut_subscribed(tb)?;
     // The evidence: what the device said on the wire, not on its console.
     let connects: Vec<String> = tb
         .wire()
