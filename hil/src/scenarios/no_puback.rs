@@ -135,6 +135,17 @@ fn run(tb: &mut Testbed) -> Outcome {
         })
     };
     tb.wire().wait_until(Instant::now() + STEP, resent_all);
+    // And the console's side of it: every reading acknowledged, so the
+    // transcript holds the device's lines for each resend (the wire is seen
+    // before the console's lines are read).
+    for seq in &claimed {
+        let seen = |e: &Event| matches!(e, Event::TelemetryAcked { seq: s } if s == seq);
+        if !tb.dut.seen[mark..].iter().any(seen) {
+            tb.dut
+                .expect("`telemetry.acked` of every reading", STEP, seen)
+                .map_err(on(P))?;
+        }
+    }
     let sent = telemetry_sent(tb);
     let first: Vec<_> = sent.iter().filter(|s| s.0 == conn && claimed.contains(&s.3)).collect();
     for s in &claimed {
