@@ -73,7 +73,7 @@ impl Promise {
             }
             Promise::DuplicateClientIdDetected => "the runner detects a duplicate client ID",
             Promise::ExecutedOnce => {
-                "a redelivered command is executed once (de-duplication by command id)"
+                "a redelivered command is executed once (de-duplication by command id, over the last 64 distinct commands)"
             }
             Promise::SubscribeUntilSuback => {
                 "session_present=1 does not mean subscribed: subscribe until a SUBACK confirms it"

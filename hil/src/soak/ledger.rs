@@ -134,6 +134,10 @@ impl Ledger {
         // The device's own drop counter, as its readings carry it.
         let mut dropped_counter = 0u32;
         let mut acked_by_broker: BTreeSet<(u32, u16)> = BTreeSet::new();
+        // The broker's PUBRELs to the device (conn, pid): once it has sent
+        // one, a QoS 2 message is the device's and may never be re-sent.
+        let mut released_by_broker: BTreeSet<(u32, u16)> = BTreeSet::new();
+        let mut proto_level = 4u8;
         let mut kills: Vec<Instant> = Vec::new();
         // A device that asks for a clean session has nothing queued for it
         // while it is away: what is lost then is its own doing.
@@ -173,6 +177,7 @@ impl Ledger {
                             ..
                         },
                     ) => {
+                        proto_level = *level;
                         clean_session |= if *level == 5 {
                             session_expiry.unwrap_or(0) == 0
                         } else {
@@ -213,6 +218,9 @@ impl Ledger {
                     }
                     (Dir::Down, Packet::Puback { pid }) => {
                         acked_by_broker.insert((*conn, *pid));
+                    }
+                    (Dir::Down, Packet::Pubrel { pid }) => {
+                        released_by_broker.insert((*conn, *pid));
                     }
                     _ => {}
                 },
@@ -271,8 +279,31 @@ impl Ledger {
                     .collect();
                 let between: BTreeSet<&str> =
                     exec_order[at[0] + 1..at[1]].iter().copied().collect();
+                let released_first = deliveries
+                    .first()
+                    .and_then(|(c, p)| p.map(|p| (*c, p)))
+                    .is_some_and(|k| released_by_broker.contains(&k));
                 if between.len() > window {
+                    // Past the device's stated window: QoS 1 allows the
+                    // redelivery (at least once), so it is shown, not
+                    // blamed. QoS 2 after the broker's own PUBREL breaks the
+                    // broker's exactly-once rule, with evidence on the wire.
                     row.reexecuted_beyond_window += 1;
+                    if s.qos == 2 && released_first {
+                        let rule = if proto_level == 5 {
+                            "MQTT-4.3.3-6"
+                        } else {
+                            "MQTT-4.3.3-1"
+                        };
+                        l.anomalies.push(Anomaly {
+                            party: "broker",
+                            what: format!(
+                                "command {} (QoS 2) delivered again after the broker's PUBREL for it [{rule}]: the sender must not re-send the PUBLISH once it has sent the PUBREL",
+                                s.id
+                            ),
+                            around: around(s.at),
+                        });
+                    }
                 } else {
                     row.executed_twice += 1;
                     l.anomalies.push(Anomaly {
@@ -498,6 +529,10 @@ mod tests {
                 expiry: None,
             },
         }
+    }
+
+    fn packet(conn: u32, dir: Dir, packet: Packet) -> WireEvent {
+        WireEvent::Packet { conn, dir, packet }
     }
 
     fn rec(at: Instant, event: WireEvent) -> WireRecord {
@@ -726,6 +761,58 @@ mod tests {
         assert_eq!(within.commands[&1].executed_twice, 1);
         assert!(!within.device_clean());
         assert_eq!(dedupe_window(), 64, "the session core's inbox");
+    }
+
+    #[test]
+    fn a_qos2_redelivery_after_the_brokers_pubrel_is_the_brokers() {
+        let t0 = Instant::now();
+        let mut sent = vec![Sent {
+            id: "q2".into(),
+            qos: 2,
+            at: t0,
+        }];
+        let mut events = vec![cmd("q2")];
+        let mut wire = vec![
+            rec(t0, publish(1, Dir::Down, "d/x/cmd", 1, r#"{"id":"q2"}"#)),
+            rec(t0, packet(1, Dir::Up, Packet::Pubrec { pid: 1 })),
+        ];
+        let released = {
+            let mut w = wire.clone();
+            w.push(rec(t0, packet(1, Dir::Down, Packet::Pubrel { pid: 1 })));
+            w
+        };
+        for k in 0..5 {
+            let id = format!("c{k}");
+            sent.push(Sent {
+                id: id.clone(),
+                qos: 1,
+                at: t0,
+            });
+            events.push(cmd(&id));
+            wire.push(rec(
+                t0,
+                publish(1, Dir::Down, "d/x/cmd", 2, &format!(r#"{{"id":"{id}"}}"#)),
+            ));
+        }
+        events.push(cmd("q2"));
+        let again = rec(t0, publish(2, Dir::Down, "d/x/cmd", 9, r#"{"id":"q2"}"#));
+        wire.push(again.clone());
+        // Without the broker's PUBREL on the wire: shown, blamed on nobody.
+        let l = Ledger::build_with_window(&sent, &events, &wire, &[], 3);
+        assert_eq!(l.commands[&2].reexecuted_beyond_window, 1);
+        assert!(l.anomalies.is_empty(), "{:?}", l.anomalies);
+        // With it: the broker re-sent what it had released.
+        let mut w = released;
+        w.extend(wire[2..].iter().cloned());
+        let l = Ledger::build_with_window(&sent, &events, &w, &[], 3);
+        assert!(l.device_clean());
+        let broker: Vec<&Anomaly> = l.anomalies.iter().filter(|a| a.party == "broker").collect();
+        assert_eq!(broker.len(), 1, "{:?}", l.anomalies);
+        assert!(
+            broker[0].what.contains("[MQTT-4.3.3-1]"),
+            "{}",
+            broker[0].what
+        );
     }
 
     #[test]
