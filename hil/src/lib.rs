@@ -12,7 +12,8 @@
 //!   runner step of a scenario, time-ordered;
 //! - [`bench`]: boards on a bench (rig file, flashing, images);
 //! - [`doctor`]: `hil doctor`, checks this host and a rig's boards;
-//! - [`soak`]: `hil soak`, seeded chaos with a delivery ledger.
+//! - [`soak`]: `hil soak`, seeded chaos with a delivery ledger;
+//! - [`size`]: `hil size`, the reference text's calculators.
 
 pub mod bench;
 pub mod doctor;
@@ -20,6 +21,7 @@ pub mod dut;
 pub mod report;
 pub mod runner;
 pub mod scenarios;
+pub mod size;
 pub mod soak;
 pub mod testbed;
 pub mod transcript;

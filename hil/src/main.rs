@@ -111,7 +111,7 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// How long: 90s, 10m, 2h.
-        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        #[arg(long, default_value = "60s", value_parser = hil::size::parse_duration)]
         duration: std::time::Duration,
         /// Devices under chaos: the device under test and more sim devices
         /// through the same proxy (1 to 50).
@@ -130,6 +130,13 @@ enum Cmd {
         /// The transcript and the ledger go here (default target/hil/soak-<seed>).
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// The reference text's calculators: broker queue memory, restart burst,
+    /// the device's local buffer, effective QoS, client-ID collisions, and
+    /// the reconnection storm (modelled with the session core's backoff).
+    Size {
+        #[command(subcommand)]
+        cmd: SizeCmd,
     },
     /// List the scenarios, with the negative controls each must catch.
     List {
@@ -157,6 +164,86 @@ enum Cmd {
     Sim {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SizeCmd {
+    /// Broker memory for offline devices with persistent sessions:
+    /// M = N_msgs × (M_payload + M_overhead).
+    Queue {
+        #[arg(long, default_value_t = 1000)]
+        devices: u64,
+        /// How long each device is offline (90s, 1h, 1d).
+        #[arg(long, default_value = "1h", value_parser = hil::size::parse_duration)]
+        offline: std::time::Duration,
+        /// Messages a minute to each device.
+        #[arg(long, default_value_t = 1)]
+        rate: u64,
+        /// Payload bytes per message.
+        #[arg(long, default_value_t = 100)]
+        payload: u64,
+        /// Broker metadata per message (the text assumes 40 B).
+        #[arg(long, default_value_t = hil_session::sizing::BROKER_OVERHEAD_BYTES)]
+        overhead: u64,
+        /// An MQTT 5 Message Expiry Interval that bounds the queue.
+        #[arg(long, value_parser = hil::size::parse_duration)]
+        expiry: Option<std::time::Duration>,
+    },
+    /// What a broker restart hands out at once: N × Q × M, with 2-3× headroom.
+    Burst {
+        #[arg(long, default_value_t = 1000)]
+        devices: u64,
+        /// Messages queued per device.
+        #[arg(long, default_value_t = 100)]
+        queued: u64,
+        /// Bytes per message.
+        #[arg(long, default_value_t = 500)]
+        message: u64,
+    },
+    /// The device's own telemetry buffer: bytes an outage needs, and the
+    /// outage a budget survives.
+    Buffer {
+        /// One reading every (60s).
+        #[arg(long, default_value = "60s", value_parser = hil::size::parse_duration)]
+        period: std::time::Duration,
+        #[arg(long, default_value_t = 100)]
+        payload: u64,
+        /// Per record on the device's store.
+        #[arg(long, default_value_t = 40)]
+        overhead: u64,
+        #[arg(long, default_value = "1h", value_parser = hil::size::parse_duration)]
+        outage: std::time::Duration,
+        /// RAM or flash set aside for it (24KiB, 1MiB).
+        #[arg(long, value_parser = hil::size::parse_bytes)]
+        budget: Option<u64>,
+    },
+    /// Effective QoS for each publisher and subscription QoS.
+    Qos,
+    /// The chance that random client IDs collide (birthday bound).
+    Collision {
+        #[arg(long, default_value_t = 10_000)]
+        devices: u64,
+        /// Symbols per ID.
+        #[arg(long, default_value_t = 8)]
+        id_len: u32,
+        /// Symbols to choose from (16 for hex, 36 for [0-9a-z]).
+        #[arg(long, default_value_t = 16)]
+        alphabet: u64,
+    },
+    /// A fleet's reconnects after a broker restart, with and without jitter.
+    Storm {
+        #[arg(long, default_value_t = 1000)]
+        devices: u64,
+        #[arg(long, default_value = "500ms", value_parser = hil::size::parse_duration)]
+        base: std::time::Duration,
+        #[arg(long, default_value = "30s", value_parser = hil::size::parse_duration)]
+        cap: std::time::Duration,
+        /// How long the broker is down.
+        #[arg(long, default_value = "5s", value_parser = hil::size::parse_duration)]
+        down: std::time::Duration,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
 }
 
@@ -201,21 +288,6 @@ fn parse_bug(s: &str) -> Result<Bug, String> {
     s.parse().map_err(|e: &str| e.to_string())
 }
 
-/// `90s`, `10m`, `2h`, or plain seconds. By hand: three units do not need a crate.
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}`: expected a number with s, m or h (90s, 10m, 2h)"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => return Err(format!("`{s}`: the unit is s, m or h")),
-    };
-    Ok(std::time::Duration::from_secs(secs))
-}
-
 fn parse_fault(s: &str) -> Result<hil::testbed::rules::BrokerFault, String> {
     s.parse()
 }
@@ -228,6 +300,89 @@ fn usage(cmd: &str, e: impl std::fmt::Display) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Size { cmd } => {
+            use hil::size;
+            let t = match cmd {
+                SizeCmd::Queue {
+                    devices,
+                    offline,
+                    rate,
+                    payload,
+                    overhead,
+                    expiry,
+                } => size::Queue {
+                    devices,
+                    offline,
+                    rate_per_min: rate,
+                    payload,
+                    overhead,
+                    expiry,
+                }
+                .table(),
+                SizeCmd::Burst {
+                    devices,
+                    queued,
+                    message,
+                } => size::Burst {
+                    devices,
+                    queued,
+                    message,
+                }
+                .table(),
+                SizeCmd::Buffer {
+                    period,
+                    payload,
+                    overhead,
+                    outage,
+                    budget,
+                } => {
+                    if period.is_zero() {
+                        return usage("size buffer", "--period must be more than 0");
+                    }
+                    size::Buffer {
+                        period,
+                        payload,
+                        overhead,
+                        outage,
+                        budget,
+                    }
+                    .table()
+                }
+                SizeCmd::Qos => size::qos_table(),
+                SizeCmd::Collision {
+                    devices,
+                    id_len,
+                    alphabet,
+                } => {
+                    if alphabet < 2 {
+                        return usage("size collision", "--alphabet must be 2 or more");
+                    }
+                    size::collision_table(devices, id_len, alphabet)
+                }
+                SizeCmd::Storm {
+                    devices,
+                    base,
+                    cap,
+                    down,
+                    seed,
+                } => {
+                    if !(1..=1_000_000).contains(&devices) {
+                        return usage("size storm", "--devices is 1 to 1,000,000");
+                    }
+                    size::Storm {
+                        devices,
+                        base,
+                        cap,
+                        down,
+                        jitter: true,
+                        seed,
+                    }
+                    .table()
+                }
+            };
+            print!("{t}");
+            ExitCode::SUCCESS
+        }
         Cmd::Soak {
             seed,
             duration,

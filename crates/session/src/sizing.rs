@@ -50,6 +50,33 @@ pub fn local_buffer_capacity(budget_bytes: u64, payload_bytes: u64, entry_overhe
         .unwrap_or(0)
 }
 
+/// The reference text's restart burst: every one of `devices` reconnects
+/// after a broker restart and is handed its `queued` messages of
+/// `message_bytes` at once: `N × Q × M` bytes.
+pub fn restart_burst_bytes(devices: u64, queued: u64, message_bytes: u64) -> u64 {
+    devices * queued * message_bytes
+}
+
+/// The memory the text tells a broker to have for a burst: "2-3× this peak".
+pub fn burst_headroom_bytes(burst_bytes: u64) -> (u64, u64) {
+    (burst_bytes * 2, burst_bytes * 3)
+}
+
+/// QoS is per hop: a message reaches a subscriber at the lower of the
+/// publisher's and the subscription's QoS.
+pub fn effective_qos(publish_qos: u8, subscription_qos: u8) -> u8 {
+    publish_qos.min(subscription_qos).min(2)
+}
+
+/// What a delivery at `qos` promises the application, in the text's words.
+pub fn qos_guarantee(qos: u8) -> &'static str {
+    match qos {
+        0 => "at most once: may be lost",
+        1 => "at least once: may be duplicated",
+        _ => "exactly once",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,6 +102,22 @@ mod tests {
         assert_eq!(
             queue_memory_bytes(bounded, 100, BROKER_OVERHEAD_BYTES),
             8_400
+        );
+    }
+
+    #[test]
+    fn restart_burst_and_qos() {
+        // "1,000 devices x 100 messages x 500 bytes = 50MB burst ... 2-3x".
+        let b = restart_burst_bytes(1000, 100, 500);
+        assert_eq!(b, 50_000_000);
+        assert_eq!(burst_headroom_bytes(b), (100_000_000, 150_000_000));
+        // "Publishing with QoS 2 to a subscriber with QoS 0 ... QoS 0 delivery".
+        assert_eq!(effective_qos(2, 0), 0);
+        assert_eq!(effective_qos(1, 2), 1);
+        assert_eq!(effective_qos(2, 2), 2);
+        assert_eq!(
+            qos_guarantee(effective_qos(2, 1)),
+            "at least once: may be duplicated"
         );
     }
 
