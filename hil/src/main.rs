@@ -91,6 +91,11 @@ enum Cmd {
         /// Pass a negative control to the sim device (repeatable): the run should fail.
         #[arg(long = "sim-bug", value_parser = parse_bug)]
         sim_bugs: Vec<Bug>,
+        /// Scenarios at once, each with its own broker, proxy and device
+        /// (default: the number of cores; boards run one at a time). Output
+        /// stays in scenario order.
+        #[arg(short = 'j', long)]
+        jobs: Option<usize>,
         /// JUnit XML report.
         #[arg(long)]
         junit: Option<PathBuf>,
@@ -591,6 +596,7 @@ fn main() -> ExitCode {
             scenarios,
             broker_faults,
             sim_bugs,
+            jobs,
             junit,
             out,
             report,
@@ -620,6 +626,11 @@ fn main() -> ExitCode {
             opts.scenarios = scenarios;
             opts.bugs = sim_bugs;
             opts.broker_faults = broker_faults;
+            opts.jobs = match jobs {
+                Some(0) => return usage("run", "-j is 1 or more"),
+                Some(j) => j,
+                None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            };
             if let Some(ip) = bind {
                 opts.bind = ip;
             }

@@ -130,6 +130,12 @@ pub trait Backend: Send + Sync {
         format!("the {} backend cannot {}", self.name(), cap.describe())
     }
 
+    /// Whether scenarios may run at once, each with a device of its own
+    /// (`hil run -j`): a host process can; one board cannot.
+    fn concurrent(&self) -> bool {
+        false
+    }
+
     /// Once per run, before any scenario: flash, build, check.
     fn prepare(&self) -> Result<(), DutError> {
         Ok(())

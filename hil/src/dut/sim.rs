@@ -141,6 +141,10 @@ impl Backend for SimBackend {
         "sim"
     }
 
+    fn concurrent(&self) -> bool {
+        true
+    }
+
     fn capabilities(&self) -> &'static [Capability] {
         CAPS
     }

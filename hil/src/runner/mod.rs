@@ -36,6 +36,10 @@ pub struct RunOptions {
     /// Rules the proxy makes the broker break (a self-test of the
     /// conformance monitor: the verdict must be `broker`, naming the rule).
     pub broker_faults: Vec<BrokerFault>,
+    /// Scenarios at once (`hil run -j`), each with its own broker, proxy and
+    /// device on a loopback address of its own. A backend that is one board
+    /// runs one at a time whatever this says.
+    pub jobs: usize,
 }
 
 impl RunOptions {
@@ -53,6 +57,16 @@ impl RunOptions {
             scenarios: vec![],
             bugs: vec![],
             broker_faults: vec![],
+            jobs: 1,
+        }
+    }
+
+    /// How many scenarios this run runs at once.
+    pub fn concurrency(&self) -> usize {
+        if self.backend.concurrent() {
+            self.jobs.max(1)
+        } else {
+            1
         }
     }
 }
@@ -249,14 +263,20 @@ pub fn run(opts: &RunOptions, emit: &mut dyn FnMut(&RunEvent)) -> Result<Summary
         }
     };
     let pre = &pre;
+    let jobs = opts.concurrency().min(selected.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
     let (tx, rx) = mpsc::channel::<RunEvent>();
     std::thread::scope(|scope| {
-        // The scenarios run on a worker; events come back here, so reporters
-        // run on the caller's thread and lines from device and tap threads
-        // reach them as they happen.
-        let worker = scope.spawn(move || {
-            let mut results = Vec::new();
-            for (index, s) in selected.iter().enumerate() {
+        // The scenarios run on `jobs` workers, each taking the next scenario
+        // not yet taken; events come back here, so reporters run on the
+        // caller's thread and lines from device and tap threads reach them
+        // as they happen.
+        for _ in 0..jobs {
+            let tx = tx.clone();
+            let (selected, next) = (&selected, &next);
+            scope.spawn(move || loop {
+                let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(s) = selected.get(index) else { break };
                 let _ = tx.send(RunEvent::ScenarioStarted {
                     index,
                     name: s.name,
@@ -276,24 +296,86 @@ pub fn run(opts: &RunOptions, emit: &mut dyn FnMut(&RunEvent)) -> Result<Summary
                     &mac,
                     Transcript::with_sink(sink),
                 ));
-                results.push(r.clone());
                 let _ = tx.send(RunEvent::ScenarioFinished { index, result: r });
-            }
-            let summary = Summary {
-                results,
-                wall: started.elapsed(),
-            };
-            let _ = tx.send(RunEvent::Finished(summary.clone()));
-            summary
-        });
+            });
+        }
+        drop(tx);
+        // Reporters see the run as if it were sequential: the lowest
+        // unfinished scenario's events as they come, the others' held until
+        // it is their turn. Output stays in scenario order whatever `jobs`.
+        let mut order = InOrder::new(selected.len());
+        let mut results = Vec::new();
+        // Not until the channel closes: each result's transcript keeps a
+        // sender (its sink) alive. The run is over when every scenario is.
         for event in rx.iter() {
-            emit(&event);
-            if matches!(event, RunEvent::Finished(_)) {
+            for e in order.push(event) {
+                if let RunEvent::ScenarioFinished { result, .. } = &e {
+                    results.push(result.clone());
+                }
+                emit(&e);
+            }
+            if results.len() == selected.len() {
                 break;
             }
         }
-        Ok(worker.join().expect("the scenario worker does not panic"))
+        let summary = Summary {
+            results,
+            wall: started.elapsed(),
+        };
+        emit(&RunEvent::Finished(summary.clone()));
+        Ok(summary)
     })
+}
+
+/// Puts the events of scenarios run at once back in scenario order.
+struct InOrder {
+    /// The scenario whose events pass straight through.
+    current: usize,
+    held: Vec<Vec<RunEvent>>,
+    finished: Vec<bool>,
+}
+
+impl InOrder {
+    fn new(n: usize) -> Self {
+        InOrder {
+            current: 0,
+            held: (0..n).map(|_| Vec::new()).collect(),
+            finished: vec![false; n],
+        }
+    }
+
+    fn index(e: &RunEvent) -> Option<usize> {
+        match e {
+            RunEvent::ScenarioStarted { index, .. }
+            | RunEvent::Line { index, .. }
+            | RunEvent::ScenarioFinished { index, .. } => Some(*index),
+            _ => None,
+        }
+    }
+
+    /// The events that may be reported now, in order.
+    fn push(&mut self, e: RunEvent) -> Vec<RunEvent> {
+        let Some(i) = Self::index(&e).filter(|i| *i < self.held.len()) else {
+            return vec![e];
+        };
+        if matches!(e, RunEvent::ScenarioFinished { .. }) {
+            self.finished[i] = true;
+        }
+        if i != self.current {
+            self.held[i].push(e);
+            return Vec::new();
+        }
+        let mut out = vec![e];
+        // The current one finished: release the next ones' held events, up
+        // to the first that is still running.
+        while self.current < self.held.len() && self.finished[self.current] {
+            self.current += 1;
+            if let Some(h) = self.held.get_mut(self.current) {
+                out.append(h);
+            }
+        }
+        out
+    }
 }
 
 /// Runs one scenario on a fresh broker and a fresh (or freshly reset) device.
@@ -596,4 +678,74 @@ pub fn check_broker(
         opts.backend.listen_ip(opts.bind),
     )?;
     Ok(hil_broker::check::check(&mut broker, mqtt))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn started(index: usize) -> RunEvent {
+        RunEvent::ScenarioStarted { index, name: "x" }
+    }
+    fn line(index: usize) -> RunEvent {
+        RunEvent::Line {
+            index,
+            entry: Entry {
+                at: Duration::ZERO,
+                source: crate::transcript::Source::Runner,
+                text: format!("line of {index}"),
+            },
+        }
+    }
+    fn finished(index: usize) -> RunEvent {
+        RunEvent::ScenarioFinished {
+            index,
+            result: Arc::new(ScenarioResult {
+                name: "x",
+                verdict: Verdict::Pass,
+                duration: Duration::ZERO,
+                mqtt: MqttVersion::V3_1_1,
+                transcript: Transcript::new(),
+            }),
+        }
+    }
+    fn key(e: &RunEvent) -> String {
+        match e {
+            RunEvent::ScenarioStarted { index, .. } => format!("S{index}"),
+            RunEvent::Line { index, .. } => format!("L{index}"),
+            RunEvent::ScenarioFinished { index, .. } => format!("F{index}"),
+            _ => "?".into(),
+        }
+    }
+
+    #[test]
+    fn concurrent_events_come_out_in_scenario_order() {
+        let mut o = InOrder::new(3);
+        let mut out = Vec::new();
+        // Three workers interleaved; scenario 2 ends before 1, 1 before 0.
+        for e in [
+            started(0),
+            started(1),
+            line(1),
+            started(2),
+            line(0),
+            line(2),
+            finished(2),
+            finished(1),
+            line(0),
+            finished(0),
+        ] {
+            out.extend(o.push(e).iter().map(key));
+        }
+        assert_eq!(
+            out.join(" "),
+            "S0 L0 L0 F0 S1 L1 F1 S2 L2 F2",
+            "as a sequential run reports it"
+        );
+        // The current scenario's lines pass at once, not at its end.
+        let mut o = InOrder::new(2);
+        assert_eq!(o.push(started(0)).len(), 1);
+        assert_eq!(o.push(line(0)).len(), 1);
+        assert!(o.push(started(1)).is_empty());
+    }
 }
