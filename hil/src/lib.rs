@@ -13,11 +13,14 @@
 //! - [`bench`]: boards on a bench (rig file, flashing, images);
 //! - [`doctor`]: `hil doctor`, checks this host and a rig's boards;
 //! - [`soak`]: `hil soak`, seeded chaos with a delivery ledger;
-//! - [`size`]: `hil size`, the reference text's calculators.
+//! - [`size`]: `hil size`, the reference text's calculators;
+//! - [`fleet`]: `hil fleet`, thousands of session cores in this process
+//!   against one broker: storms, queue memory, deliveries.
 
 pub mod bench;
 pub mod doctor;
 pub mod dut;
+pub mod fleet;
 pub mod report;
 pub mod runner;
 pub mod scenarios;

@@ -143,6 +143,19 @@ enum Cmd {
         #[command(subcommand)]
         cmd: SizeCmd,
     },
+    /// Thousands of session cores in this process against one broker: all
+    /// online, all offline, commands queued for each, optionally the broker
+    /// killed while they are away, all back; connects per second at the
+    /// network, deliveries, memory beside the reference formulas. Exit 0:
+    /// nothing lost that the broker keeps, nothing run twice; 1 otherwise;
+    /// 3 the run could not be done.
+    #[command(args_conflicts_with_subcommands = true)]
+    Fleet {
+        #[command(subcommand)]
+        cmd: Option<FleetCmd>,
+        #[command(flatten)]
+        args: FleetArgs,
+    },
     /// List the scenarios, with the negative controls each must catch.
     List {
         /// The README's scenario table (Markdown), generated from the registry.
@@ -169,6 +182,52 @@ enum Cmd {
     Sim {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
+    },
+}
+
+#[derive(clap::Args)]
+struct FleetArgs {
+    #[arg(long, default_value_t = 1000)]
+    devices: usize,
+    #[arg(long, default_value = "rumqttd")]
+    broker: BrokerChoice,
+    #[arg(long, default_value = "3.1.1")]
+    mqtt: MqttVersion,
+    /// Commands (QoS 1) queued for each device while it is offline.
+    #[arg(long, default_value_t = 5)]
+    queued: usize,
+    /// Bytes per command.
+    #[arg(long, default_value_t = 100)]
+    payload: usize,
+    /// How long the fleet stays offline once its commands are queued.
+    #[arg(long, default_value = "1s", value_parser = hil::size::parse_duration)]
+    offline: std::time::Duration,
+    /// Kill -9 the broker while the fleet is offline; the fleet comes back
+    /// while it is down and finds it after --down.
+    #[arg(long)]
+    restart: bool,
+    #[arg(long, default_value = "3s", value_parser = hil::size::parse_duration)]
+    down: std::time::Duration,
+    /// The control: lockstep backoff, the thundering herd.
+    #[arg(long)]
+    no_jitter: bool,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, default_value = "500ms", value_parser = hil::size::parse_duration)]
+    backoff_base: std::time::Duration,
+    #[arg(long, default_value = "30s", value_parser = hil::size::parse_duration)]
+    backoff_cap: std::time::Duration,
+    /// Write the report here as JSON (for `hil fleet merge`).
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum FleetCmd {
+    /// Runs from several machines against one broker, as one report.
+    Merge {
+        #[arg(required = true)]
+        reports: Vec<PathBuf>,
     },
 }
 
@@ -285,6 +344,9 @@ enum BrokerCmd {
         v4: SocketAddr,
         #[arg(long, default_value = "127.0.0.1:1884")]
         v5: SocketAddr,
+        /// Clients admitted at once.
+        #[arg(long, default_value_t = hil_broker::rumqttd::DEFAULT_MAX_CONNECTIONS)]
+        max_connections: usize,
     },
 }
 
@@ -305,6 +367,89 @@ fn usage(cmd: &str, e: impl std::fmt::Display) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Fleet {
+            cmd: Some(FleetCmd::Merge { reports }),
+            ..
+        } => {
+            let mut rs = Vec::new();
+            for p in &reports {
+                match hil::fleet::read_json(p) {
+                    Ok(r) => rs.push(r),
+                    Err(e) => return usage("fleet merge", e),
+                }
+            }
+            let m = hil::fleet::merge(&rs).expect("clap requires one report at least");
+            print!("{}", m.table());
+            if m.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Cmd::Fleet { cmd: None, args: a } => {
+            if !(1..=100_000).contains(&a.devices) {
+                return usage("fleet", "--devices is 1 to 100,000");
+            }
+            let exe = match std::env::current_exe() {
+                Ok(p) => p,
+                Err(e) => return usage("fleet", format!("cannot find my own executable: {e}")),
+            };
+            let plan = hil::fleet::Plan {
+                devices: a.devices,
+                broker: a.broker,
+                mqtt: a.mqtt,
+                queued: a.queued,
+                payload: a.payload,
+                offline: a.offline,
+                restart: a.restart,
+                down: a.down,
+                no_jitter: a.no_jitter,
+                seed: a.seed,
+                backoff_base: a.backoff_base,
+                backoff_cap: a.backoff_cap.max(a.backoff_base),
+                progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            };
+            match hil::fleet::run(&plan, &exe) {
+                Ok(r) => {
+                    print!("{}", r.table());
+                    if !a.restart {
+                        // No outage to model: wifi-on reconnects at once.
+                    } else {
+                        let model = hil::size::Storm {
+                            devices: a.devices as u64,
+                            base: a.backoff_base,
+                            cap: plan.backoff_cap,
+                            down: a.down,
+                            jitter: !a.no_jitter,
+                            seed: a.seed,
+                        }
+                        .model();
+                        let (peak, _) = r.peak_and_p99();
+                        println!(
+                        "model (hil size storm)        peak {:.0} connects/s, all back at {:.2} s; measured peak {:.0}",
+                        model.peak_connects_per_s,
+                        model.all_back.as_secs_f64(),
+                        peak
+                    );
+                    }
+                    if let Some(p) = &a.json {
+                        if let Err(e) = hil::fleet::write_json(&r, p) {
+                            eprintln!("hil fleet: cannot write {}: {e}", p.display());
+                            return ExitCode::from(3);
+                        }
+                    }
+                    if r.passed() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
+                }
+                Err(e) => {
+                    eprintln!("hil fleet: could not run: {e}");
+                    ExitCode::from(3)
+                }
+            }
+        }
         Cmd::Size { cmd } => {
             use hil::size;
             let t = match cmd {
@@ -554,7 +699,12 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Broker {
-            cmd: BrokerCmd::Serve { v4, v5 },
+            cmd:
+                BrokerCmd::Serve {
+                    v4,
+                    v5,
+                    max_connections,
+                },
         } => {
             // rumqttd reports why it drops a connection only through tracing:
             // send its warnings and errors to stderr, which is the broker log.
@@ -565,7 +715,7 @@ fn main() -> ExitCode {
                 .with_ansi(false)
                 .with_writer(std::io::stderr)
                 .init();
-            match hil_broker::rumqttd::serve(v4, v5) {
+            match hil_broker::rumqttd::serve(v4, v5, max_connections) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("hil broker serve: error: {e}");

@@ -170,6 +170,11 @@ impl Broker {
         Ok(b)
     }
 
+    /// The broker's process, while it runs (for its RSS); none for an external one.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn name(&self) -> &'static str {
         match self.spec {
             BrokerSpec::Rumqttd { .. } => "rumqttd",

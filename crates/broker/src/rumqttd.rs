@@ -6,6 +6,15 @@ use std::net::SocketAddr;
 
 /// A config for a v4 (3.1.1) listener on `v4` and a v5 listener on `v5`.
 pub fn config(v4: SocketAddr, v5: SocketAddr) -> rumqttd::Config {
+    config_for(v4, v5, DEFAULT_MAX_CONNECTIONS)
+}
+
+/// Connections rumqttd admits unless told otherwise: plenty for a scenario
+/// and its 50-device fleet; `hil fleet` asks for more.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+/// [`config`] admitting `max_connections` clients.
+pub fn config_for(v4: SocketAddr, v5: SocketAddr, max_connections: usize) -> rumqttd::Config {
     let connections = rumqttd::ConnectionSettings {
         connection_timeout_ms: 10_000,
         max_payload_size: 256 * 1024,
@@ -24,7 +33,7 @@ pub fn config(v4: SocketAddr, v5: SocketAddr) -> rumqttd::Config {
     rumqttd::Config {
         id: 0,
         router: rumqttd::RouterConfig {
-            max_connections: 1024,
+            max_connections,
             max_outgoing_packet_count: 200,
             max_segment_size: 64 * 1024,
             max_segment_count: 4,
@@ -46,9 +55,9 @@ pub fn config(v4: SocketAddr, v5: SocketAddr) -> rumqttd::Config {
 /// Runs rumqttd in this process until the process ends (rumqttd cannot be
 /// stopped). Checks first that both ports are free, because rumqttd itself
 /// only logs a taken port and keeps running without a listener.
-pub fn serve(v4: SocketAddr, v5: SocketAddr) -> Result<(), ServeError> {
+pub fn serve(v4: SocketAddr, v5: SocketAddr, max_connections: usize) -> Result<(), ServeError> {
     listen_check(v4, v5)?;
-    let mut broker = rumqttd::Broker::new(config(v4, v5));
+    let mut broker = rumqttd::Broker::new(config_for(v4, v5, max_connections));
     broker
         .start()
         .map_err(|e| ServeError::Stopped(e.to_string()))

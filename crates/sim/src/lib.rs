@@ -12,6 +12,7 @@
 //! `poll_timeout`.
 
 mod flash;
+pub mod fleet;
 mod link;
 
 use clap::Parser;
