@@ -41,6 +41,8 @@ pub struct Plan {
     /// Lockstep backoff: the herd, for the control run.
     pub no_jitter: bool,
     pub seed: u64,
+    /// mosquitto's `max_queued_messages` (its default 1000).
+    pub max_queued: u32,
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
     pub progress: bool,
@@ -100,6 +102,12 @@ pub struct Report {
     pub commands_duplicated: u64,
     /// Commands run more than once: never allowed.
     pub commands_executed_twice: u64,
+    /// Beyond the broker's own per-client queue limit: its configured drop.
+    #[serde(default)]
+    pub commands_over_queue_limit: u64,
+    /// Wall time of each phase (online, queue, offline, back, deliveries).
+    #[serde(default)]
+    pub phases_s: Vec<(String, f64)>,
     pub runner_rss_per_device_b: u64,
     pub broker_rss_before_b: u64,
     pub broker_rss_queued_b: u64,
@@ -126,6 +134,13 @@ impl Report {
             per_s(v[((v.len() - 1) as f64 * 0.99).round() as usize])
         };
         (peak, p99)
+    }
+
+    /// Connection attempts per second in the busiest slice: the load the
+    /// fleet offers, before the broker's accept queue flattens it.
+    pub fn peak_attempts(&self) -> f64 {
+        self.slices.iter().map(|s| s.attempts).max().unwrap_or(0) as f64
+            * (1000 / size::SLICE_MS) as f64
     }
 
     pub fn broker_bytes_per_queued(&self) -> Option<f64> {
@@ -156,8 +171,11 @@ impl Report {
              time to all online            {:.2} s\n\
              time to all reconnected       {:.2} s\n\
              connects/s at the network     peak {:.0}, p99 {:.0} (100 ms slices)\n\
+             attempts/s at the network     peak {:.0} (offered load once the broker listens again)\n\
              commands sent / delivered     {} / {}\n\
              lost / in broker restart      {} / {}\n\
+             over the broker's queue limit {}\n\
+             phases                        {}\n\
              redelivered / executed twice  {} / {}\n\
              runner RSS per device         {} B\n\
              broker RSS per queued message {} (formula M_payload + M_overhead: {} B)\n\
@@ -182,10 +200,17 @@ impl Report {
             self.time_to_reconnected_s,
             peak,
             p99,
+            self.peak_attempts(),
             size::thousands(self.commands_sent),
             size::thousands(self.commands_delivered),
             size::thousands(self.commands_lost),
             size::thousands(self.commands_lost_in_restart),
+            size::thousands(self.commands_over_queue_limit),
+            self.phases_s
+                .iter()
+                .map(|(p, s)| format!("{p} {s:.1} s"))
+                .collect::<Vec<_>>()
+                .join(", "),
             size::thousands(self.commands_duplicated),
             size::thousands(self.commands_executed_twice),
             size::thousands(self.runner_rss_per_device_b),
@@ -227,6 +252,7 @@ pub fn merge(reports: &[Report]) -> Option<Report> {
         m.commands_lost += r.commands_lost;
         m.commands_lost_in_restart += r.commands_lost_in_restart;
         m.commands_duplicated += r.commands_duplicated;
+        m.commands_over_queue_limit += r.commands_over_queue_limit;
         m.commands_executed_twice += r.commands_executed_twice;
         m.time_to_online_s = m.time_to_online_s.max(r.time_to_online_s);
         m.time_to_reconnected_s = m.time_to_reconnected_s.max(r.time_to_reconnected_s);
@@ -428,7 +454,22 @@ pub fn run(plan: &Plan, hil_exe: &Path) -> Result<Report, FleetRunError> {
         args.push((plan.devices + 64).to_string().into());
     }
     let ip = hil_broker::private_loopback();
-    let mut broker = Broker::start(spec, ip)?;
+    let mut broker = Broker::start_tuned(
+        spec,
+        ip,
+        hil_broker::Tuning {
+            // Once a second: saved after every one of 50,000 queued
+            // messages, the store is rewritten 50,000 times.
+            autosave_changes: None,
+            max_queued: plan.max_queued,
+        },
+    )?;
+    let mut phases: Vec<(String, f64)> = Vec::new();
+    let mut phase = Instant::now();
+    let mut lap = |name: &str, phases: &mut Vec<(String, f64)>| {
+        phases.push((name.to_string(), phase.elapsed().as_secs_f64()));
+        phase = Instant::now();
+    };
     let addr = broker.addr(plan.mqtt);
     let mut cfg = Config::new("esp32c3", Mac([0x24, 0x0a, 0xc4, 0x20, 0, 0]));
     cfg.mqtt = match plan.mqtt {
@@ -459,6 +500,15 @@ pub fn run(plan: &Plan, hil_exe: &Path) -> Result<Report, FleetRunError> {
     )?;
     let mut t = Tally::default();
     let n = plan.devices;
+    // The cloud side connects first: a broker busy with thousands of
+    // devices going away may take longer than a CONNECT wait to admit a
+    // newcomer. A few side by side: one would wait for each PUBACK.
+    let mut clouds = Vec::new();
+    for c in 0..4.min(n) {
+        let mut o = hil_broker::client::ConnectOptions::new(&format!("fleet-cloud-{c}"));
+        o.clean = true;
+        clouds.push(hil_broker::Client::connect(addr, plan.mqtt, &o)?);
+    }
     // Generous and bounded: a 2-core machine brings up ~1,000 devices a second.
     let bound = Duration::from_secs(30 + n as u64 / 100);
     // 1. Online, subscribed, with persistent sessions.
@@ -478,6 +528,7 @@ pub fn run(plan: &Plan, hil_exe: &Path) -> Result<Report, FleetRunError> {
         )?;
     }
     let time_to_online = started.elapsed();
+    lap("online", &mut phases);
     let runner_rss = rss(std::process::id()).saturating_sub(rss_before) / n as u64;
     // 2. Offline; the broker holds their sessions.
     fleet.wifi_all(false);
@@ -486,20 +537,18 @@ pub fn run(plan: &Plan, hil_exe: &Path) -> Result<Report, FleetRunError> {
     let mut sent = 0u64;
     {
         let bar = Bar::new(plan.progress, n * plan.queued, "queue commands");
-        // A few cloud clients side by side: one would wait for each PUBACK.
-        let clients = 4.min(n);
+        let clients = clouds.len();
         let ids: Vec<&str> = (0..n).map(|d| fleet.client_id(d)).collect();
         std::thread::scope(|s| -> Result<(), FleetRunError> {
-            let handles: Vec<_> = (0..clients)
-                .map(|c| {
+            let handles: Vec<_> = clouds
+                .drain(..)
+                .enumerate()
+                .map(|(c, cloud)| {
                     let ids = &ids;
                     let pad = &pad;
                     let bar = &bar.0;
                     s.spawn(move || -> Result<u64, FleetRunError> {
-                        let mut o =
-                            hil_broker::client::ConnectOptions::new(&format!("fleet-cloud-{c}"));
-                        o.clean = true;
-                        let mut cloud = hil_broker::Client::connect(addr, plan.mqtt, &o)?;
+                        let mut cloud = cloud;
                         let mut sent = 0;
                         for d in (c..n).step_by(clients) {
                             let topic = hil_session::Topics::new(
@@ -531,14 +580,17 @@ pub fn run(plan: &Plan, hil_exe: &Path) -> Result<Report, FleetRunError> {
     // Let the broker's memory settle on what it now holds: its RSS after the
     // last PUBACK is what it keeps for the queued messages.
     let broker_rss_queued = broker.pid().map(rss).unwrap_or(0);
+    lap("queue commands", &mut phases);
     // The outage itself: how long the fleet is away is the fault, not a
     // stand-in for an event.
     std::thread::sleep(plan.offline);
     // 3. Back; with --restart, into a broker that is down and comes back
     // after `down`: the fleet's backoff decides the storm.
+    lap("offline", &mut phases);
     t.measuring = true;
     t.connacked.clear();
     let back = Instant::now();
+    let mut storm_from = back;
     if plan.restart {
         if let hil_broker::BrokerSpec::Mosquitto { persistence: true } = broker.spec() {
             // Its store must hold the queue before the kill, or the kill is
@@ -550,6 +602,10 @@ pub fn run(plan: &Plan, hil_exe: &Path) -> Result<Report, FleetRunError> {
         fleet.wifi_all(true);
         // The broker is down for `down`: the outage is the fault.
         std::thread::sleep(plan.down);
+        // The storm is what the broker meets once it listens again: the
+        // fleet's first attempts at power-on, refused by a dead broker,
+        // are not counted in it.
+        storm_from = Instant::now();
         broker.start_again()?;
     } else {
         fleet.wifi_all(true);
@@ -568,6 +624,7 @@ pub fn run(plan: &Plan, hil_exe: &Path) -> Result<Report, FleetRunError> {
         )?;
     }
     let time_to_reconnected = back.elapsed();
+    lap("back online", &mut phases);
     // 4. Deliveries: every queued command, or the broker's word that it has
     // none left (no progress for a while once all are back).
     let want = n * plan.queued;
@@ -596,14 +653,24 @@ pub fn run(plan: &Plan, hil_exe: &Path) -> Result<Report, FleetRunError> {
             }
         }
     }
+    lap("deliveries", &mut phases);
     let delivered = t.executed.len() as u64;
     let twice = t.executed.values().filter(|c| **c > 1).count() as u64;
     let missing = sent.saturating_sub(delivered);
+    // mosquitto drops what is queued beyond max_queued_messages for a client:
+    // its configuration, not a loss of either party.
+    let over_limit = if broker.name() == "mosquitto" {
+        (n as u64 * plan.queued.saturating_sub(plan.max_queued as usize) as u64).min(missing)
+    } else {
+        0
+    };
+    let missing = missing - over_limit;
     let (lost, lost_in_restart) = if sessions_lost {
         (0, missing)
     } else {
         (missing, 0)
     };
+    t.timeline.retain(|(_, at)| *at >= storm_from);
     let epoch = t.timeline.iter().map(|(_, at)| *at).min().unwrap_or(back);
     let unix0 = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -642,6 +709,8 @@ pub fn run(plan: &Plan, hil_exe: &Path) -> Result<Report, FleetRunError> {
         commands_lost_in_restart: lost_in_restart,
         commands_duplicated: t.duplicates + twice,
         commands_executed_twice: twice,
+        commands_over_queue_limit: over_limit,
+        phases_s: phases,
         runner_rss_per_device_b: runner_rss,
         broker_rss_before_b: broker_rss_before,
         broker_rss_queued_b: broker_rss_queued,
@@ -685,6 +754,8 @@ mod tests {
             commands_lost_in_restart: 0,
             commands_duplicated: 0,
             commands_executed_twice: 0,
+            commands_over_queue_limit: 0,
+            phases_s: vec![],
             runner_rss_per_device_b: 9000,
             broker_rss_before_b: 1_000_000,
             broker_rss_queued_b: 1_010_000,

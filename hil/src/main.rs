@@ -213,6 +213,10 @@ struct FleetArgs {
     no_jitter: bool,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// mosquitto's max_queued_messages per client (what it queues beyond is
+    /// dropped by its configuration, and counted apart).
+    #[arg(long, default_value_t = 1000)]
+    max_queued: u32,
     #[arg(long, default_value = "500ms", value_parser = hil::size::parse_duration)]
     backoff_base: std::time::Duration,
     #[arg(long, default_value = "30s", value_parser = hil::size::parse_duration)]
@@ -405,6 +409,7 @@ fn main() -> ExitCode {
                 down: a.down,
                 no_jitter: a.no_jitter,
                 seed: a.seed,
+                max_queued: a.max_queued,
                 backoff_base: a.backoff_base,
                 backoff_cap: a.backoff_cap.max(a.backoff_base),
                 progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
@@ -426,10 +431,13 @@ fn main() -> ExitCode {
                         .model();
                         let (peak, _) = r.peak_and_p99();
                         println!(
-                        "model (hil size storm)        peak {:.0} connects/s, all back at {:.2} s; measured peak {:.0}",
+                        "model (hil size storm)        peak {:.0} connects/s and {:.0} attempts/s, all back at {:.2} s; measured {:.0} and {:.0}, all back at {:.2} s",
                         model.peak_connects_per_s,
+                        model.peak_per_s,
                         model.all_back.as_secs_f64(),
-                        peak
+                        peak,
+                        r.peak_attempts(),
+                        r.time_to_reconnected_s,
                     );
                     }
                     if let Some(p) = &a.json {

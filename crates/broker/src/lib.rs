@@ -16,7 +16,7 @@ mod process;
 pub mod rumqttd;
 
 pub use client::{Client, ClientError, Received};
-pub use process::{Broker, BrokerError, BrokerSpec, Restart, SessionsOnRestart};
+pub use process::{Broker, BrokerError, BrokerSpec, Restart, SessionsOnRestart, Tuning};
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
 

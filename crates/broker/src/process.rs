@@ -102,7 +102,29 @@ impl BrokerError {
     }
 }
 
+/// Settings a load test changes; scenarios keep the defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuning {
+    /// mosquitto: save the store after this many changes (1: after each, so
+    /// a kill -9 loses nothing a scenario just did), or, when `None`, once a
+    /// second (a queue of 50,000 messages saved after each would be written
+    /// 50,000 times).
+    pub autosave_changes: Option<u32>,
+    /// mosquitto's `max_queued_messages` per client (its own default: 1000).
+    pub max_queued: u32,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            autosave_changes: Some(1),
+            max_queued: 1000,
+        }
+    }
+}
+
 pub struct Broker {
+    tuning: Tuning,
     spec: BrokerSpec,
     v4: SocketAddr,
     v5: SocketAddr,
@@ -119,6 +141,15 @@ impl Broker {
     /// broker's bind (parallel tests open client connections all the time):
     /// such a start is retried on fresh ports.
     pub fn start(spec: BrokerSpec, ip: IpAddr) -> Result<Broker, BrokerError> {
+        Self::start_tuned(spec, ip, Tuning::default())
+    }
+
+    /// [`Broker::start`] with `tuning`.
+    pub fn start_tuned(
+        spec: BrokerSpec,
+        ip: IpAddr,
+        tuning: Tuning,
+    ) -> Result<Broker, BrokerError> {
         let mut last = None;
         for _ in 0..4 {
             let port =
@@ -137,7 +168,7 @@ impl Broker {
                     return Self::start_on(spec.clone(), *addr, *addr)
                 }
             };
-            match Self::start_on(spec.clone(), v4, v5) {
+            match Self::start_on_tuned(spec.clone(), v4, v5, tuning) {
                 Err(e) if e.port_race() => last = Some(e),
                 other => return other,
             }
@@ -151,6 +182,15 @@ impl Broker {
         v4: SocketAddr,
         v5: SocketAddr,
     ) -> Result<Broker, BrokerError> {
+        Self::start_on_tuned(spec, v4, v5, Tuning::default())
+    }
+
+    fn start_on_tuned(
+        spec: BrokerSpec,
+        v4: SocketAddr,
+        v5: SocketAddr,
+        tuning: Tuning,
+    ) -> Result<Broker, BrokerError> {
         let dir = tempfile::Builder::new()
             .prefix("hil-broker-")
             .tempdir()
@@ -159,6 +199,7 @@ impl Broker {
                 source,
             })?;
         let mut b = Broker {
+            tuning,
             spec,
             v4,
             v5,
@@ -280,12 +321,15 @@ impl Broker {
                 let _ = fs::set_permissions(&store, fs::Permissions::from_mode(0o777));
                 let text = format!(
                     "listener {port} {ip}\nallow_anonymous true\npersistence {p}\npersistence_location {store}/\n\
-                     autosave_on_changes true\nautosave_interval 1\nmax_queued_messages 1000\n\
+                     autosave_on_changes {on_changes}\nautosave_interval {every}\nmax_queued_messages {max_queued}\n\
                      log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\n",
                     port = self.v4.port(),
                     ip = self.v4.ip(),
                     p = persistence,
-                    store = store.display()
+                    store = store.display(),
+                    on_changes = self.tuning.autosave_changes.is_some(),
+                    every = self.tuning.autosave_changes.unwrap_or(1),
+                    max_queued = self.tuning.max_queued,
                 );
                 fs::write(&conf, text).map_err(|source| BrokerError::Io {
                     what: format!("cannot write {}", conf.display()),
