@@ -57,6 +57,11 @@ pub enum FleetRunError {
     Fleet(#[from] FleetError),
     #[error("cloud client: {0}")]
     Cloud(#[from] hil_broker::ClientError),
+    #[error("{what}\nthe broker's log, last lines:\n{log}")]
+    WithLog {
+        what: Box<FleetRunError>,
+        log: String,
+    },
     #[error("{what}: {done} of {want} after {waited:?}; {hint}")]
     Timeout {
         what: &'static str,
@@ -436,12 +441,79 @@ fn wait(
     }
 }
 
+/// Waits until the broker answers a QoS 1 publish within a second again: a
+/// broker that handles 10,000 disconnections one after another (rumqttd:
+/// ~3 ms each) would time out the cloud's first publishes otherwise.
+fn settle(cloud: &mut hil_broker::Client, within: Duration) -> Result<(), FleetRunError> {
+    let until = Instant::now() + within;
+    loop {
+        let t = Instant::now();
+        match cloud.publish("hil-fleet/settle", b"", 1, false) {
+            Ok(()) if t.elapsed() < Duration::from_secs(1) => return Ok(()),
+            Ok(()) => {}
+            Err(e) if Instant::now() >= until => return Err(e.into()),
+            // Its 10 s PUBACK wait ran out: the broker is still busy.
+            Err(hil_broker::ClientError::Timeout(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if Instant::now() >= until {
+            return Err(FleetRunError::Timeout {
+                what: "broker answering within 1 s after the fleet left",
+                done: 0,
+                want: 1,
+                waited: within,
+                hint: "the broker is overloaded by the disconnections".into(),
+            });
+        }
+    }
+}
+
 fn command_id(device: usize, k: usize) -> String {
     format!("f{device}-{k}")
 }
 
 /// Runs the plan on a broker of its own (or the external one).
 pub fn run(plan: &Plan, hil_exe: &Path) -> Result<Report, FleetRunError> {
+    let mut log = None;
+    run_logged(plan, hil_exe, &mut log).map_err(|e| match log {
+        Some(l) if !matches!(e, FleetRunError::Broker(_)) => FleetRunError::WithLog {
+            what: Box::new(e),
+            log: l,
+        },
+        _ => e,
+    })
+}
+
+/// The broker's log, kept for the error message when the run fails.
+struct LogOnFail<'a> {
+    broker: Broker,
+    out: &'a mut Option<String>,
+}
+
+impl Drop for LogOnFail<'_> {
+    fn drop(&mut self) {
+        *self.out = Some(self.broker.log_lines(15));
+    }
+}
+
+impl std::ops::Deref for LogOnFail<'_> {
+    type Target = Broker;
+    fn deref(&self) -> &Broker {
+        &self.broker
+    }
+}
+
+impl std::ops::DerefMut for LogOnFail<'_> {
+    fn deref_mut(&mut self) -> &mut Broker {
+        &mut self.broker
+    }
+}
+
+fn run_logged(
+    plan: &Plan,
+    hil_exe: &Path,
+    log: &mut Option<String>,
+) -> Result<Report, FleetRunError> {
     let limit = raise_fd_limit();
     // The runner holds one socket per device; a broker it starts holds as
     // many; the cloud clients and the runtime need a few more.
@@ -454,16 +526,19 @@ pub fn run(plan: &Plan, hil_exe: &Path) -> Result<Report, FleetRunError> {
         args.push((plan.devices + 64).to_string().into());
     }
     let ip = hil_broker::private_loopback();
-    let mut broker = Broker::start_tuned(
-        spec,
-        ip,
-        hil_broker::Tuning {
-            // Once a second: saved after every one of 50,000 queued
-            // messages, the store is rewritten 50,000 times.
-            autosave_changes: None,
-            max_queued: plan.max_queued,
-        },
-    )?;
+    let mut broker = LogOnFail {
+        broker: Broker::start_tuned(
+            spec,
+            ip,
+            hil_broker::Tuning {
+                // Once a second: saved after every one of 50,000 queued
+                // messages, the store is rewritten 50,000 times.
+                autosave_changes: None,
+                max_queued: plan.max_queued,
+            },
+        )?,
+        out: log,
+    };
     let mut phases: Vec<(String, f64)> = Vec::new();
     let mut phase = Instant::now();
     let mut lap = |name: &str, phases: &mut Vec<(String, f64)>| {
@@ -507,6 +582,11 @@ pub fn run(plan: &Plan, hil_exe: &Path) -> Result<Report, FleetRunError> {
     for c in 0..4.min(n) {
         let mut o = hil_broker::client::ConnectOptions::new(&format!("fleet-cloud-{c}"));
         o.clean = true;
+        // It idles while the fleet comes up (minutes on a slow broker) and
+        // sends no PINGREQ of its own: the longest keep-alive, or the broker
+        // drops it. (0 turns keep-alive off in MQTT, section 3.1.2.10, but
+        // rumqttd 0.20 refuses it: ZeroKeepAlive.)
+        o.keepalive_s = u16::MAX;
         clouds.push(hil_broker::Client::connect(addr, plan.mqtt, &o)?);
     }
     // Generous and bounded: a 2-core machine brings up ~1,000 devices a second.
@@ -532,6 +612,7 @@ pub fn run(plan: &Plan, hil_exe: &Path) -> Result<Report, FleetRunError> {
     let runner_rss = rss(std::process::id()).saturating_sub(rss_before) / n as u64;
     // 2. Offline; the broker holds their sessions.
     fleet.wifi_all(false);
+    settle(&mut clouds[0], bound)?;
     let broker_rss_before = broker.pid().map(rss).unwrap_or(0);
     let pad = "x".repeat(plan.payload.saturating_sub(24));
     let mut sent = 0u64;
