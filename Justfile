@@ -47,3 +47,12 @@ doctor rig="":
 bench:
     cargo run --release -p hil -- run --broker rumqttd --out target/hil/bench-rumqttd
     cargo run --release -p hil -- run --broker mosquitto --out target/hil/bench-mosquitto
+
+# The fleet tables of the README: 1,000 and 10,000 session cores in one
+# process, each broker, with and without jitter, the broker killed while the
+# fleet is away. JSON reports in target/hil/fleet (merge them with `hil fleet merge`).
+fleet:
+    mkdir -p target/hil/fleet
+    for n in 1000 10000; do for b in rumqttd mosquitto; do for j in "" "--no-jitter"; do \
+      cargo run -q -p hil -- fleet --devices $n --restart --broker $b $j --json target/hil/fleet/$n-$b${j:+-nj}.json; \
+    done; done; done
