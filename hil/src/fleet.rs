@@ -402,17 +402,23 @@ impl Tally {
     }
 }
 
-/// Reads events until `done(tally)` or the deadline.
+/// What a wait waits for: `want` of `what`, and what to say if they do not come.
+struct Goal<'a> {
+    what: &'static str,
+    want: usize,
+    hint: &'a str,
+}
+
+/// Reads events until `count(tally)` reaches the goal, or the deadline.
 fn wait(
     fleet: &Fleet,
     t: &mut Tally,
     bar: &Bar,
     within: Duration,
-    what: &'static str,
-    want: usize,
+    goal: Goal,
     count: impl Fn(&Tally) -> usize,
-    hint: &str,
 ) -> Result<(), FleetRunError> {
+    let Goal { what, want, hint } = goal;
     let start = Instant::now();
     let until = start + within;
     bar.0.set_length(want as u64);
@@ -601,10 +607,12 @@ fn run_logged(
             &mut t,
             &bar,
             bound,
-            "devices subscribed",
-            n,
+            Goal {
+                what: "devices subscribed",
+                want: n,
+                hint: "the broker may refuse connections (its log says why) or be out of file descriptors",
+            },
             |t| t.subscribed.len(),
-            "the broker may refuse connections (its log says why) or be out of file descriptors",
         )?;
     }
     let time_to_online = started.elapsed();
@@ -698,10 +706,12 @@ fn run_logged(
             &mut t,
             &bar,
             bound + plan.backoff_cap * 2,
-            "devices reconnected",
-            n,
+            Goal {
+                what: "devices reconnected",
+                want: n,
+                hint: "see the broker's log",
+            },
             |t| t.connacked.len(),
-            "see the broker's log",
         )?;
     }
     let time_to_reconnected = back.elapsed();
