@@ -720,19 +720,13 @@ mod tests {
         assert!(l.table().contains("anomaly (device): command acked-lost (QoS 1) acknowledged by the device, never executed [faults around it: broker kill -9"));
     }
 
-    #[test]
-    fn a_re_execution_past_the_dedupe_window_is_shown_not_blamed() {
-        let t0 = Instant::now();
-        let mut sent = vec![Sent {
-            id: "old".into(),
-            qos: 1,
-            at: t0,
-        }];
-        let mut events = vec![cmd("old")];
-        let mut wire = vec![rec(
-            t0,
-            publish(1, Dir::Down, "d/x/cmd", 1, r#"{"id":"old"}"#),
-        )];
+    /// Five other QoS 1 commands, sent, delivered and executed.
+    fn five_others_between(
+        t0: Instant,
+        sent: &mut Vec<Sent>,
+        events: &mut Vec<Event>,
+        wire: &mut Vec<WireRecord>,
+    ) {
         for k in 0..5 {
             let id = format!("c{k}");
             sent.push(Sent {
@@ -746,6 +740,22 @@ mod tests {
                 publish(1, Dir::Down, "d/x/cmd", 2, &format!(r#"{{"id":"{id}"}}"#)),
             ));
         }
+    }
+
+    #[test]
+    fn a_re_execution_past_the_dedupe_window_is_shown_not_blamed() {
+        let t0 = Instant::now();
+        let mut sent = vec![Sent {
+            id: "old".into(),
+            qos: 1,
+            at: t0,
+        }];
+        let mut events = vec![cmd("old")];
+        let mut wire = vec![rec(
+            t0,
+            publish(1, Dir::Down, "d/x/cmd", 1, r#"{"id":"old"}"#),
+        )];
+        five_others_between(t0, &mut sent, &mut events, &mut wire);
         events.push(cmd("old"));
         // A window of 3: 5 others between is past it; a window of 8 is not.
         let past = Ledger::build_with_window(&sent, &events, &wire, &[], 3);
@@ -781,19 +791,7 @@ mod tests {
             w.push(rec(t0, packet(1, Dir::Down, Packet::Pubrel { pid: 1 })));
             w
         };
-        for k in 0..5 {
-            let id = format!("c{k}");
-            sent.push(Sent {
-                id: id.clone(),
-                qos: 1,
-                at: t0,
-            });
-            events.push(cmd(&id));
-            wire.push(rec(
-                t0,
-                publish(1, Dir::Down, "d/x/cmd", 2, &format!(r#"{{"id":"{id}"}}"#)),
-            ));
-        }
+        five_others_between(t0, &mut sent, &mut events, &mut wire);
         events.push(cmd("q2"));
         let again = rec(t0, publish(2, Dir::Down, "d/x/cmd", 9, r#"{"id":"q2"}"#));
         wire.push(again.clone());
