@@ -184,6 +184,7 @@ impl Report {
              redelivered / executed twice  {} / {}\n\
              runner RSS per device         {} B\n\
              broker RSS per queued message {} (formula M_payload + M_overhead: {} B)\n\
+             broker queue, model/measured  {} / {}\n\
              restart burst N × Q × M       {}\n{}",
             size::thousands(self.devices as u64),
             self.broker,
@@ -221,6 +222,8 @@ impl Report {
             size::thousands(self.runner_rss_per_device_b),
             measured,
             formula,
+            size::bytes(formula * (self.devices * self.queued) as u64),
+            size::bytes(self.broker_rss_queued_b.saturating_sub(self.broker_rss_before_b)),
             size::bytes(burst),
             if self.commands_lost_in_restart > 0 {
                 format!(
@@ -867,7 +870,12 @@ mod tests {
         let mut s: Vec<Slice> = (0..99).map(|i| sl(i * 100, 1)).collect();
         s.push(sl(9_900, 7));
         let r = report("a", s);
-        assert_eq!(r.peak_and_p99(), (70.0, 70.0));
+        // 100 busy slices: the busiest is the peak, and the 99th of them
+        // (nearest rank) is an ordinary one.
+        assert_eq!(r.peak_and_p99(), (70.0, 10.0));
+        // Fewer than 100: the p99 is the peak.
+        let few = report("a", vec![sl(0, 2), sl(100, 5)]);
+        assert_eq!(few.peak_and_p99(), (50.0, 50.0));
         assert_eq!(r.broker_bytes_per_queued(), Some(200.0));
         assert!(r.passed());
         assert!(
