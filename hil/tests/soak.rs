@@ -85,7 +85,7 @@ fn a_clean_session_device_fails_the_soak_and_is_blamed() {
 fn bad_soak_input_is_refused_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
     for (args, says) in [
-        (&["--duration", "10x"][..], "the unit is s, m or h"),
+        (&["--duration", "10x"][..], "the unit is ms, s, m, h or d"),
         (&["--devices", "0"][..], "--devices is 1 to 50"),
     ] {
         let (code, text) = soak(args, dir.path());
