@@ -112,11 +112,13 @@ impl Outbox {
 
     /// Queues a reading; `make` builds the payload from (seq, drops so far).
     /// Every reading carries the running total: a count carried only by the
-    /// next reading would vanish whenever that reading is dropped too.
+    /// next reading would vanish whenever that reading is dropped too. The
+    /// total includes the drop this reading's own arrival makes: counted
+    /// after it, the newest reading's drop reached the cloud with no reading
+    /// to carry it (the dense soak found one such reading unaccounted).
     pub fn push(&mut self, make: impl FnOnce(u32, u32) -> String) -> Pushed {
         let seq = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(1).max(1);
-        let payload = make(seq, self.dropped_total);
         let mut dropped = None;
         if let Some(cap) = self.capacity {
             if self.queue.len() >= cap {
@@ -124,6 +126,7 @@ impl Outbox {
                 self.dropped_total = self.dropped_total.saturating_add(1);
             }
         }
+        let payload = make(seq, self.dropped_total);
         self.queue.push_back(Entry {
             seq,
             payload,
@@ -204,7 +207,7 @@ mod tests {
     }
 
     #[test]
-    fn drops_oldest_and_reports_in_next_reading() {
+    fn drops_oldest_and_each_reading_carries_every_drop_so_far() {
         let mut o = Outbox::new(Some(3));
         for _ in 0..3 {
             assert_eq!(o.push(p).dropped, None);
@@ -214,15 +217,16 @@ mod tests {
         assert_eq!(r.depth, 3);
         let r = o.push(p);
         assert_eq!(r.dropped.unwrap().seq, 2);
-        // every reading carries the running total of drops before it
+        // every reading carries the running total of drops, its own
+        // arrival's included: the newest reading accounts for every drop
         o.push(p);
         let payloads: Vec<&str> = o.entries().map(|e| e.payload.as_str()).collect();
         assert_eq!(
             payloads,
             [
-                "{\"seq\":4,\"dropped\":0}",
-                "{\"seq\":5,\"dropped\":1}",
-                "{\"seq\":6,\"dropped\":2}"
+                "{\"seq\":4,\"dropped\":1}",
+                "{\"seq\":5,\"dropped\":2}",
+                "{\"seq\":6,\"dropped\":3}"
             ]
         );
         assert_eq!(o.dropped_total(), 3);
