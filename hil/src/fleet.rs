@@ -687,8 +687,24 @@ fn run_logged(
         if let hil_broker::BrokerSpec::Mosquitto { persistence: true } = broker.spec() {
             // Its store must hold the queue before the kill, or the kill is
             // a test of its autosave interval rather than of the fleet.
-            let last = command_id(n - 1, plan.queued.saturating_sub(1));
-            broker.wait_persisted(&[last], Duration::from_secs(30));
+            // Each cloud client's last command: they finish at different
+            // times, so one client's last is not the run's last.
+            let clients = 4.min(n);
+            let last: Vec<String> = (0..clients)
+                .map(|c| {
+                    let d = c + (n - 1 - c) / clients * clients;
+                    command_id(d, plan.queued.saturating_sub(1))
+                })
+                .collect();
+            if plan.queued > 0 && !broker.wait_persisted(&last, Duration::from_secs(30)) {
+                return Err(FleetRunError::Timeout {
+                    what: "mosquitto's store holding the queue before the kill",
+                    done: 0,
+                    want: last.len(),
+                    waited: Duration::from_secs(30),
+                    hint: "its store is not being written (permissions of its temp dir?)".into(),
+                });
+            }
         }
         broker.stop(Restart::Kill);
         fleet.wifi_all(true);
