@@ -380,6 +380,16 @@ struct Tally {
 }
 
 impl Tally {
+    /// Takes the next event, waiting up to `timeout`, and any already queued.
+    fn drain(&mut self, fleet: &Fleet, timeout: Duration) {
+        if let Some(e) = fleet.next_event(timeout) {
+            self.take(e);
+            while let Some(e) = fleet.next_event(Duration::ZERO) {
+                self.take(e);
+            }
+        }
+    }
+
     fn take(&mut self, e: FleetEvent) {
         match e {
             FleetEvent::Subscribed { device } => {
@@ -441,12 +451,7 @@ fn wait(
                 hint: hint.into(),
             });
         }
-        if let Some(e) = fleet.next_event((until - now).min(Duration::from_millis(200))) {
-            t.take(e);
-            while let Some(e) = fleet.next_event(Duration::ZERO) {
-                t.take(e);
-            }
-        }
+        t.drain(fleet, (until - now).min(Duration::from_millis(200)));
     }
 }
 
@@ -752,12 +757,7 @@ fn run_logged(
             if last.1.elapsed() > quiet {
                 break;
             }
-            if let Some(e) = fleet.next_event(Duration::from_millis(200)) {
-                t.take(e);
-                while let Some(e) = fleet.next_event(Duration::ZERO) {
-                    t.take(e);
-                }
-            }
+            t.drain(&fleet, Duration::from_millis(200));
             if t.executed.len() != last.0 {
                 last = (t.executed.len(), Instant::now());
             }

@@ -262,25 +262,16 @@ impl Unit {
                                 first = true;
                                 dev.handle_link_up(self.now());
                             }
-                            Ok(Err(e)) => {
+                            failed => {
+                                let why = match failed {
+                                    Ok(Err(e)) => e.to_string(),
+                                    _ => "connect timed out".into(),
+                                };
                                 self.tell(FleetEvent::Refused {
                                     device: self.index,
                                     at: Instant::now(),
                                 });
-                                dev.handle_link_down(
-                                    self.now(),
-                                    LinkDownReason::Refused(e.to_string()),
-                                );
-                            }
-                            Err(_) => {
-                                self.tell(FleetEvent::Refused {
-                                    device: self.index,
-                                    at: Instant::now(),
-                                });
-                                dev.handle_link_down(
-                                    self.now(),
-                                    LinkDownReason::Refused("connect timed out".into()),
-                                );
+                                dev.handle_link_down(self.now(), LinkDownReason::Refused(why));
                             }
                         }
                     }
