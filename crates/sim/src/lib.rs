@@ -101,6 +101,28 @@ fn parse_bug(s: &str) -> Result<Bug, String> {
 }
 
 impl Args {
+    /// The session core's settings these flags give a device with `mac`:
+    /// the one place flags become a [`Config`], shared by the sim process
+    /// and the in-process fleet engine's devices built like it.
+    pub fn session_config(&self, mac: Mac) -> Config {
+        let mut cfg = Config::new(&self.chip, mac);
+        cfg.prefix = self.prefix.clone();
+        cfg.mqtt = self.mqtt;
+        cfg.keepalive_s = self.keepalive;
+        cfg.backoff_base_ms = self.backoff_base_ms;
+        cfg.backoff_cap_ms = self.backoff_cap_ms.max(self.backoff_base_ms);
+        cfg.cmd_qos = self.cmd_qos;
+        cfg.session_expiry_s = self.session_expiry;
+        cfg.outbox_capacity = self.outbox_capacity as usize;
+        cfg.connack_timeout_ms = self.connack_timeout_ms;
+        cfg.ack_timeout_ms = self.ack_timeout_ms;
+        cfg.bugs = self
+            .bugs
+            .iter()
+            .fold(Bugs::default(), |b, bug| b.with(*bug));
+        cfg
+    }
+
     /// The command line that parses back into these arguments: how a runner
     /// starts this device (`hil sim ARGV...` or `hil-sim ARGV...`). One type
     /// writes and reads the flags, so the two sides cannot drift apart.
@@ -305,21 +327,7 @@ pub fn run(args: Args) -> Result<(), SimError> {
     check_prefix(&args.prefix)?;
     let flash = FileFlash::open(&args.state_dir)?;
 
-    let mut cfg = Config::new(&args.chip, mac);
-    cfg.prefix = args.prefix.clone();
-    cfg.mqtt = args.mqtt;
-    cfg.keepalive_s = args.keepalive;
-    cfg.backoff_base_ms = args.backoff_base_ms;
-    cfg.backoff_cap_ms = args.backoff_cap_ms.max(args.backoff_base_ms);
-    cfg.cmd_qos = args.cmd_qos;
-    cfg.session_expiry_s = args.session_expiry;
-    cfg.outbox_capacity = args.outbox_capacity as usize;
-    cfg.connack_timeout_ms = args.connack_timeout_ms;
-    cfg.ack_timeout_ms = args.ack_timeout_ms;
-    cfg.bugs = args
-        .bugs
-        .iter()
-        .fold(Bugs::default(), |b, bug| b.with(*bug));
+    let cfg = args.session_config(mac);
 
     let (tx, rx) = mpsc::channel::<Msg>();
     let mut out: Box<dyn Write + Send> = match args.console.as_str() {

@@ -178,6 +178,22 @@ pub fn client_id_of(mac: &str) -> Option<String> {
 pub trait Fleet: Send {
     /// A device with `mac` and a flash of its own; `edit` adjusts its spec.
     fn start(&self, mac: &str, edit: &dyn Fn(&mut DeviceSpec)) -> Result<FleetDevice, DutError>;
+
+    /// Devices like these as the in-process fleet engine's
+    /// ([`hil_sim::fleet`]): their session settings (the device under
+    /// test's provisioning, `bugs` included, with `edit` applied) and the
+    /// address they must connect to (the scenario's proxy). Only a backend
+    /// whose devices *are* the session core can say this; others give None
+    /// and scenarios fall back to [`Fleet::start`].
+    fn engine(&self, _edit: &dyn Fn(&mut DeviceSpec)) -> Option<EngineSpec> {
+        None
+    }
+}
+
+/// What the in-process fleet engine needs to build devices like a backend's.
+pub struct EngineSpec {
+    pub device: hil_session::Config,
+    pub broker: std::net::SocketAddr,
 }
 
 /// An extra device and the flash it owns (removed when it drops).

@@ -3,8 +3,8 @@
 //! The device is configured by flags, written by `hil_sim::Args` itself.
 
 use super::{
-    client_id_of, Backend, Capability, Console, DeviceSpec, Dut, DutError, Fleet, FleetDevice,
-    Power, Provision,
+    client_id_of, Backend, Capability, Console, DeviceSpec, Dut, DutError, EngineSpec, Fleet,
+    FleetDevice, Power, Provision,
 };
 use crate::transcript::{Source, Transcript};
 use std::io::{BufRead, BufReader, Read};
@@ -159,6 +159,7 @@ impl Backend for SimBackend {
         Some(Box::new(SimFleet {
             base: SimLaunch::new(&self.hil_exe, p),
             spec: p.spec,
+            broker: p.broker,
         }))
     }
 
@@ -171,6 +172,7 @@ impl Backend for SimBackend {
 struct SimFleet {
     base: SimLaunch,
     spec: DeviceSpec,
+    broker: std::net::SocketAddr,
 }
 
 impl Fleet for SimFleet {
@@ -184,6 +186,22 @@ impl Fleet for SimFleet {
         Ok(FleetDevice {
             dut: self.base.sibling(mac, &spec, state.path()).start()?,
             state,
+        })
+    }
+
+    fn engine(&self, edit: &dyn Fn(&mut DeviceSpec)) -> Option<EngineSpec> {
+        let mut spec = self.spec;
+        edit(&mut spec);
+        let mut args = self.base.args.clone();
+        apply(&mut args, &spec);
+        // The engine gives each device its own MAC; this one is replaced.
+        let mac = args
+            .mac
+            .parse()
+            .unwrap_or(hil_session::Mac([0x24, 0x0a, 0xc4, 0, 0, 0]));
+        Some(EngineSpec {
+            device: args.session_config(mac),
+            broker: self.broker,
         })
     }
 }

@@ -49,6 +49,10 @@ pub enum RigError {
     },
     #[error("this scenario needs extra devices, which the {0} backend cannot start")]
     NoFleet(&'static str),
+    #[error("this scenario's fleet runs in the in-process engine, which cannot build devices of the {0} backend")]
+    NoEngine(&'static str),
+    #[error("the fleet engine: {0}")]
+    Engine(#[from] hil_sim::fleet::FleetError),
     /// The broker did not keep what the scenario set up, so the device could
     /// not be judged (the verdicts issue names the MQTT rule for it).
     #[error("the broker did not behave as the scenario needs: {0}")]
@@ -292,6 +296,17 @@ impl Testbed {
     /// Extra devices of the backend (Need::Can(Capability::Fleet) guarantees one).
     pub fn fleet(&self) -> Result<&dyn Fleet, RigError> {
         self.fleet.as_deref().ok_or(RigError::NoFleet(self.backend))
+    }
+
+    /// Devices like the device under test for the in-process fleet engine
+    /// (see [`Fleet::engine`]).
+    pub fn engine(
+        &self,
+        edit: &dyn Fn(&mut crate::dut::DeviceSpec),
+    ) -> Result<crate::dut::EngineSpec, RigError> {
+        self.fleet()?
+            .engine(edit)
+            .ok_or(RigError::NoEngine(self.backend))
     }
 
     /// The broker's last log lines (why it dropped a connection, often).
