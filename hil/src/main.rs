@@ -96,6 +96,11 @@ enum Cmd {
         /// a time). Output stays in scenario order.
         #[arg(short = 'j', long)]
         jobs: Option<usize>,
+        /// Every scenario over TLS: the device is given a test CA made for
+        /// the run and connects through the TLS hop, which terminates TLS in
+        /// front of the wire tap (so every packet is still judged).
+        #[arg(long)]
+        tls: bool,
         /// JUnit XML report.
         #[arg(long)]
         junit: Option<PathBuf>,
@@ -755,6 +760,7 @@ fn main() -> ExitCode {
             broker_faults,
             sim_bugs,
             jobs,
+            tls,
             junit,
             out,
             report,
@@ -784,6 +790,7 @@ fn main() -> ExitCode {
             opts.scenarios = scenarios;
             opts.bugs = sim_bugs;
             opts.broker_faults = broker_faults;
+            opts.tls = tls;
             opts.jobs = match jobs {
                 Some(0) => return usage("run", "-j is 1 or more"),
                 Some(j) => j,

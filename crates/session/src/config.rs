@@ -48,9 +48,12 @@ pub enum Bug {
     /// Accepts packets of any size (announcing the protocol's maximum): a
     /// broker's huge message is buffered whole in the device's RAM.
     NoPacketLimit,
+    /// TLS: accepts any server certificate (no chain, name or date check):
+    /// the device "has TLS" and proves nothing about whom it talks to.
+    NoVerify,
 }
 
-pub const ALL_BUGS: [Bug; 15] = [
+pub const ALL_BUGS: [Bug; 16] = [
     Bug::RandomClientId,
     Bug::CleanSession,
     Bug::NoOutbox,
@@ -66,6 +69,7 @@ pub const ALL_BUGS: [Bug; 15] = [
     Bug::NoAckTimeout,
     Bug::ReconnectAtOnce,
     Bug::NoPacketLimit,
+    Bug::NoVerify,
 ];
 
 impl Bug {
@@ -86,6 +90,7 @@ impl Bug {
             Bug::NoAckTimeout => "no-ack-timeout",
             Bug::ReconnectAtOnce => "reconnect-at-once",
             Bug::NoPacketLimit => "no-packet-limit",
+            Bug::NoVerify => "no-verify",
         }
     }
 }
@@ -97,7 +102,7 @@ impl FromStr for Bug {
             .iter()
             .copied()
             .find(|b| b.name() == s)
-            .ok_or("unknown bug: random-client-id, clean-session, no-outbox, no-jitter, no-resubscribe, no-dedupe, unbounded-buffer, ignore-expiry, trust-session-present, no-will, long-keepalive, subscribe-qos0, no-ack-timeout, reconnect-at-once, no-packet-limit")
+            .ok_or("unknown bug: random-client-id, clean-session, no-outbox, no-jitter, no-resubscribe, no-dedupe, unbounded-buffer, ignore-expiry, trust-session-present, no-will, long-keepalive, subscribe-qos0, no-ack-timeout, reconnect-at-once, no-packet-limit, no-verify")
     }
 }
 
@@ -125,7 +130,6 @@ impl Config {
         }
     }
 
-    /// The QoS the device subscribes to its commands with.
     /// The largest packet accepted (and announced in an MQTT 5 CONNECT).
     pub fn packet_limit(&self) -> u32 {
         if self.bugs.has(Bug::NoPacketLimit) {
@@ -135,6 +139,7 @@ impl Config {
         }
     }
 
+    /// The QoS the device subscribes to its commands with.
     pub fn sub_qos(&self) -> u8 {
         if self.bugs.has(Bug::SubscribeQos0) {
             0

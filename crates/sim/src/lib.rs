@@ -14,6 +14,7 @@
 mod flash;
 pub mod fleet;
 mod link;
+pub mod tls;
 
 use clap::Parser;
 use flash::FileFlash;
@@ -88,6 +89,18 @@ pub struct Args {
     /// Negative control: break one promise (repeatable).
     #[arg(long = "bug", value_parser = parse_bug)]
     pub bugs: Vec<Bug>,
+    /// TLS: the CA certificate (PEM) the broker's must chain to. Without it
+    /// the device speaks plaintext MQTT (unless --require-tls).
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// TLS: the name the broker's certificate must be for (default: the
+    /// host of --broker).
+    #[arg(long, value_name = "NAME")]
+    pub tls_name: Option<String>,
+    /// A production device: without --tls-ca it refuses to connect at all,
+    /// rather than fall back to plaintext.
+    #[arg(long)]
+    pub require_tls: bool,
 }
 
 // clap's value parsers report a String; the version's own error says what is expected.
@@ -159,6 +172,17 @@ impl Args {
         if self.prefer_flash_settings {
             v.push("--prefer-flash-settings".into());
         }
+        if let Some(ca) = &self.tls_ca {
+            v.push("--tls-ca".into());
+            v.push(ca.clone().into_os_string());
+        }
+        if let Some(name) = &self.tls_name {
+            v.push("--tls-name".into());
+            v.push(name.into());
+        }
+        if self.require_tls {
+            v.push("--require-tls".into());
+        }
         v
     }
 
@@ -199,6 +223,8 @@ pub enum SimError {
     },
     #[error("--mac {mac}: {reason}")]
     BadMac { mac: String, reason: String },
+    #[error("--tls-ca: {0}")]
+    Tls(#[from] tls::TlsSetupError),
     #[error("cannot create state dir {path}: {source}")]
     StateDir {
         path: PathBuf,
@@ -315,6 +341,27 @@ fn resolve(broker: &str) -> Result<SocketAddr, SimError> {
     Ok(addr)
 }
 
+/// How the link may connect: TLS with the provisioned CA, plaintext, or
+/// (a production device without a CA) not at all.
+fn security(args: &Args) -> Result<link::Security, SimError> {
+    Ok(match &args.tls_ca {
+        Some(ca) => {
+            let host = args
+                .broker
+                .rsplit_once(':')
+                .map(|(h, _)| h.trim_matches(['[', ']']))
+                .unwrap_or(&args.broker);
+            let name = args.tls_name.as_deref().unwrap_or(host);
+            let verify = !args.bugs.contains(&Bug::NoVerify);
+            link::Security::Tls(tls::settings(ca, name, verify)?)
+        }
+        None if args.require_tls => link::Security::Refuse(
+            "production device: no CA provisioned, plaintext MQTT refused".into(),
+        ),
+        None => link::Security::Plain,
+    })
+}
+
 pub fn run(args: Args) -> Result<(), SimError> {
     let mac: Mac = args
         .mac
@@ -388,7 +435,8 @@ pub fn run(args: Args) -> Result<(), SimError> {
         }
         _ => (broker, args.broker.clone(), "flag"),
     };
-    let mut link = Link::new(broker, tx.clone());
+    let security = security(&args)?;
+    let mut link = Link::new(broker, security, tx.clone());
     let mut splitter = LineSplitter::default();
 
     'boot: loop {
@@ -406,6 +454,25 @@ pub fn run(args: Args) -> Result<(), SimError> {
                 setting: setting.into(),
                 value: value.clone(),
                 source: source.into(),
+            };
+            write_line(&mut out, &line.format());
+        }
+        // Said only when TLS was provisioned: where it is not, the boot text
+        // stays what it always was. The CA's path, never a key.
+        let tls = match (&args.tls_ca, args.require_tls) {
+            (Some(ca), _) => Some(format!(
+                "on ca={} name={}",
+                ca.display(),
+                args.tls_name.as_deref().unwrap_or("<broker host>")
+            )),
+            (None, true) => Some("required (no CA: connections refused)".to_string()),
+            (None, false) => None,
+        };
+        if let Some(value) = tls {
+            let line = Event::Config {
+                setting: "tls".into(),
+                value,
+                source: "flag".into(),
             };
             write_line(&mut out, &line.format());
         }

@@ -1,17 +1,37 @@
 //! The TCP link to the broker, with a generation number per connection so a
 //! late message from a connection already closed is never taken for the
-//! current one.
+//! current one; TLS over it when the device was provisioned with a CA.
+//!
+//! With TLS the handshake is finished before the link is reported up, so a
+//! certificate the device refuses is a refused connection (its reason on the
+//! console), never an MQTT session. The reader thread reads raw bytes
+//! without holding the TLS state, then takes it to decrypt; a send takes it
+//! to encrypt: one lock, never held across a blocking read.
 
+use crate::tls::TlsSettings;
 use crate::Msg;
 use hil_session::LinkDownReason;
+use rustls::ClientConnection;
 use socket2::SockRef;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+type Tls = Arc<Mutex<ClientConnection>>;
+
+/// What the device may connect with.
+#[derive(Clone)]
+pub(crate) enum Security {
+    Plain,
+    Tls(TlsSettings),
+    /// A production device without a CA: it refuses to connect at all.
+    Refuse(String),
+}
+
 pub(crate) enum LinkMsg {
-    Up(u64, TcpStream),
+    Up(u64, TcpStream, Option<Box<ClientConnection>>),
     Bytes(u64, Vec<u8>),
     Down(u64, LinkDownReason),
 }
@@ -27,6 +47,8 @@ pub(crate) struct Link {
     tx: Sender<Msg>,
     generation: u64,
     stream: Option<TcpStream>,
+    tls: Option<Tls>,
+    security: Security,
     wifi: bool,
 }
 
@@ -34,12 +56,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Link {
-    pub fn new(broker: SocketAddr, tx: Sender<Msg>) -> Self {
+    pub fn new(broker: SocketAddr, security: Security, tx: Sender<Msg>) -> Self {
         Link {
             broker,
             tx,
             generation: 0,
             stream: None,
+            tls: None,
+            security,
             wifi: false,
         }
     }
@@ -69,37 +93,60 @@ impl Link {
             )));
             return;
         }
+        if let Security::Refuse(why) = &self.security {
+            let _ = tx.send(Msg::Link(LinkMsg::Down(
+                generation,
+                LinkDownReason::Refused(why.clone()),
+            )));
+            return;
+        }
         let addr = self.broker;
-        std::thread::spawn(
-            move || match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
-                Ok(s) => {
-                    let _ = s.set_nodelay(true);
-                    let _ = s.set_write_timeout(Some(WRITE_TIMEOUT));
-                    let _ = tx.send(Msg::Link(LinkMsg::Up(generation, s)));
-                }
-                Err(e) => {
-                    let _ = tx.send(Msg::Link(LinkMsg::Down(
-                        generation,
-                        LinkDownReason::Refused(format!("{addr}: {e}")),
-                    )));
-                }
-            },
-        );
+        let tls = match &self.security {
+            Security::Tls(t) => Some(t.clone()),
+            _ => None,
+        };
+        std::thread::spawn(move || {
+            let refused = |why: String| {
+                let _ = tx.send(Msg::Link(LinkMsg::Down(
+                    generation,
+                    LinkDownReason::Refused(why),
+                )));
+            };
+            let mut s = match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+                Ok(s) => s,
+                Err(e) => return refused(format!("{addr}: {e}")),
+            };
+            let _ = s.set_nodelay(true);
+            let _ = s.set_write_timeout(Some(WRITE_TIMEOUT));
+            let conn = match tls {
+                None => None,
+                Some(t) => match handshake(&mut s, &t) {
+                    Ok(c) => Some(Box::new(c)),
+                    Err(why) => {
+                        abort(&s);
+                        return refused(format!("tls: {why}"));
+                    }
+                },
+            };
+            let _ = tx.send(Msg::Link(LinkMsg::Up(generation, s, conn)));
+        });
     }
 
     /// Filters out messages of older connections.
     pub fn accept(&mut self, m: LinkMsg) -> Option<Accepted> {
         match m {
-            LinkMsg::Up(g, s) if g == self.generation && self.wifi => {
+            LinkMsg::Up(g, s, conn) if g == self.generation && self.wifi => {
                 let reader = match s.try_clone() {
                     Ok(r) => r,
                     Err(e) => return Some(Accepted::Down(LinkDownReason::Error(e.to_string()))),
                 };
+                let tls = conn.map(|c| Arc::new(Mutex::new(*c)));
                 self.stream = Some(s);
-                spawn_reader(reader, g, self.tx.clone());
+                self.tls = tls.clone();
+                spawn_reader(reader, tls, g, self.tx.clone());
                 Some(Accepted::Up)
             }
-            LinkMsg::Up(_, s) => {
+            LinkMsg::Up(_, s, _) => {
                 abort(&s);
                 None
             }
@@ -108,6 +155,7 @@ impl Link {
             }
             LinkMsg::Down(g, r) if g == self.generation => {
                 self.stream = None;
+                self.tls = None;
                 Some(Accepted::Down(r))
             }
             _ => None,
@@ -118,7 +166,14 @@ impl Link {
         let Some(s) = self.stream.as_mut() else {
             return Ok(());
         };
-        s.write_all(bytes).map_err(|e| {
+        let sent = match &self.tls {
+            None => s.write_all(bytes),
+            Some(tls) => {
+                let mut c = tls.lock().unwrap_or_else(|p| p.into_inner());
+                c.writer().write_all(bytes).and_then(|()| flush(&mut c, s))
+            }
+        };
+        sent.map_err(|e| {
             self.close(true);
             LinkDownReason::Error(e.to_string())
         })
@@ -128,7 +183,15 @@ impl Link {
     pub fn close(&mut self, abrupt: bool) {
         // Messages of the closed connection are ignored from now on.
         self.generation += 1;
+        let tls = self.tls.take();
         if let Some(s) = self.stream.take() {
+            if let (Some(tls), false) = (tls, abrupt) {
+                // An orderly close says so inside TLS too (close_notify).
+                let mut c = tls.lock().unwrap_or_else(|p| p.into_inner());
+                c.send_close_notify();
+                let mut w = &s;
+                let _ = flush(&mut c, &mut w);
+            }
             if abrupt {
                 abort(&s);
             } else {
@@ -145,7 +208,48 @@ fn abort(s: &TcpStream) {
     let _ = s.shutdown(Shutdown::Read);
 }
 
-fn spawn_reader(mut s: TcpStream, generation: u64, tx: Sender<Msg>) {
+/// Writes what TLS has to send.
+fn flush(c: &mut ClientConnection, s: &mut impl Write) -> std::io::Result<()> {
+    while c.wants_write() {
+        c.write_tls(s)?;
+    }
+    Ok(())
+}
+
+/// How long the broker has to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The TLS handshake on a fresh connection; why it failed, in words.
+fn handshake(s: &mut TcpStream, t: &TlsSettings) -> Result<ClientConnection, String> {
+    let mut c =
+        ClientConnection::new(t.config.clone(), t.name.clone()).map_err(|e| e.to_string())?;
+    let _ = s.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
+    while c.is_handshaking() {
+        c.complete_io(s).map_err(|e| e.to_string())?;
+    }
+    let _ = s.set_read_timeout(None);
+    Ok(c)
+}
+
+/// Decrypts what arrived: the plaintext, or why the session is broken.
+fn decrypt(tls: &Tls, mut raw: &[u8], out: &mut impl Write) -> Result<Vec<u8>, String> {
+    let mut c = tls.lock().unwrap_or_else(|p| p.into_inner());
+    let mut plain = Vec::new();
+    while !raw.is_empty() {
+        c.read_tls(&mut raw).map_err(|e| e.to_string())?;
+        let state = c.process_new_packets().map_err(|e| e.to_string())?;
+        let n = state.plaintext_bytes_to_read();
+        let start = plain.len();
+        plain.resize(start + n, 0);
+        c.reader()
+            .read_exact(&mut plain[start..])
+            .map_err(|e| e.to_string())?;
+    }
+    flush(&mut c, out).map_err(|e| e.to_string())?;
+    Ok(plain)
+}
+
+fn spawn_reader(mut s: TcpStream, tls: Option<Tls>, generation: u64, tx: Sender<Msg>) {
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
@@ -155,8 +259,27 @@ fn spawn_reader(mut s: TcpStream, generation: u64, tx: Sender<Msg>) {
                     return;
                 }
                 Ok(n) => {
+                    let bytes = match &tls {
+                        None => buf[..n].to_vec(),
+                        Some(tls) => {
+                            let mut w = &s;
+                            match decrypt(tls, &buf[..n], &mut w) {
+                                Ok(b) => b,
+                                Err(why) => {
+                                    let _ = tx.send(Msg::Link(LinkMsg::Down(
+                                        generation,
+                                        LinkDownReason::Error(format!("tls: {why}")),
+                                    )));
+                                    return;
+                                }
+                            }
+                        }
+                    };
+                    if bytes.is_empty() {
+                        continue;
+                    }
                     if tx
-                        .send(Msg::Link(LinkMsg::Bytes(generation, buf[..n].to_vec())))
+                        .send(Msg::Link(LinkMsg::Bytes(generation, bytes)))
                         .is_err()
                     {
                         return;

@@ -49,6 +49,8 @@ pub enum Capability {
     /// The device runs with the scenario's [`DeviceSpec`] (a board keeps its
     /// firmware's configuration).
     ScenarioConfig,
+    /// MQTT over TLS with a CA the runner provisions (and hostname checks).
+    Tls,
 }
 
 impl Capability {
@@ -61,6 +63,7 @@ impl Capability {
             Capability::BrokerRestart => "restart the broker it talks to",
             Capability::LinkFaults => "put a fault proxy on the device's link",
             Capability::Fleet => "start extra devices",
+            Capability::Tls => "provision a CA and speak MQTT over TLS",
             Capability::PowerCut => "cut the device's power",
             Capability::NegativeControls => "run negative controls (--sim-bug)",
             Capability::ScenarioConfig => {
@@ -83,6 +86,18 @@ pub struct DeviceSpec {
     pub backoff_cap_ms: u64,
     pub connack_timeout_ms: u64,
     pub ack_timeout_ms: u64,
+    pub tls: TlsMode,
+}
+
+/// How a scenario's device is set up for TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Plaintext MQTT (unless the run says `--tls`).
+    Off,
+    /// The test CA provisioned; the device connects through the TLS hop.
+    On,
+    /// A production device (TLS required) provisioned without a CA.
+    RequiredWithoutCa,
 }
 
 impl DeviceSpec {
@@ -95,6 +110,7 @@ impl DeviceSpec {
         backoff_cap_ms: 2_000,
         connack_timeout_ms: 10_000,
         ack_timeout_ms: 10_000,
+        tls: TlsMode::Off,
     };
 }
 
@@ -106,8 +122,14 @@ impl Default for DeviceSpec {
 
 /// Everything a backend is given to bring one device up for one scenario.
 pub struct Provision<'a> {
-    /// Where the device must connect: the fault proxy.
+    /// Where the device must connect: the fault proxy, or the TLS hop in
+    /// front of it.
     pub broker: SocketAddr,
+    /// The fault proxy's own (plaintext) address.
+    pub plain: SocketAddr,
+    /// The CA the device must trust and the name it must verify; None: no CA
+    /// (plaintext, or a production device left without one: `spec.tls`).
+    pub tls: Option<DeviceTls<'a>>,
     pub mac: &'a str,
     pub mqtt: MqttVersion,
     pub spec: DeviceSpec,
@@ -118,6 +140,13 @@ pub struct Provision<'a> {
     /// Refuses (true) or admits (false) the device's connections, so a board
     /// being provisioned and reset opens no half-made session.
     pub hold_connections: &'a (dyn Fn(bool) + Sync),
+}
+
+/// What a TLS device is provisioned with.
+#[derive(Clone, Copy)]
+pub struct DeviceTls<'a> {
+    pub ca_file: &'a Path,
+    pub server_name: &'a str,
 }
 
 /// A kind of device: how it is brought up, and what it can do.

@@ -26,6 +26,7 @@ const CAPS: &[Capability] = &[
     Capability::PowerCut,
     Capability::NegativeControls,
     Capability::ScenarioConfig,
+    Capability::Tls,
 ];
 
 /// One sim device's launch: its flags, and where its lines go.
@@ -44,6 +45,11 @@ impl SimLaunch {
         args.console = "pty".into();
         args.mqtt = p.mqtt;
         args.bugs = p.bugs.to_vec();
+        if let Some(tls) = &p.tls {
+            args.tls_ca = Some(tls.ca_file.into());
+            args.tls_name = Some(tls.server_name.into());
+        }
+        args.require_tls = p.spec.tls != super::TlsMode::Off || p.tls.is_some();
         apply(&mut args, &p.spec);
         SimLaunch {
             hil_exe: hil_exe.into(),
@@ -159,7 +165,7 @@ impl Backend for SimBackend {
         Some(Box::new(SimFleet {
             base: SimLaunch::new(&self.hil_exe, p),
             spec: p.spec,
-            broker: p.broker,
+            broker: p.plain,
         }))
     }
 

@@ -5,10 +5,12 @@
 //! The runner never prints: it emits [`RunEvent`]s, and reporters (the
 //! terminal table, transcripts, JUnit) render them (nextest-runner's shape).
 
-use crate::dut::{Backend, Capability, DutError, Provision, SimBackend};
+use crate::dut::{Backend, Capability, DeviceTls, DutError, Provision, SimBackend, TlsMode};
 use crate::scenarios::{self, Failure, Need, Scenario, Stop};
 use crate::testbed::monitor::{self, Deviation};
+use crate::testbed::pki::{TestPki, SERVER_NAME};
 use crate::testbed::rules::BrokerFault;
+use crate::testbed::tls::{TlsHop, TlsHopError};
 use crate::testbed::{BrokerChoice, FaultProxy, Parts, RigError, Testbed};
 use crate::transcript::{Entry, Transcript};
 use hil_broker::{Broker, MqttVersion};
@@ -40,6 +42,9 @@ pub struct RunOptions {
     /// device on a loopback address of its own. A backend that is one board
     /// runs one at a time whatever this says.
     pub jobs: usize,
+    /// Every scenario over TLS (`hil run --tls`): the device is given the
+    /// run's test CA and connects through the TLS hop.
+    pub tls: bool,
 }
 
 impl RunOptions {
@@ -58,6 +63,7 @@ impl RunOptions {
             bugs: vec![],
             broker_faults: vec![],
             jobs: 1,
+            tls: false,
         }
     }
 
@@ -495,6 +501,10 @@ fn capabilities(opts: &RunOptions) -> Vec<Capability> {
 /// Why the run cannot serve the scenario, before starting anything.
 fn unmet(opts: &RunOptions, s: &Scenario, mqtt: MqttVersion) -> Option<String> {
     let caps = capabilities(opts);
+    let tls = opts.tls || s.device.tls != TlsMode::Off;
+    if tls && !caps.contains(&Capability::Tls) {
+        return Some(opts.backend.why_not(Capability::Tls));
+    }
     s.needs.iter().find_map(|n| match n {
         Need::Can(c) if !caps.contains(c) => Some(
             if *c == Capability::BrokerRestart && opts.backend.capabilities().contains(c) {
@@ -628,8 +638,32 @@ fn set_up(
         .map(|f| proxy.install(f.rule()))
         .collect();
     let hold = |on: bool| proxy.refuse(on);
+    // TLS: the run's test PKI, and the hop the device reaches the proxy by.
+    let tls_hop = if opts.tls || s.device.tls != TlsMode::Off {
+        let dir = tempfile::Builder::new()
+            .prefix("hil-pki-")
+            .tempdir()
+            .map_err(RigError::StateDir)?;
+        let pki = TestPki::make(dir.path(), ip).map_err(TlsHopError::from)?;
+        let hop = TlsHop::start(ip, proxy.addr(), pki, dir, proxy.wire().clone())?;
+        t.runner(format!(
+            "TLS: test CA made for this run; the device connects through the TLS hop (server name {SERVER_NAME})"
+        ));
+        Some(hop)
+    } else {
+        None
+    };
+    let device_tls = match (&tls_hop, s.device.tls) {
+        (Some(hop), TlsMode::On | TlsMode::Off) => Some(DeviceTls {
+            ca_file: &hop.pki.ca_file,
+            server_name: SERVER_NAME,
+        }),
+        _ => None,
+    };
     let p = Provision {
-        broker: proxy.addr(),
+        broker: tls_hop.as_ref().map_or(proxy.addr(), |h| h.addr()),
+        plain: proxy.addr(),
+        tls: device_tls,
         mac,
         mqtt,
         spec: s.device,
@@ -665,6 +699,7 @@ fn set_up(
         keepalive_s: s.device.keepalive_s,
         state,
         rules: faults,
+        tls: tls_hop,
     }))))
 }
 

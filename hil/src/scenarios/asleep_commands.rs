@@ -3,7 +3,7 @@
 //! persistent session and stable identity survive a power cycle, not just a
 //! Wi-Fi outage. The wire proves the wake-up CONNECT resumed the session.
 
-use super::steps::{client_id, cloud_err, command, dut_connack, dut_subscribed, executed, fail, rig, sentinel};
+use super::steps::{client_id, cloud_err, command, dut_connack, dut_subscribed, executed, fail, power_cut, rig, sentinel};
 use super::{Control, Need, Outcome, Promise, Scenario};
 use crate::dut::{Capability, DeviceSpec};
 use crate::testbed::{Dir, Packet, Testbed};
@@ -27,7 +27,7 @@ fn run(tb: &mut Testbed) -> Outcome {
     let id = client_id(tb)?;
     dut_subscribed(tb)?;
     let topic = tb.topics(&id).cmd();
-    tb.dut.power_off().map_err(rig)?;
+    power_cut(tb)?;
     let mut cloud = tb.cloud("cloud-asleep")?;
     let mut expected = Vec::new();
     for (n, qos) in [(1, 1), (2, 2), (3, 1), (4, 2)] {

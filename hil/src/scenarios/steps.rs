@@ -383,6 +383,23 @@ pub fn publish_reconnecting(
 pub fn wifi_off(tb: &mut Testbed, promise: Promise) -> Result<(), Stop> {
     let conn = tb.wire().last_connection();
     tb.dut.command("!wifi off").map_err(on(promise))?;
+    offline_at_broker(tb, conn, "Wi-Fi off")
+}
+
+/// The device's power cut (kill -9), and then, as for [`wifi_off`], the
+/// wire must show its connection closed on the broker's side too: a command
+/// published before that may go to the dying connection (and be redelivered
+/// on the next one), which is timing, not what a scenario of a sleeping
+/// device is about.
+pub fn power_cut(tb: &mut Testbed) -> Result<(), Stop> {
+    let conn = tb.wire().last_connection();
+    tb.dut.power_off().map_err(rig)?;
+    offline_at_broker(tb, conn, "the power cut")
+}
+
+/// Waits until connection `conn`, which the device has just left (`what`),
+/// is closed on the broker's side too.
+fn offline_at_broker(tb: &mut Testbed, conn: Option<u32>, what: &str) -> Result<(), Stop> {
     let Some(conn) = conn else { return Ok(()) };
     let closed = |by: Dir| {
         move |r: &WireRecord| {
@@ -397,7 +414,7 @@ pub fn wifi_off(tb: &mut Testbed, promise: Promise) -> Result<(), Stop> {
     if tb.wire().wait_for(quick, closed(Dir::Up)).is_none() {
         // A note, not a runner step: whether it is needed is timing.
         tb.t().note(format!(
-            "connection #{conn} silent since Wi-Fi off: the proxy closes it"
+            "connection #{conn} silent since {what}: the proxy closes it"
         ));
         tb.link().cut();
     }

@@ -7,8 +7,10 @@
 mod broker;
 mod delivery;
 pub mod monitor;
+pub mod pki;
 mod proxy;
 pub mod rules;
+pub mod tls;
 pub mod wire;
 
 pub use broker::{BrokerChoice, UnknownBroker};
@@ -53,6 +55,10 @@ pub enum RigError {
     NoEngine(&'static str),
     #[error("the fleet engine: {0}")]
     Engine(#[from] hil_sim::fleet::FleetError),
+    #[error(transparent)]
+    TlsHop(#[from] tls::TlsHopError),
+    #[error("this scenario needs the TLS hop, which the runner did not start")]
+    NoTls,
     /// The broker did not keep what the scenario set up, so the device could
     /// not be judged (the verdicts issue names the MQTT rule for it).
     #[error("the broker did not behave as the scenario needs: {0}")]
@@ -80,6 +86,9 @@ pub struct Testbed {
     external_down: bool,
     /// Packet rules installed for the whole scenario.
     _rules: Vec<RuleGuard>,
+    /// The TLS hop, when the device speaks TLS. Declared after the device:
+    /// dropped after it.
+    tls: Option<tls::TlsHop>,
     _state: tempfile::TempDir,
 }
 
@@ -105,6 +114,7 @@ pub struct Parts {
     pub keepalive_s: u16,
     pub state: tempfile::TempDir,
     pub rules: Vec<RuleGuard>,
+    pub tls: Option<tls::TlsHop>,
 }
 
 impl Testbed {
@@ -126,6 +136,7 @@ impl Testbed {
             keepalive_s: p.keepalive_s,
             external_down: false,
             _rules: p.rules,
+            tls: p.tls,
             _state: p.state,
         }
     }
@@ -307,6 +318,11 @@ impl Testbed {
         self.fleet()?
             .engine(edit)
             .ok_or(RigError::NoEngine(self.backend))
+    }
+
+    /// The TLS hop the device connects through (scenarios that need TLS).
+    pub fn tls(&self) -> Result<&tls::TlsHop, RigError> {
+        self.tls.as_ref().ok_or(RigError::NoTls)
     }
 
     /// The broker's last log lines (why it dropped a connection, often).

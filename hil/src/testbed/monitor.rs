@@ -121,7 +121,10 @@ pub fn check_until(records: &[WireRecord], until: Instant) -> Vec<Deviation> {
                     s.granted.clear();
                 }
             }
-            WireEvent::Attempt { .. } | WireEvent::Cloud(_) | WireEvent::Blackhole { .. } => {}
+            WireEvent::Attempt { .. }
+            | WireEvent::Cloud(_)
+            | WireEvent::Blackhole { .. }
+            | WireEvent::Tls { .. } => {}
             WireEvent::Closed { conn, .. } | WireEvent::Cut { conn } => {
                 if let Some(c) = conns.get_mut(conn) {
                     c.closed = true;

@@ -45,6 +45,24 @@ pub enum WireEvent {
     Blackhole {
         on: bool,
     },
+    /// A TLS handshake at the TLS hop, and how it ended.
+    Tls {
+        presented: ServerCert,
+        outcome: TlsOutcome,
+    },
+}
+
+pub use super::pki::ServerCert;
+
+/// How a connection to the TLS hop went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TlsOutcome {
+    /// The handshake finished (the device accepted the certificate).
+    Established { version: String },
+    /// The handshake failed: the hop's view of why (the device's alert).
+    Refused(String),
+    /// The first byte was not a TLS record: a plaintext connection.
+    Plaintext,
 }
 
 pub use hil_broker::client::CloudEvent;
@@ -110,6 +128,21 @@ impl WireLog {
             WireEvent::Blackhole { on } => {
                 format!("link blackhole {}", if *on { "on" } else { "off" })
             }
+            WireEvent::Tls { presented, outcome } => match outcome {
+                TlsOutcome::Established { version } => {
+                    format!(
+                        "tls handshake done ({version}), certificate {}",
+                        presented.describe()
+                    )
+                }
+                TlsOutcome::Refused(why) => {
+                    format!(
+                        "tls handshake failed: {why}; certificate {}",
+                        presented.describe()
+                    )
+                }
+                TlsOutcome::Plaintext => "plaintext connection on the TLS port: closed".to_string(),
+            },
             WireEvent::Cloud(c) => match c {
                 CloudEvent::Published {
                     client,
