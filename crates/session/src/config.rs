@@ -51,9 +51,18 @@ pub enum Bug {
     /// TLS: accepts any server certificate (no chain, name or date check):
     /// the device "has TLS" and proves nothing about whom it talks to.
     NoVerify,
+    /// TLS: ignores the provisioned CA and the production setting: plaintext
+    /// MQTT, always.
+    NoTls,
+    /// TLS: after a failed handshake, the next attempt goes in plaintext
+    /// ("make it work" code that downgrades).
+    PlaintextFallback,
+    /// TLS: refuses certificate chains over 4 KiB (a TLS buffer sized for
+    /// one certificate): a broker with a longer chain is unreachable.
+    SmallTlsBuffer,
 }
 
-pub const ALL_BUGS: [Bug; 16] = [
+pub const ALL_BUGS: [Bug; 19] = [
     Bug::RandomClientId,
     Bug::CleanSession,
     Bug::NoOutbox,
@@ -70,6 +79,9 @@ pub const ALL_BUGS: [Bug; 16] = [
     Bug::ReconnectAtOnce,
     Bug::NoPacketLimit,
     Bug::NoVerify,
+    Bug::NoTls,
+    Bug::PlaintextFallback,
+    Bug::SmallTlsBuffer,
 ];
 
 impl Bug {
@@ -91,6 +103,9 @@ impl Bug {
             Bug::ReconnectAtOnce => "reconnect-at-once",
             Bug::NoPacketLimit => "no-packet-limit",
             Bug::NoVerify => "no-verify",
+            Bug::NoTls => "no-tls",
+            Bug::PlaintextFallback => "plaintext-fallback",
+            Bug::SmallTlsBuffer => "small-tls-buffer",
         }
     }
 }
@@ -102,7 +117,7 @@ impl FromStr for Bug {
             .iter()
             .copied()
             .find(|b| b.name() == s)
-            .ok_or("unknown bug: random-client-id, clean-session, no-outbox, no-jitter, no-resubscribe, no-dedupe, unbounded-buffer, ignore-expiry, trust-session-present, no-will, long-keepalive, subscribe-qos0, no-ack-timeout, reconnect-at-once, no-packet-limit, no-verify")
+            .ok_or("unknown bug: random-client-id, clean-session, no-outbox, no-jitter, no-resubscribe, no-dedupe, unbounded-buffer, ignore-expiry, trust-session-present, no-will, long-keepalive, subscribe-qos0, no-ack-timeout, reconnect-at-once, no-packet-limit, no-verify, no-tls, plaintext-fallback, small-tls-buffer")
     }
 }
 

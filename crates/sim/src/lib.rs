@@ -344,6 +344,9 @@ fn resolve(broker: &str) -> Result<SocketAddr, SimError> {
 /// How the link may connect: TLS with the provisioned CA, plaintext, or
 /// (a production device without a CA) not at all.
 fn security(args: &Args) -> Result<link::Security, SimError> {
+    if args.bugs.contains(&Bug::NoTls) {
+        return Ok(link::Security::Plain);
+    }
     Ok(match &args.tls_ca {
         Some(ca) => {
             let host = args
@@ -352,8 +355,18 @@ fn security(args: &Args) -> Result<link::Security, SimError> {
                 .map(|(h, _)| h.trim_matches(['[', ']']))
                 .unwrap_or(&args.broker);
             let name = args.tls_name.as_deref().unwrap_or(host);
-            let verify = !args.bugs.contains(&Bug::NoVerify);
-            link::Security::Tls(tls::settings(ca, name, verify)?)
+            let checks = tls::Checks {
+                verify: !args.bugs.contains(&Bug::NoVerify),
+                max_chain_bytes: args
+                    .bugs
+                    .contains(&Bug::SmallTlsBuffer)
+                    .then_some(tls::SMALL_TLS_BUFFER),
+            };
+            let settings = tls::settings(ca, name, checks)?;
+            link::Security::Tls {
+                settings,
+                plaintext_fallback: args.bugs.contains(&Bug::PlaintextFallback),
+            }
         }
         None if args.require_tls => link::Security::Refuse(
             "production device: no CA provisioned, plaintext MQTT refused".into(),

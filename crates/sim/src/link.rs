@@ -25,7 +25,12 @@ type Tls = Arc<Mutex<ClientConnection>>;
 #[derive(Clone)]
 pub(crate) enum Security {
     Plain,
-    Tls(TlsSettings),
+    Tls {
+        settings: TlsSettings,
+        /// The `plaintext-fallback` control: after a failed handshake the
+        /// next attempt goes without TLS.
+        plaintext_fallback: bool,
+    },
     /// A production device without a CA: it refuses to connect at all.
     Refuse(String),
 }
@@ -49,6 +54,8 @@ pub(crate) struct Link {
     stream: Option<TcpStream>,
     tls: Option<Tls>,
     security: Security,
+    /// The last handshake failed (the `plaintext-fallback` control reads it).
+    tls_failed: Arc<std::sync::atomic::AtomicBool>,
     wifi: bool,
 }
 
@@ -64,6 +71,7 @@ impl Link {
             stream: None,
             tls: None,
             security,
+            tls_failed: Arc::default(),
             wifi: false,
         }
     }
@@ -101,10 +109,16 @@ impl Link {
             return;
         }
         let addr = self.broker;
+        use std::sync::atomic::Ordering::Relaxed;
         let tls = match &self.security {
-            Security::Tls(t) => Some(t.clone()),
+            Security::Tls {
+                plaintext_fallback: true,
+                ..
+            } if self.tls_failed.swap(false, Relaxed) => None,
+            Security::Tls { settings, .. } => Some(settings.clone()),
             _ => None,
         };
+        let failed = self.tls_failed.clone();
         std::thread::spawn(move || {
             let refused = |why: String| {
                 let _ = tx.send(Msg::Link(LinkMsg::Down(
@@ -124,6 +138,7 @@ impl Link {
                     Ok(c) => Some(Box::new(c)),
                     Err(why) => {
                         abort(&s);
+                        failed.store(true, std::sync::atomic::Ordering::Relaxed);
                         return refused(format!("tls: {why}"));
                     }
                 },

@@ -1,11 +1,13 @@
 //! TLS for the sim's link (rustls): the CA the device was provisioned with,
 //! hostname verification against the name it was given, TLS 1.2 and 1.3.
 //!
-//! The negative control `no-verify` swaps the verifier for one that accepts
-//! any certificate: the pitfall of a device that "has TLS" and proves
-//! nothing about whom it talks to.
+//! Negative controls live here too: `no-verify` accepts any certificate
+//! (the pitfall of a device that "has TLS" and proves nothing about whom it
+//! talks to); `small-tls-buffer` refuses chains over 4 KiB, as a device
+//! whose TLS buffer was sized for one certificate does.
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
@@ -46,9 +48,22 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// How the device checks the broker's certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Checks {
+    /// Chain, name and dates (false: the `no-verify` control).
+    pub verify: bool,
+    /// The largest chain the device's TLS buffer takes (the
+    /// `small-tls-buffer` control); None: no limit of its own.
+    pub max_chain_bytes: Option<usize>,
+}
+
+/// The chain limit of the `small-tls-buffer` control.
+pub const SMALL_TLS_BUFFER: usize = 4096;
+
 /// The client config for a device trusting the CA in `ca_file` and
-/// expecting the broker to be `name`; `verify: false` is the negative control.
-pub fn settings(ca_file: &Path, name: &str, verify: bool) -> Result<TlsSettings, TlsSetupError> {
+/// expecting the broker to be `name`.
+pub fn settings(ca_file: &Path, name: &str, checks: Checks) -> Result<TlsSettings, TlsSetupError> {
     let pem = std::fs::read(ca_file).map_err(|source| TlsSetupError::Read {
         path: ca_file.into(),
         source,
@@ -73,34 +88,54 @@ pub fn settings(ca_file: &Path, name: &str, verify: bool) -> Result<TlsSettings,
         ServerName::try_from(name.to_string()).map_err(|_| TlsSetupError::BadName(name.into()))?;
     let builder =
         ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
-    let config = if verify {
-        builder.with_root_certificates(roots).with_no_client_auth()
-    } else {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider())))
-            .with_no_client_auth()
+    let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| TlsSetupError::Rustls(rustls::Error::General(e.to_string())))?;
+    let verifier = Verifier {
+        webpki: checks.verify.then_some(webpki),
+        max_chain_bytes: checks.max_chain_bytes,
+        provider: provider(),
     };
+    let config = builder
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
     Ok(TlsSettings {
         config: Arc::new(config),
         name,
     })
 }
 
-/// The negative control's verifier: every certificate is "valid".
+/// webpki's verifier (chain to the provisioned CA, name, dates), with the
+/// negative controls' changes: none (`no-verify`), or a chain size limit.
 #[derive(Debug)]
-struct AcceptAny(Arc<CryptoProvider>);
+struct Verifier {
+    webpki: Option<Arc<WebPkiServerVerifier>>,
+    max_chain_bytes: Option<usize>,
+    provider: Arc<CryptoProvider>,
+}
 
-impl ServerCertVerifier for AcceptAny {
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+        let chain: usize = end_entity.len() + intermediates.iter().map(|c| c.len()).sum::<usize>();
+        if let Some(max) = self.max_chain_bytes.filter(|m| chain > *m) {
+            return Err(rustls::Error::General(format!(
+                "certificate chain of {chain} B does not fit the {max} B TLS buffer"
+            )));
+        }
+        match &self.webpki {
+            Some(v) => {
+                v.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+            }
+            None => Ok(ServerCertVerified::assertion()),
+        }
     }
 
     fn verify_tls12_signature(
@@ -113,7 +148,7 @@ impl ServerCertVerifier for AcceptAny {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
@@ -127,11 +162,13 @@ impl ServerCertVerifier for AcceptAny {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

@@ -9,6 +9,7 @@
 pub mod promise;
 pub mod schedule;
 pub mod steps;
+pub mod tls;
 
 pub use promise::Promise;
 
@@ -53,6 +54,12 @@ registry! {
     large_payload,
     persistent_session_happy,
     expired_session,
+    tls_connect,
+    tls_unknown_ca,
+    tls_wrong_name,
+    tls_expired,
+    tls_large_chain,
+    plaintext_refused,
 }
 
 pub struct Scenario {

@@ -33,6 +33,10 @@ pub enum Promise {
     SubscribeRetried,
     LargePayload,
     SessionReused,
+    TlsConnects,
+    VerifiesServer,
+    NoPlaintext,
+    LargeChain,
 }
 
 impl Promise {
@@ -101,6 +105,18 @@ impl Promise {
             }
             Promise::SessionReused => {
                 "a kept session with a confirmed subscription is reused (no SUBSCRIBE); an expired one is rebuilt"
+            }
+            Promise::TlsConnects => {
+                "connects over TLS 1.2+ with the provisioned CA, the whole session inside it"
+            }
+            Promise::VerifiesServer => {
+                "refuses a broker certificate it cannot trust (unknown CA, wrong name, expired), says why, and backs off with jitter"
+            }
+            Promise::NoPlaintext => {
+                "never falls back to plaintext: a device that requires TLS does not connect without it"
+            }
+            Promise::LargeChain => {
+                "accepts a broker certificate chain well over the usual size (≥ 20 % larger)"
             }
         }
     }
