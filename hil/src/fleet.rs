@@ -549,6 +549,7 @@ fn run_logged(
                 // messages, the store is rewritten 50,000 times.
                 autosave_changes: None,
                 max_queued: plan.max_queued,
+                login: None,
             },
         )?,
         out: log,

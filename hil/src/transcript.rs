@@ -64,6 +64,11 @@ pub struct Transcript {
     /// The device under test's client ID: the normalised wire section keeps
     /// only its packets (a fleet's interleave by timing).
     focus: Arc<Mutex<Option<String>>>,
+    /// Values no line may carry (the device's password): replaced before a
+    /// line is kept or shown, and each replacement remembered, so a device
+    /// that prints one fails without the report repeating it.
+    secrets: Arc<Mutex<Vec<String>>>,
+    leaks: Arc<Mutex<Vec<Source>>>,
 }
 
 impl Default for Transcript {
@@ -151,7 +156,21 @@ impl Transcript {
             entries: Arc::new(Mutex::new(Vec::new())),
             sink: None,
             focus: Arc::new(Mutex::new(None)),
+            secrets: Arc::default(),
+            leaks: Arc::default(),
         }
+    }
+
+    /// From now on `secret` never appears in a line: it reads `<redacted>`.
+    pub fn redact(&self, secret: &str) {
+        if !secret.is_empty() {
+            self.secrets.lock().unwrap().push(secret.to_string());
+        }
+    }
+
+    /// Where redacted secrets turned up, one entry per line.
+    pub fn leaks(&self) -> Vec<Source> {
+        self.leaks.lock().unwrap().clone()
     }
 
     /// A transcript that also tells `sink` of every entry.
@@ -168,10 +187,17 @@ impl Transcript {
     }
 
     pub fn push(&self, source: Source, text: impl Into<String>) {
+        let mut text = text.into();
+        for secret in self.secrets.lock().unwrap().iter() {
+            if text.contains(secret.as_str()) {
+                text = text.replace(secret.as_str(), "<redacted>");
+                self.leaks.lock().unwrap().push(source);
+            }
+        }
         let entry = Entry {
             at: self.start.elapsed(),
             source,
-            text: text.into(),
+            text,
         };
         if let Some(sink) = &self.sink {
             sink(&entry);

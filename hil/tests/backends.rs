@@ -199,6 +199,7 @@ fn wokwi_backend_with_a_stand_in_cli() {
         broker: "127.0.0.1:1883".parse().unwrap(),
         plain: "127.0.0.1:1883".parse().unwrap(),
         tls: None,
+        login: None,
         mac: "24:0a:c4:00:00:01",
         mqtt: hil_broker::MqttVersion::V3_1_1,
         spec: hil::dut::DeviceSpec::DEFAULT,

@@ -268,6 +268,8 @@ impl Client {
                     }),
                 session_expiry_s: opts.session_expiry_s,
                 max_packet_size: None,
+                username: None,
+                password: None,
             },
         )
         .map_err(perr)?;

@@ -103,7 +103,7 @@ impl BrokerError {
 }
 
 /// Settings a load test changes; scenarios keep the defaults.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tuning {
     /// mosquitto: save the store after this many changes (1: after each, so
     /// a kill -9 loses nothing a scenario just did), or, when `None`, once a
@@ -112,6 +112,10 @@ pub struct Tuning {
     pub autosave_changes: Option<u32>,
     /// mosquitto's `max_queued_messages` per client (its own default: 1000).
     pub max_queued: u32,
+    /// mosquitto: a password file holding this one login (user, password).
+    /// Anonymous clients are still admitted, so the runner's cloud side and
+    /// probes connect as before; a client that gives a user name is checked.
+    pub login: Option<(String, String)>,
 }
 
 impl Default for Tuning {
@@ -119,6 +123,7 @@ impl Default for Tuning {
         Tuning {
             autosave_changes: Some(1),
             max_queued: 1000,
+            login: None,
         }
     }
 }
@@ -168,7 +173,7 @@ impl Broker {
                     return Self::start_on(spec.clone(), *addr, *addr)
                 }
             };
-            match Self::start_on_tuned(spec.clone(), v4, v5, tuning) {
+            match Self::start_on_tuned(spec.clone(), v4, v5, tuning.clone()) {
                 Err(e) if e.port_race() => last = Some(e),
                 other => return other,
             }
@@ -319,8 +324,47 @@ impl Broker {
                 use std::os::unix::fs::PermissionsExt;
                 let _ = fs::set_permissions(self.dir.path(), fs::Permissions::from_mode(0o755));
                 let _ = fs::set_permissions(&store, fs::Permissions::from_mode(0o777));
+                let mut passwords = String::new();
+                if let Some((user, password)) = &self.tuning.login {
+                    let file = self.dir.path().join("passwd");
+                    // Written in plaintext, then hashed in place by
+                    // mosquitto_passwd -U: the password never is an argument
+                    // (which every user can read in ps).
+                    fs::write(&file, format!("{user}:{password}\n")).map_err(|source| {
+                        BrokerError::Io {
+                            what: format!("cannot write {}", file.display()),
+                            source,
+                        }
+                    })?;
+                    let hashed = Command::new("mosquitto_passwd")
+                        .arg("-U")
+                        .arg(&file)
+                        .stdin(Stdio::null())
+                        .output();
+                    match hashed {
+                        Ok(o) if o.status.success() => {}
+                        Ok(o) => {
+                            return Err(BrokerError::Io {
+                                what: format!(
+                                    "mosquitto_passwd -U {}: {}",
+                                    file.display(),
+                                    String::from_utf8_lossy(&o.stderr).trim()
+                                ),
+                                source: std::io::Error::other("mosquitto_passwd failed"),
+                            })
+                        }
+                        Err(source) => {
+                            return Err(BrokerError::Io {
+                                what: "mosquitto_passwd (Debian: in the mosquitto package)".into(),
+                                source,
+                            })
+                        }
+                    }
+                    let _ = fs::set_permissions(&file, fs::Permissions::from_mode(0o644));
+                    passwords = format!("password_file {}\n", file.display());
+                }
                 let text = format!(
-                    "listener {port} {ip}\nallow_anonymous true\npersistence {p}\npersistence_location {store}/\n\
+                    "{passwords}listener {port} {ip}\nallow_anonymous true\npersistence {p}\npersistence_location {store}/\n\
                      autosave_on_changes {on_changes}\nautosave_interval {every}\nmax_queued_messages {max_queued}\n\
                      log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\n",
                     port = self.v4.port(),

@@ -39,6 +39,9 @@ pub struct Connect<'a> {
     /// MQTT 5 Maximum Packet Size the client accepts (ignored on 3.1.1, which
     /// has no way to announce it: the device still enforces it there).
     pub max_packet_size: Option<u32>,
+    /// User Name and Password (MQTT-3.1.3-4/5 on 3.1.1; 3.1.3.5/6 on 5).
+    pub username: Option<&'a str>,
+    pub password: Option<&'a [u8]>,
 }
 
 pub fn connect(v: MqttVersion, c: &Connect<'_>) -> Result<Packet, MqttError> {
@@ -51,6 +54,12 @@ pub fn connect(v: MqttVersion, c: &Connect<'_>) -> Result<Packet, MqttError> {
             if let Some(w) = &c.will {
                 b = b.will_message(w.topic, w.payload.to_vec(), qos(w.qos), w.retain)?;
             }
+            if let Some(u) = c.username {
+                b = b.user_name(u)?;
+            }
+            if let Some(p) = c.password {
+                b = b.password(p.to_vec())?;
+            }
             b.build()?.into()
         }
         MqttVersion::V5 => {
@@ -60,6 +69,12 @@ pub fn connect(v: MqttVersion, c: &Connect<'_>) -> Result<Packet, MqttError> {
                 .keep_alive(c.keepalive_s);
             if let Some(w) = &c.will {
                 b = b.will_message(w.topic, w.payload.to_vec(), qos(w.qos), w.retain)?;
+            }
+            if let Some(u) = c.username {
+                b = b.user_name(u)?;
+            }
+            if let Some(p) = c.password {
+                b = b.password(p.to_vec())?;
             }
             let mut props = Vec::new();
             if let Some(s) = c.session_expiry_s.filter(|s| *s > 0) {

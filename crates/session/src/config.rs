@@ -60,9 +60,11 @@ pub enum Bug {
     /// TLS: refuses certificate chains over 4 KiB (a TLS buffer sized for
     /// one certificate): a broker with a longer chain is unreachable.
     SmallTlsBuffer,
+    /// Prints its MQTT password on the console at boot ("debug output").
+    EchoSecrets,
 }
 
-pub const ALL_BUGS: [Bug; 19] = [
+pub const ALL_BUGS: [Bug; 20] = [
     Bug::RandomClientId,
     Bug::CleanSession,
     Bug::NoOutbox,
@@ -82,6 +84,7 @@ pub const ALL_BUGS: [Bug; 19] = [
     Bug::NoTls,
     Bug::PlaintextFallback,
     Bug::SmallTlsBuffer,
+    Bug::EchoSecrets,
 ];
 
 impl Bug {
@@ -106,6 +109,7 @@ impl Bug {
             Bug::NoTls => "no-tls",
             Bug::PlaintextFallback => "plaintext-fallback",
             Bug::SmallTlsBuffer => "small-tls-buffer",
+            Bug::EchoSecrets => "echo-secrets",
         }
     }
 }
@@ -117,7 +121,7 @@ impl FromStr for Bug {
             .iter()
             .copied()
             .find(|b| b.name() == s)
-            .ok_or("unknown bug: random-client-id, clean-session, no-outbox, no-jitter, no-resubscribe, no-dedupe, unbounded-buffer, ignore-expiry, trust-session-present, no-will, long-keepalive, subscribe-qos0, no-ack-timeout, reconnect-at-once, no-packet-limit, no-verify, no-tls, plaintext-fallback, small-tls-buffer")
+            .ok_or("unknown bug: random-client-id, clean-session, no-outbox, no-jitter, no-resubscribe, no-dedupe, unbounded-buffer, ignore-expiry, trust-session-present, no-will, long-keepalive, subscribe-qos0, no-ack-timeout, reconnect-at-once, no-packet-limit, no-verify, no-tls, plaintext-fallback, small-tls-buffer, echo-secrets")
     }
 }
 
@@ -202,7 +206,37 @@ pub struct Config {
     pub max_packet_size: u32,
     /// Firmware version reported at boot.
     pub version: String,
+    /// MQTT User Name and Password, when the broker asks for them.
+    pub credentials: Option<Credentials>,
     pub bugs: Bugs,
+}
+
+/// The device's MQTT credentials. The password is a [`Secret`]: it goes
+/// into CONNECT and nowhere else (its Debug says `<redacted>`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    pub password: Secret,
+}
+
+/// A value that must never reach a console, a transcript or a report.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+    /// The value itself: for the one place that needs it (CONNECT).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl core::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 impl Config {
@@ -224,6 +258,7 @@ impl Config {
             ack_timeout_ms: 10_000,
             max_packet_size: 16 * 1024,
             version: String::from(env!("CARGO_PKG_VERSION")),
+            credentials: None,
             bugs: Bugs::default(),
         }
     }

@@ -206,6 +206,16 @@ impl<R: RandomSource> Device<R> {
             count: boot_count,
             version: d.cfg.version.clone(),
         });
+        if d.cfg.bugs.has(Bug::EchoSecrets) {
+            if let Some(c) = &d.cfg.credentials {
+                let line = Event::Config {
+                    setting: "mqtt_login".into(),
+                    value: format!("{}:{}", c.username, c.password.expose()),
+                    source: "flash".into(),
+                };
+                d.console(line);
+            }
+        }
         if d.cfg.bugs.has(Bug::RandomClientId) {
             d.client_id = d.random_client_id();
         }
@@ -326,6 +336,7 @@ impl<R: RandomSource> Device<R> {
             keepalive_s: self.cfg.keepalive(),
             will_topic: (!self.cfg.bugs.has(Bug::NoWill)).then_some(will.as_str()),
             max_packet_size: self.cfg.packet_limit(),
+            credentials: self.cfg.credentials.as_ref(),
             session_expiry_s: if clean {
                 0
             } else if self.cfg.bugs.has(Bug::IgnoreExpiry) {

@@ -73,6 +73,7 @@ pub(crate) struct ConnectParams<'a> {
     pub session_expiry_s: u32,
     /// Announced as Maximum Packet Size (MQTT 5).
     pub max_packet_size: u32,
+    pub credentials: Option<&'a crate::config::Credentials>,
 }
 
 pub(crate) struct Engine {
@@ -136,6 +137,8 @@ impl Engine {
                 }),
                 session_expiry_s: Some(p.session_expiry_s),
                 max_packet_size: Some(p.max_packet_size),
+                username: p.credentials.map(|c| c.username.as_str()),
+                password: p.credentials.map(|c| c.password.expose().as_bytes()),
             },
         )
         .map_err(err)?;

@@ -101,6 +101,13 @@ pub struct Args {
     /// rather than fall back to plaintext.
     #[arg(long)]
     pub require_tls: bool,
+    /// MQTT User Name.
+    #[arg(long, requires = "password_file")]
+    pub username: Option<String>,
+    /// A file holding the MQTT Password (its first line). A file, not a
+    /// flag: a command line is readable by every user of the machine.
+    #[arg(long, value_name = "FILE", requires = "username")]
+    pub password_file: Option<PathBuf>,
 }
 
 // clap's value parsers report a String; the version's own error says what is expected.
@@ -183,6 +190,14 @@ impl Args {
         if self.require_tls {
             v.push("--require-tls".into());
         }
+        if let Some(u) = &self.username {
+            v.push("--username".into());
+            v.push(u.into());
+        }
+        if let Some(p) = &self.password_file {
+            v.push("--password-file".into());
+            v.push(p.clone().into_os_string());
+        }
         v
     }
 
@@ -225,6 +240,12 @@ pub enum SimError {
     BadMac { mac: String, reason: String },
     #[error("--tls-ca: {0}")]
     Tls(#[from] tls::TlsSetupError),
+    #[error("--password-file {path}: {source}")]
+    PasswordFile {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot create state dir {path}: {source}")]
     StateDir {
         path: PathBuf,
@@ -387,7 +408,17 @@ pub fn run(args: Args) -> Result<(), SimError> {
     check_prefix(&args.prefix)?;
     let flash = FileFlash::open(&args.state_dir)?;
 
-    let cfg = args.session_config(mac);
+    let mut cfg = args.session_config(mac);
+    if let (Some(username), Some(file)) = (&args.username, &args.password_file) {
+        let text = std::fs::read_to_string(file).map_err(|source| SimError::PasswordFile {
+            path: file.clone(),
+            source,
+        })?;
+        cfg.credentials = Some(hil_session::Credentials {
+            username: username.clone(),
+            password: hil_session::Secret::new(text.lines().next().unwrap_or("")),
+        });
+    }
 
     let (tx, rx) = mpsc::channel::<Msg>();
     let mut out: Box<dyn Write + Send> = match args.console.as_str() {

@@ -87,6 +87,16 @@ pub struct DeviceSpec {
     pub connack_timeout_ms: u64,
     pub ack_timeout_ms: u64,
     pub tls: TlsMode,
+    pub login: LoginMode,
+}
+
+/// What MQTT credentials a scenario's device is given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoginMode {
+    /// None (anonymous).
+    None,
+    /// The broker's user name with a password that is not the broker's.
+    WrongPassword,
 }
 
 /// How a scenario's device is set up for TLS.
@@ -111,6 +121,7 @@ impl DeviceSpec {
         connack_timeout_ms: 10_000,
         ack_timeout_ms: 10_000,
         tls: TlsMode::Off,
+        login: LoginMode::None,
     };
 }
 
@@ -130,6 +141,8 @@ pub struct Provision<'a> {
     /// The CA the device must trust and the name it must verify; None: no CA
     /// (plaintext, or a production device left without one: `spec.tls`).
     pub tls: Option<DeviceTls<'a>>,
+    /// MQTT credentials: the user name, and a file holding the password.
+    pub login: Option<(&'a str, &'a Path)>,
     pub mac: &'a str,
     pub mqtt: MqttVersion,
     pub spec: DeviceSpec,

@@ -49,6 +49,10 @@ impl SimLaunch {
             args.tls_ca = Some(tls.ca_file.into());
             args.tls_name = Some(tls.server_name.into());
         }
+        if let Some((user, file)) = p.login {
+            args.username = Some(user.into());
+            args.password_file = Some(file.into());
+        }
         args.require_tls = p.spec.tls != super::TlsMode::Off || p.tls.is_some();
         apply(&mut args, &p.spec);
         SimLaunch {

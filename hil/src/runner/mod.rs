@@ -5,7 +5,9 @@
 //! The runner never prints: it emits [`RunEvent`]s, and reporters (the
 //! terminal table, transcripts, JUnit) render them (nextest-runner's shape).
 
-use crate::dut::{Backend, Capability, DeviceTls, DutError, Provision, SimBackend, TlsMode};
+use crate::dut::{
+    Backend, Capability, DeviceTls, DutError, LoginMode, Provision, SimBackend, TlsMode,
+};
 use crate::scenarios::{self, Failure, Need, Scenario, Stop};
 use crate::testbed::monitor::{self, Deviation};
 use crate::testbed::pki::{TestPki, SERVER_NAME};
@@ -563,6 +565,30 @@ fn judge(opts: &RunOptions, s: &Scenario, mac: &str, mqtt: MqttVersion, t: &Tran
     }
 }
 
+/// The user name of the broker's one login.
+const LOGIN_USER: &str = "device";
+
+/// Why rumqttd 0.20 cannot serve a login scenario, from its source
+/// (`link/remote.rs`, `handle_auth`).
+pub const LOGIN_NA: &str = "rumqttd 0.20 answers a bad login by closing the connection without a CONNACK (MQTT 3.1.1 section 3.1.4: a server that fails a login SHOULD send a CONNACK with a non-zero code, which is not a MUST, so no deviation), so there is no refusal code for the device to report, and its logins apply to every client of a listener, the runner's cloud side included";
+
+/// A password made for one run: the process's randomly keyed hasher over
+/// the clock (no RNG crate for one value; it only has to be unguessable
+/// from the transcript, which never shows it).
+fn random_password(what: &str) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write(what.as_bytes());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    let a = h.finish();
+    h.write_u64(a);
+    format!("pw{:016x}{:016x}", a, h.finish())
+}
+
 /// What setting a scenario up gave.
 enum SetUp {
     Ready(Box<Testbed>),
@@ -580,8 +606,40 @@ fn set_up(
     t: &Transcript,
 ) -> Result<SetUp, RigError> {
     let ip = opts.backend.listen_ip(opts.bind);
+    // A broker that checks logins: mosquitto with a password file. rumqttd
+    // 0.20 cannot serve it (see `LOGIN_NA`); an external broker's logins
+    // are its own.
+    let login = s.needs.contains(&Need::BrokerLogin);
+    if login {
+        match opts.broker {
+            BrokerChoice::Mosquitto => {}
+            BrokerChoice::Rumqttd => return Ok(SetUp::NotApplicable(LOGIN_NA.into())),
+            BrokerChoice::External { .. } => {
+                return Ok(SetUp::NotApplicable(
+                    "an external broker's logins are its own: the runner cannot give it one".into(),
+                ))
+            }
+        }
+    }
     t.runner(format!("start broker {}", opts.broker.name()));
-    let mut broker = Broker::start(opts.broker.spec(&opts.hil_exe), ip)?;
+    let broker_password = login.then(|| random_password("broker"));
+    let mut broker = match &broker_password {
+        Some(pw) => {
+            t.redact(pw);
+            t.runner(format!(
+                "broker: one login, user {LOGIN_USER} (password redacted)"
+            ));
+            Broker::start_tuned(
+                opts.broker.spec(&opts.hil_exe),
+                ip,
+                hil_broker::Tuning {
+                    login: Some((LOGIN_USER.into(), pw.clone())),
+                    ..Default::default()
+                },
+            )?
+        }
+        None => Broker::start(opts.broker.spec(&opts.hil_exe), ip)?,
+    };
     // A scenario whose assertions need a semantic the broker lacks is not
     // applicable on it: probe just those, now, on this very broker.
     for need in s.needs {
@@ -660,7 +718,19 @@ fn set_up(
         }),
         _ => None,
     };
+    // The device's password, in a file of its own (never on a command line).
+    let password_file = match (s.device.login, &broker_password) {
+        (LoginMode::WrongPassword, Some(_)) => {
+            let pw = random_password("device");
+            t.redact(&pw);
+            let file = state.path().with_extension("password");
+            std::fs::write(&file, &pw).map_err(RigError::StateDir)?;
+            Some(file)
+        }
+        _ => None,
+    };
     let p = Provision {
+        login: password_file.as_deref().map(|f| (LOGIN_USER, f)),
         broker: tls_hop.as_ref().map_or(proxy.addr(), |h| h.addr()),
         plain: proxy.addr(),
         tls: device_tls,

@@ -60,6 +60,7 @@ registry! {
     tls_expired,
     tls_large_chain,
     plaintext_refused,
+    auth_rejected,
 }
 
 pub struct Scenario {
@@ -157,6 +158,9 @@ pub enum Need {
     Mqtt5,
     /// The scenario's assertions need this of the broker (`hil broker check`).
     Semantic(Semantic),
+    /// A broker that checks logins: the runner gives it one, and the device
+    /// the credentials its [`DeviceSpec::login`] says.
+    BrokerLogin,
 }
 
 impl Need {
@@ -187,6 +191,7 @@ impl Need {
                 .collect(),
             Need::Mqtt5 => "MQTT 5".into(),
             Need::Semantic(s) => format!("broker: {}", s.name()),
+            Need::BrokerLogin => "broker login".into(),
         }
     }
 }

@@ -37,6 +37,8 @@ pub enum Promise {
     VerifiesServer,
     NoPlaintext,
     LargeChain,
+    CredentialsRefused,
+    SecretsKept,
 }
 
 impl Promise {
@@ -115,6 +117,10 @@ impl Promise {
             Promise::NoPlaintext => {
                 "never falls back to plaintext: a device that requires TLS does not connect without it"
             }
+            Promise::CredentialsRefused => {
+                "a refused login is reported and retried with capped, jittered backoff, not hammered"
+            }
+            Promise::SecretsKept => "the password never appears on the console, in a transcript or a report",
             Promise::LargeChain => {
                 "accepts a broker certificate chain well over the usual size (≥ 20 % larger)"
             }

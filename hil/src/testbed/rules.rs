@@ -224,6 +224,8 @@ fn without_will(frame: &Frame) -> Option<Frame> {
             will: None,
             session_expiry_s: *session_expiry,
             max_packet_size: *max_packet_size,
+            username: None,
+            password: None,
         },
     )
     .ok()?;

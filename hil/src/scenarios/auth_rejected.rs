@@ -1,0 +1,155 @@
+//! A bad password: the broker refuses the CONNECT (3.1.1 return code 4 or
+//! 5; MQTT 5 reason 0x86 or 0x87), as the wire shows. The device must say
+//! so, and back off with jitter up to its cap rather than hammer the broker
+//! with a login that will fail every time; and its password must never
+//! appear on its console (the transcript redacts it and counts each time it
+//! had to).
+
+use super::schedule::{classify, Schedule, MIN_WAITS};
+use super::steps::{fail, on, STEP};
+use super::{Control, ControlBroker, Need, Outcome, Promise, Scenario};
+use crate::dut::{Capability, DeviceSpec, LoginMode};
+use crate::testbed::{Dir, Packet, Testbed, WireEvent};
+use crate::transcript::Source;
+use hil_session::{Bug, Event, MqttVersion};
+use std::time::{Duration, Instant};
+
+pub static SCENARIO: Scenario = Scenario {
+    name: "auth_rejected",
+    about: "a bad password is refused by the broker (CONNACK 4/5, 0x86/0x87): the device says so, backs off with jitter to its cap, and never prints the password",
+    advisor: &[],
+    needs: &[
+        Need::Can(Capability::ReachesBroker),
+        Need::Can(Capability::ScenarioConfig),
+        Need::BrokerLogin,
+    ],
+    device: DeviceSpec {
+        login: LoginMode::WrongPassword,
+        backoff_base_ms: 50,
+        backoff_cap_ms: 400,
+        ..DeviceSpec::DEFAULT
+    },
+    catches: &[
+        Control::new(Bug::NoJitter, Promise::Jitter, ControlBroker::Mosquitto, MqttVersion::V3_1_1),
+        Control::new(Bug::EchoSecrets, Promise::SecretsKept, ControlBroker::Mosquitto, MqttVersion::V3_1_1),
+    ],
+    run,
+};
+
+/// Refused CONNECTs to see: MIN_WAITS waits between them, and one more.
+const REFUSALS: usize = MIN_WAITS + 2;
+
+/// A login refusal: 3.1.1 return codes 4 (bad user name or password) and 5
+/// (not authorized); MQTT 5 reason codes 0x86 and 0x87.
+fn login_refused(rc: u8) -> bool {
+    matches!(rc, 4 | 5 | 0x86 | 0x87)
+}
+
+fn run(tb: &mut Testbed) -> Outcome {
+    const P: Promise = Promise::CredentialsRefused;
+    let refused_at = |tb: &Testbed| -> Vec<Instant> {
+        tb.wire()
+            .records()
+            .iter()
+            .filter_map(|r| match &r.event {
+                WireEvent::Packet {
+                    dir: Dir::Down,
+                    packet: Packet::Connack { rc, .. },
+                    ..
+                } if login_refused(*rc) => Some(r.at),
+                _ => None,
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let enough = tb.wire().wait_until(deadline, |records| {
+        records
+            .iter()
+            .filter(|r| {
+                matches!(&r.event, WireEvent::Packet {
+                    dir: Dir::Down,
+                    packet: Packet::Connack { rc, .. },
+                    ..
+                } if login_refused(*rc))
+            })
+            .count()
+            >= REFUSALS
+    });
+    let refusals = refused_at(tb);
+    if !enough {
+        // Either the broker accepted the login (a rig error: it was given
+        // one password and the device another) or the device stopped trying.
+        let accepted = tb.wire().records().iter().any(|r| {
+            matches!(&r.event, WireEvent::Packet {
+                dir: Dir::Down,
+                packet: Packet::Connack { rc: 0, .. },
+                ..
+            })
+        });
+        if accepted {
+            return Err(super::steps::rig(crate::testbed::RigError::BrokerBehaviour(
+                "the broker accepted a password it was not given".into(),
+            )));
+        }
+        return Err(fail(
+            P,
+            format!(
+                "{} login refusals in 20 s: the device stopped trying (it must keep backing off, at its cap)",
+                refusals.len()
+            ),
+        ));
+    }
+    // The device's console: a refused CONNACK, reported with its code.
+    let said = tb
+        .dut
+        .expect("the refusal on its console", STEP, |e| {
+            matches!(e, Event::MqttConnack { rc, .. } if *rc != 0)
+        })
+        .map_err(on(P))?;
+    if let Event::MqttConnack { rc, .. } = said {
+        if !login_refused(rc) {
+            return Err(fail(
+                P,
+                format!("the console says rc={rc}; the wire's CONNACK refused the login"),
+            ));
+        }
+    }
+    let waits: Vec<u64> = refusals
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]).as_millis() as u64)
+        .collect();
+    let class = classify(&waits);
+    tb.t()
+        .note(format!("waits between refused logins: {waits:?} ms: {class}"));
+    match class {
+        Schedule::ExponentialWithJitter => {}
+        Schedule::Exponential => {
+            return Err(fail(
+                Promise::Jitter,
+                format!("the retries are {class}: {waits:?} ms"),
+            ))
+        }
+        _ => {
+            return Err(fail(
+                Promise::CappedBackoff,
+                format!("the retries are {class}, not exponential with jitter: {waits:?} ms"),
+            ))
+        }
+    }
+    let leaks: Vec<Source> = tb.t().leaks();
+    if !leaks.is_empty() {
+        return Err(fail(
+            Promise::SecretsKept,
+            format!(
+                "the password appeared in {} line(s) of the transcript (from {:?}; redacted there)",
+                leaks.len(),
+                leaks[0]
+            ),
+        ));
+    }
+    tb.t().runner(format!(
+        "verdict: {} logins refused on the wire, reported on the console, retried with {class} backoff; the password never printed",
+        refusals.len()
+    ));
+    Ok(())
+}
