@@ -504,20 +504,22 @@ fn capabilities(opts: &RunOptions) -> Vec<Capability> {
 fn unmet(opts: &RunOptions, s: &Scenario, mqtt: MqttVersion) -> Option<String> {
     let caps = capabilities(opts);
     let tls = opts.tls || s.device.tls != TlsMode::Off;
-    if tls && !caps.contains(&Capability::Tls) {
-        return Some(opts.backend.why_not(Capability::Tls));
-    }
-    s.needs.iter().find_map(|n| match n {
-        Need::Can(c) if !caps.contains(c) => Some(
-            if *c == Capability::BrokerRestart && opts.backend.capabilities().contains(c) {
-                "no restart command for the external broker: pass --broker-restart 'CMD'"
-                    .to_string()
-            } else {
-                opts.backend.why_not(*c)
-            },
-        ),
-        _ => n.unmet_protocol(mqtt),
-    })
+    let need_tls =
+        (tls && !caps.contains(&Capability::Tls)).then(|| opts.backend.why_not(Capability::Tls));
+    s.needs
+        .iter()
+        .find_map(|n| match n {
+            Need::Can(c) if !caps.contains(c) => Some(
+                if *c == Capability::BrokerRestart && opts.backend.capabilities().contains(c) {
+                    "no restart command for the external broker: pass --broker-restart 'CMD'"
+                        .to_string()
+                } else {
+                    opts.backend.why_not(*c)
+                },
+            ),
+            _ => n.unmet_protocol(mqtt),
+        })
+        .or(need_tls)
 }
 
 fn judge(opts: &RunOptions, s: &Scenario, mac: &str, mqtt: MqttVersion, t: &Transcript) -> Verdict {
