@@ -361,7 +361,8 @@ enum BrokerCmd {
 
 // clap reports value-parser errors as strings; the session's own error says what is expected.
 fn parse_bug(s: &str) -> Result<Bug, String> {
-    s.parse().map_err(|e: &str| e.to_string())
+    s.parse()
+        .map_err(|e: hil_session::config::UnknownBug| e.to_string())
 }
 
 fn parse_fault(s: &str) -> Result<hil::testbed::rules::BrokerFault, String> {

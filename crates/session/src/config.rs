@@ -114,14 +114,32 @@ impl Bug {
     }
 }
 
+/// A negative control's name that is none of [`ALL_BUGS`]; its message
+/// lists them (made when shown, so the firmware carries no copy of the list).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnknownBug;
+
+impl core::fmt::Display for UnknownBug {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("unknown bug: ")?;
+        for (i, b) in ALL_BUGS.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            f.write_str(b.name())?;
+        }
+        Ok(())
+    }
+}
+
 impl FromStr for Bug {
-    type Err = &'static str;
+    type Err = UnknownBug;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         ALL_BUGS
             .iter()
             .copied()
             .find(|b| b.name() == s)
-            .ok_or("unknown bug: random-client-id, clean-session, no-outbox, no-jitter, no-resubscribe, no-dedupe, unbounded-buffer, ignore-expiry, trust-session-present, no-will, long-keepalive, subscribe-qos0, no-ack-timeout, reconnect-at-once, no-packet-limit, no-verify, no-tls, plaintext-fallback, small-tls-buffer, echo-secrets")
+            .ok_or(UnknownBug)
     }
 }
 
@@ -207,10 +225,12 @@ pub struct Config {
     /// Firmware version reported at boot.
     pub version: String,
     /// MQTT User Name and Password, when the broker asks for them.
+    #[cfg(feature = "login")]
     pub credentials: Option<Credentials>,
     pub bugs: Bugs,
 }
 
+#[cfg(feature = "login")]
 /// The device's MQTT credentials. The password is a [`Secret`]: it goes
 /// into CONNECT and nowhere else (its Debug says `<redacted>`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -220,9 +240,11 @@ pub struct Credentials {
 }
 
 /// A value that must never reach a console, a transcript or a report.
+#[cfg(feature = "login")]
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
+#[cfg(feature = "login")]
 impl Secret {
     pub fn new(s: impl Into<String>) -> Secret {
         Secret(s.into())
@@ -233,6 +255,7 @@ impl Secret {
     }
 }
 
+#[cfg(feature = "login")]
 impl core::fmt::Debug for Secret {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str("<redacted>")
@@ -258,6 +281,7 @@ impl Config {
             ack_timeout_ms: 10_000,
             max_packet_size: 16 * 1024,
             version: String::from(env!("CARGO_PKG_VERSION")),
+            #[cfg(feature = "login")]
             credentials: None,
             bugs: Bugs::default(),
         }

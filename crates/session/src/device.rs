@@ -206,6 +206,7 @@ impl<R: RandomSource> Device<R> {
             count: boot_count,
             version: d.cfg.version.clone(),
         });
+        #[cfg(feature = "login")]
         if d.cfg.bugs.has(Bug::EchoSecrets) {
             if let Some(c) = &d.cfg.credentials {
                 let line = Event::Config {
@@ -336,6 +337,7 @@ impl<R: RandomSource> Device<R> {
             keepalive_s: self.cfg.keepalive(),
             will_topic: (!self.cfg.bugs.has(Bug::NoWill)).then_some(will.as_str()),
             max_packet_size: self.cfg.packet_limit(),
+            #[cfg(feature = "login")]
             credentials: self.cfg.credentials.as_ref(),
             session_expiry_s: if clean {
                 0

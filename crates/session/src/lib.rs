@@ -33,7 +33,9 @@ pub mod persist;
 pub mod sizing;
 
 pub use backoff::{Backoff, RandomSource};
-pub use config::{Bug, Bugs, Config, Credentials, MqttVersion, Secret};
+pub use config::{Bug, Bugs, Config, MqttVersion};
+#[cfg(feature = "login")]
+pub use config::{Credentials, Secret};
 pub use console::{Command, Event};
 pub use device::{Device, LinkDownReason, Output};
 pub use identity::{client_id, Mac, Topics};

@@ -73,6 +73,7 @@ pub(crate) struct ConnectParams<'a> {
     pub session_expiry_s: u32,
     /// Announced as Maximum Packet Size (MQTT 5).
     pub max_packet_size: u32,
+    #[cfg(feature = "login")]
     pub credentials: Option<&'a crate::config::Credentials>,
 }
 
@@ -137,8 +138,14 @@ impl Engine {
                 }),
                 session_expiry_s: Some(p.session_expiry_s),
                 max_packet_size: Some(p.max_packet_size),
+                #[cfg(feature = "login")]
                 username: p.credentials.map(|c| c.username.as_str()),
+                #[cfg(feature = "login")]
                 password: p.credentials.map(|c| c.password.expose().as_bytes()),
+                #[cfg(not(feature = "login"))]
+                username: None,
+                #[cfg(not(feature = "login"))]
+                password: None,
             },
         )
         .map_err(err)?;

@@ -117,7 +117,8 @@ fn parse_version(s: &str) -> Result<MqttVersion, String> {
 }
 
 fn parse_bug(s: &str) -> Result<Bug, String> {
-    s.parse().map_err(|e: &str| e.to_string())
+    s.parse()
+        .map_err(|e: hil_session::config::UnknownBug| e.to_string())
 }
 
 impl Args {
