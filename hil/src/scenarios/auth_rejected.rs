@@ -5,7 +5,7 @@
 //! appear on its console (the transcript redacts it and counts each time it
 //! had to).
 
-use super::schedule::{classify, Schedule, MIN_WAITS};
+use super::schedule::{classify, MIN_WAITS};
 use super::steps::{fail, on, STEP};
 use super::{Control, ControlBroker, Need, Outcome, Promise, Scenario};
 use crate::dut::{Capability, DeviceSpec, LoginMode};
@@ -107,21 +107,7 @@ fn run(tb: &mut Testbed) -> Outcome {
     let class = classify(&waits);
     tb.t()
         .note(format!("waits between refused logins: {waits:?} ms: {class}"));
-    match class {
-        Schedule::ExponentialWithJitter => {}
-        Schedule::Exponential => {
-            return Err(fail(
-                Promise::Jitter,
-                format!("the retries are {class}: {waits:?} ms"),
-            ))
-        }
-        _ => {
-            return Err(fail(
-                Promise::CappedBackoff,
-                format!("the retries are {class}, not exponential with jitter: {waits:?} ms"),
-            ))
-        }
-    }
+    super::steps::jittered_backoff(class, &waits)?;
     let leaks: Vec<Source> = tb.t().leaks();
     if !leaks.is_empty() {
         return Err(fail(

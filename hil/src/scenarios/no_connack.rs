@@ -3,7 +3,7 @@
 //! with capped backoff; the waits between attempts, measured at the wire,
 //! must classify as exponential with jitter (Device Advisor's backoff cases).
 
-use super::schedule::{classify, Schedule, MIN_WAITS};
+use super::schedule::{classify, MIN_WAITS};
 use super::steps::{dut_connack, dut_subscribed, fail};
 use super::{Control, Need, Outcome, Promise, Scenario};
 use crate::dut::{Capability, DeviceSpec};
@@ -154,21 +154,7 @@ fn run(tb: &mut Testbed) -> Outcome {
             }
         }
     }
-    match class {
-        Schedule::ExponentialWithJitter => {}
-        Schedule::Exponential => {
-            return Err(fail(
-                Promise::Jitter,
-                format!("the retries are {class}: {waits:?} ms; a fleet would retry in lockstep"),
-            ))
-        }
-        _ => {
-            return Err(fail(
-                Promise::CappedBackoff,
-                format!("the retries are {class}, not exponential with jitter: {waits:?} ms"),
-            ))
-        }
-    }
+    super::steps::jittered_backoff(class, &waits)?;
     tb.t().runner(format!(
         "verdict: {ATTEMPTS} attempts given up within {} s each; the wire's waits are {class}",
         CONNACK_BOUND.as_secs()

@@ -471,3 +471,21 @@ pub fn keepalive_within(
     }
     Ok(ka)
 }
+
+/// Retries whose waits (from the wire) are `class` must be exponential with
+/// jitter: exponential without it fails the jitter promise (a fleet would
+/// retry in lockstep), anything else the capped-backoff promise.
+pub fn jittered_backoff(class: super::schedule::Schedule, waits: &[u64]) -> Result<(), Stop> {
+    use super::schedule::Schedule;
+    match class {
+        Schedule::ExponentialWithJitter => Ok(()),
+        Schedule::Exponential => Err(fail(
+            Promise::Jitter,
+            format!("the retries are {class}: {waits:?} ms; a fleet would retry in lockstep"),
+        )),
+        _ => Err(fail(
+            Promise::CappedBackoff,
+            format!("the retries are {class}, not exponential with jitter: {waits:?} ms"),
+        )),
+    }
+}

@@ -3,7 +3,7 @@
 //! handshake's outcome, no CONNECT, no plaintext) and not by its console,
 //! whose reason is only cross-checked.
 
-use super::schedule::{classify, Schedule, MIN_WAITS};
+use super::schedule::{classify, MIN_WAITS};
 use super::steps::{dut_connack, dut_subscribed, fail, STEP};
 use super::{Outcome, Promise};
 use crate::testbed::pki::ServerCert;
@@ -157,21 +157,7 @@ pub fn refuses(tb: &mut Testbed, cert: ServerCert) -> Outcome {
         ));
     };
     tb.t().note(format!("the device says: {said}"));
-    match class {
-        Schedule::ExponentialWithJitter => {}
-        Schedule::Exponential => {
-            return Err(fail(
-                Promise::Jitter,
-                format!("the retries are {class}: {waits:?} ms"),
-            ))
-        }
-        _ => {
-            return Err(fail(
-                Promise::CappedBackoff,
-                format!("the retries are {class}, not exponential with jitter: {waits:?} ms"),
-            ))
-        }
-    }
+    super::steps::jittered_backoff(class, &waits)?;
     tb.tls()?.present(ServerCert::Good);
     tb.t().runner("TLS hop: present the good certificate again");
     dut_connack(tb, "CONNACK once the certificate is good again", P)?;

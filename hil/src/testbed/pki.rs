@@ -35,6 +35,14 @@ pub enum ServerCert {
 }
 
 impl ServerCert {
+    pub const ALL: [ServerCert; 5] = [
+        ServerCert::Good,
+        ServerCert::UnknownCa,
+        ServerCert::WrongName,
+        ServerCert::Expired,
+        ServerCert::LargeChain,
+    ];
+
     pub fn describe(self) -> &'static str {
         match self {
             ServerCert::Good => "signed by the test CA, for the broker's name",
@@ -215,13 +223,7 @@ mod tests {
             !pem.contains("PRIVATE KEY"),
             "only the CA's certificate is written"
         );
-        for c in [
-            ServerCert::Good,
-            ServerCert::UnknownCa,
-            ServerCert::WrongName,
-            ServerCert::Expired,
-            ServerCert::LargeChain,
-        ] {
+        for c in ServerCert::ALL {
             pki.server_config(c).unwrap();
         }
         let (good, large) = (

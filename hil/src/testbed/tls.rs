@@ -66,13 +66,7 @@ impl TlsHop {
         log: WireLog,
     ) -> Result<TlsHop, TlsHopError> {
         let mut configs = HashMap::new();
-        for c in [
-            ServerCert::Good,
-            ServerCert::UnknownCa,
-            ServerCert::WrongName,
-            ServerCert::Expired,
-            ServerCert::LargeChain,
-        ] {
+        for c in ServerCert::ALL {
             configs.insert(c, pki.server_config(c)?);
         }
         let rt = tokio::runtime::Builder::new_multi_thread()
