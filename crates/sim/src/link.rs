@@ -37,6 +37,8 @@ pub(crate) enum Security {
 
 pub(crate) enum LinkMsg {
     Up(u64, TcpStream, Option<Box<ClientConnection>>),
+    /// The TLS handshake failed: why.
+    TlsRefused(u64, String),
     Bytes(u64, Vec<u8>),
     Down(u64, LinkDownReason),
 }
@@ -55,7 +57,7 @@ pub(crate) struct Link {
     tls: Option<Tls>,
     security: Security,
     /// The last handshake failed (the `plaintext-fallback` control reads it).
-    tls_failed: Arc<std::sync::atomic::AtomicBool>,
+    tls_failed: bool,
     wifi: bool,
 }
 
@@ -71,7 +73,7 @@ impl Link {
             stream: None,
             tls: None,
             security,
-            tls_failed: Arc::default(),
+            tls_failed: false,
             wifi: false,
         }
     }
@@ -109,16 +111,15 @@ impl Link {
             return;
         }
         let addr = self.broker;
-        use std::sync::atomic::Ordering::Relaxed;
+        let fall_back = std::mem::take(&mut self.tls_failed);
         let tls = match &self.security {
             Security::Tls {
                 plaintext_fallback: true,
                 ..
-            } if self.tls_failed.swap(false, Relaxed) => None,
+            } if fall_back => None,
             Security::Tls { settings, .. } => Some(settings.clone()),
             _ => None,
         };
-        let failed = self.tls_failed.clone();
         std::thread::spawn(move || {
             let refused = |why: String| {
                 let _ = tx.send(Msg::Link(LinkMsg::Down(
@@ -138,8 +139,8 @@ impl Link {
                     Ok(c) => Some(Box::new(c)),
                     Err(why) => {
                         abort(&s);
-                        failed.store(true, std::sync::atomic::Ordering::Relaxed);
-                        return refused(format!("tls: {why}"));
+                        let _ = tx.send(Msg::Link(LinkMsg::TlsRefused(generation, why)));
+                        return;
                     }
                 },
             };
@@ -167,6 +168,14 @@ impl Link {
             }
             LinkMsg::Bytes(g, b) if g == self.generation && self.stream.is_some() => {
                 Some(Accepted::Bytes(b))
+            }
+            LinkMsg::TlsRefused(g, why) if g == self.generation => {
+                self.stream = None;
+                self.tls = None;
+                self.tls_failed = true;
+                Some(Accepted::Down(LinkDownReason::Refused(format!(
+                    "tls: {why}"
+                ))))
             }
             LinkMsg::Down(g, r) if g == self.generation => {
                 self.stream = None;

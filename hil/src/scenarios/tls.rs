@@ -5,7 +5,8 @@
 
 use super::schedule::{classify, MIN_WAITS};
 use super::steps::{dut_connack, dut_subscribed, fail, STEP};
-use super::{Outcome, Promise};
+use super::{Need, Outcome, Promise};
+use crate::dut::{Capability, DeviceSpec, TlsMode};
 use crate::testbed::pki::ServerCert;
 use crate::testbed::wire::TlsOutcome;
 use crate::testbed::{Dir, Packet, Testbed, WireEvent, WireRecord};
@@ -72,6 +73,23 @@ pub fn first_connection_is_tls(tb: &Testbed, promise: Promise) -> Outcome {
     }
     no_plaintext(&tb.wire().records(), None)
 }
+
+/// What the certificate-refusal scenarios need (`tls_unknown_ca`,
+/// `tls_wrong_name`, `tls_expired`: one each, differing in the certificate).
+pub const REFUSAL_NEEDS: &[Need] = &[
+    Need::Can(Capability::ReachesBroker),
+    Need::Can(Capability::LinkFaults),
+    Need::Can(Capability::Tls),
+];
+
+/// Their device: TLS, and a short backoff (50-400 ms) so the ten refused
+/// handshakes the classifier needs take ~2.5 s.
+pub const REFUSAL_DEVICE: DeviceSpec = DeviceSpec {
+    tls: TlsMode::On,
+    backoff_base_ms: 50,
+    backoff_cap_ms: 400,
+    ..DeviceSpec::DEFAULT
+};
 
 /// Handshakes to watch: MIN_WAITS waits between them, and one more.
 const ATTEMPTS: usize = MIN_WAITS + 2;

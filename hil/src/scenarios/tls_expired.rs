@@ -3,8 +3,7 @@
 //! says why, never tries plaintext, and backs off with jitter (Device
 //! Advisor's TLS cases); it connects once the certificate is good again.
 
-use super::{tls, Control, Need, Outcome, Promise, Scenario};
-use crate::dut::{Capability, DeviceSpec, TlsMode};
+use super::{tls, Control, Outcome, Promise, Scenario};
 use crate::testbed::pki::ServerCert;
 use crate::testbed::Testbed;
 use hil_session::Bug;
@@ -13,17 +12,8 @@ pub static SCENARIO: Scenario = Scenario {
     name: "tls_expired",
     about: "TLS: an expired broker certificate is refused, the reason said, no plaintext, jittered backoff; connects once it is good again",
     advisor: &[],
-    needs: &[
-        Need::Can(Capability::ReachesBroker),
-        Need::Can(Capability::LinkFaults),
-        Need::Can(Capability::Tls),
-    ],
-    device: DeviceSpec {
-        tls: TlsMode::On,
-        backoff_base_ms: 50,
-        backoff_cap_ms: 400,
-        ..DeviceSpec::DEFAULT
-    },
+    needs: tls::REFUSAL_NEEDS,
+    device: tls::REFUSAL_DEVICE,
     catches: &[
         Control::on_rumqttd(Bug::NoVerify, Promise::VerifiesServer),
         Control::on_rumqttd(Bug::PlaintextFallback, Promise::NoPlaintext),
