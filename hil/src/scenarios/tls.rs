@@ -82,11 +82,14 @@ pub const REFUSAL_NEEDS: &[Need] = &[
     Need::Can(Capability::Tls),
 ];
 
-/// Their device: TLS, and a short backoff (50-400 ms) so the ten refused
-/// handshakes the classifier needs take ~2.5 s.
+/// Their device: TLS, and a short backoff (25-400 ms) so the ten refused
+/// handshakes the classifier needs take ~2.5 s. The first wait between two
+/// refusals is under a 50 ms ceiling and the cap 8× that: the classifier
+/// needs ≥ 3× growth, which a 100 ms first ceiling (base 50) missed once
+/// in 20 runs (first 106 ms, longest 305 ms).
 pub const REFUSAL_DEVICE: DeviceSpec = DeviceSpec {
     tls: TlsMode::On,
-    backoff_base_ms: 50,
+    backoff_base_ms: 25,
     backoff_cap_ms: 400,
     ..DeviceSpec::DEFAULT
 };
