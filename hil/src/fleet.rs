@@ -549,7 +549,7 @@ fn run_logged(
                 // messages, the store is rewritten 50,000 times.
                 autosave_changes: None,
                 max_queued: plan.max_queued,
-                login: None,
+                ..Default::default()
             },
         )?,
         out: log,

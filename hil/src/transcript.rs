@@ -89,6 +89,7 @@ const STABLE_EVENTS: &[&str] = &[
     "cmd.duplicate",
     "telemetry.buffered",
     "telemetry.dropped",
+    "telemetry.refused",
     // Kept so behaviour cannot change unseen: a device that starts printing
     // errors, or stops answering a command, or sends a reading twice, changes
     // its snapshot. Their timing-dependent fields are normalised below, and a

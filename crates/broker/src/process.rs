@@ -116,6 +116,11 @@ pub struct Tuning {
     /// Anonymous clients are still admitted, so the runner's cloud side and
     /// probes connect as before; a client that gives a user name is checked.
     pub login: Option<(String, String)>,
+    /// mosquitto: an ACL file confining every logged-in client to its own
+    /// topics under this prefix: it may publish only under
+    /// `<prefix>/<its client id>/` and read only its own `cmd`. Anonymous
+    /// clients (the runner's cloud side) keep every topic.
+    pub acl_prefix: Option<String>,
 }
 
 impl Default for Tuning {
@@ -124,6 +129,7 @@ impl Default for Tuning {
             autosave_changes: Some(1),
             max_queued: 1000,
             login: None,
+            acl_prefix: None,
         }
     }
 }
@@ -362,6 +368,22 @@ impl Broker {
                     }
                     let _ = fs::set_permissions(&file, fs::Permissions::from_mode(0o644));
                     passwords = format!("password_file {}\n", file.display());
+                }
+                if let Some(prefix) = &self.tuning.acl_prefix {
+                    let file = self.dir.path().join("acl");
+                    // Lines before any `user` line are for anonymous clients;
+                    // `pattern` lines apply to every client, %c being its id.
+                    let text = format!(
+                        "topic readwrite #\n\
+                         pattern write {prefix}/%c/#\n\
+                         pattern read {prefix}/%c/cmd\n"
+                    );
+                    fs::write(&file, text).map_err(|source| BrokerError::Io {
+                        what: format!("cannot write {}", file.display()),
+                        source,
+                    })?;
+                    let _ = fs::set_permissions(&file, fs::Permissions::from_mode(0o644));
+                    passwords.push_str(&format!("acl_file {}\n", file.display()));
                 }
                 let text = format!(
                     "{passwords}listener {port} {ip}\nallow_anonymous true\npersistence {p}\npersistence_location {store}/\n\

@@ -40,6 +40,14 @@ pub fn shown(payload: &str) -> alloc::borrow::Cow<'_, str> {
     ))
 }
 
+/// ` rc=0x87` after an ack whose MQTT 5 reason code is a failure.
+fn failure(f: &mut fmt::Formatter<'_>, reason: Option<u8>) -> fmt::Result {
+    match reason {
+        Some(rc) if rc >= 0x80 => write!(f, " rc=0x{rc:02x}"),
+        _ => Ok(()),
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Packet {
     Connect {
@@ -79,11 +87,15 @@ pub enum Packet {
         /// MQTT 5 Message Expiry Interval, as sent (the remaining time, from a broker).
         expiry: Option<u32>,
     },
+    /// `reason`: MQTT 5's reason code, when the packet carries one (a
+    /// success may leave it out). Shown only when it is a failure.
     Puback {
         pid: u16,
+        reason: Option<u8>,
     },
     Pubrec {
         pid: u16,
+        reason: Option<u8>,
     },
     Pubrel {
         pid: u16,
@@ -183,8 +195,14 @@ impl fmt::Display for Packet {
                 }
                 write!(f, " payload={}", shown(payload))
             }
-            Packet::Puback { pid } => write!(f, "PUBACK pid={pid}"),
-            Packet::Pubrec { pid } => write!(f, "PUBREC pid={pid}"),
+            Packet::Puback { pid, reason } => {
+                write!(f, "PUBACK pid={pid}")?;
+                failure(f, *reason)
+            }
+            Packet::Pubrec { pid, reason } => {
+                write!(f, "PUBREC pid={pid}")?;
+                failure(f, *reason)
+            }
             Packet::Pubrel { pid } => write!(f, "PUBREL pid={pid}"),
             Packet::Pubcomp { pid } => write!(f, "PUBCOMP pid={pid}"),
             Packet::Pingreq => f.write_str("PINGREQ"),
@@ -401,9 +419,10 @@ impl Decoder {
                             .get(1)
                             .ok_or_else(|| Packet::Malformed("short ack".into()))?,
                     ]);
+                    let reason = if v5 { data.get(2).copied() } else { None };
                     match raw.packet_type() {
-                        4 => Packet::Puback { pid },
-                        5 => Packet::Pubrec { pid },
+                        4 => Packet::Puback { pid, reason },
+                        5 => Packet::Pubrec { pid, reason },
                         6 => Packet::Pubrel { pid },
                         _ => Packet::Pubcomp { pid },
                     }
@@ -505,7 +524,10 @@ mod tests {
                     session_present: true,
                     rc: 0
                 },
-                Packet::Puback { pid: 7 }
+                Packet::Puback {
+                    pid: 7,
+                    reason: None
+                }
             ]
         );
         let publish = [0x3a, 9, 0, 3, b'a', b'/', b'b', 0, 5, b'h', b'i'];

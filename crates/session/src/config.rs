@@ -62,9 +62,15 @@ pub enum Bug {
     SmallTlsBuffer,
     /// Prints its MQTT password on the console at boot ("debug output").
     EchoSecrets,
+    /// MQTT 5: takes a PUBACK with a failure reason (0x87 Not authorized)
+    /// for an acknowledgement, and says the reading was delivered.
+    IgnoreRefusal,
+    /// MQTT 5: keeps a reading the broker refused and sends it again, and
+    /// again: a denied topic is hammered forever.
+    RetryRefused,
 }
 
-pub const ALL_BUGS: [Bug; 20] = [
+pub const ALL_BUGS: [Bug; 22] = [
     Bug::RandomClientId,
     Bug::CleanSession,
     Bug::NoOutbox,
@@ -85,6 +91,8 @@ pub const ALL_BUGS: [Bug; 20] = [
     Bug::PlaintextFallback,
     Bug::SmallTlsBuffer,
     Bug::EchoSecrets,
+    Bug::IgnoreRefusal,
+    Bug::RetryRefused,
 ];
 
 impl Bug {
@@ -110,6 +118,8 @@ impl Bug {
             Bug::PlaintextFallback => "plaintext-fallback",
             Bug::SmallTlsBuffer => "small-tls-buffer",
             Bug::EchoSecrets => "echo-secrets",
+            Bug::IgnoreRefusal => "ignore-refusal",
+            Bug::RetryRefused => "retry-refused",
         }
     }
 }
@@ -193,6 +203,9 @@ pub struct Config {
     pub mac: Mac,
     /// Topic prefix: `<prefix>/<client_id>/{cmd,telemetry,status}`.
     pub prefix: String,
+    /// Where readings go instead of `<prefix>/<client_id>/telemetry`: a
+    /// shared ingest topic, as some clouds ask for. None: the device's own.
+    pub telemetry_topic: Option<String>,
     pub mqtt: MqttVersion,
     pub keepalive_s: u16,
     pub backoff_base_ms: u64,
@@ -268,6 +281,7 @@ impl Config {
             chip: chip.into(),
             mac,
             prefix: "devices".into(),
+            telemetry_topic: None,
             mqtt: MqttVersion::V3_1_1,
             keepalive_s: 30,
             backoff_base_ms: 500,

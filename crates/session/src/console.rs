@@ -342,6 +342,13 @@ pub enum Event {
     TelemetryAcked {
         seq: u32,
     },
+    /// MQTT 5: the broker refused reading `seq` (PUBACK reason `reason`,
+    /// e.g. 0x87 Not authorized). It leaves the buffer: sending it again
+    /// would be refused again.
+    TelemetryRefused {
+        seq: u32,
+        reason: u8,
+    },
     /// The buffer was full: reading `seq` was dropped; `count` drops in total.
     TelemetryDropped {
         seq: u32,
@@ -390,6 +397,7 @@ impl Event {
             Event::TelemetryBuffered { .. } => "telemetry.buffered",
             Event::TelemetrySent { .. } => "telemetry.sent",
             Event::TelemetryAcked { .. } => "telemetry.acked",
+            Event::TelemetryRefused { .. } => "telemetry.refused",
             Event::TelemetryDropped { .. } => "telemetry.dropped",
             Event::Ack { .. } => "ack",
             Event::Error { .. } => "error",
@@ -448,6 +456,7 @@ impl Event {
             Event::TelemetryBuffered { seq, depth } => l.field("seq", seq).field("depth", depth),
             Event::TelemetrySent { seq, dup } => l.field("seq", seq).field("dup", b(*dup)),
             Event::TelemetryAcked { seq } => l.field("seq", seq),
+            Event::TelemetryRefused { seq, reason } => l.field("seq", seq).field("reason", reason),
             Event::TelemetryDropped { seq, count } => l.field("seq", seq).field("count", count),
             Event::Ack { cmd, fields } => {
                 let mut l = l.field("cmd", cmd);
@@ -537,6 +546,10 @@ impl Event {
                 dup: l.flag("dup")?,
             },
             "telemetry.acked" => Event::TelemetryAcked { seq: l.num("seq")? },
+            "telemetry.refused" => Event::TelemetryRefused {
+                seq: l.num("seq")?,
+                reason: l.num("reason")?,
+            },
             "telemetry.dropped" => Event::TelemetryDropped {
                 seq: l.num("seq")?,
                 count: l.num("count")?,
@@ -934,6 +947,8 @@ mod tests {
                 .prop_map(|(seq, depth)| Event::TelemetryBuffered { seq, depth }),
             (any::<u32>(), any::<bool>()).prop_map(|(seq, dup)| Event::TelemetrySent { seq, dup }),
             any::<u32>().prop_map(|seq| Event::TelemetryAcked { seq }),
+            (any::<u32>(), any::<u8>())
+                .prop_map(|(seq, reason)| Event::TelemetryRefused { seq, reason }),
             (any::<u32>(), any::<u32>())
                 .prop_map(|(seq, count)| Event::TelemetryDropped { seq, count }),
             (word, proptest::collection::vec(("[a-z_]{1,8}", text), 0..4)).prop_map(

@@ -706,6 +706,7 @@ impl<R: RandomSource> Device<R> {
                     dup,
                     ..
                 }) => self.on_command(t, payload, qos, dup),
+                EngineEvent::Refused { pid, reason } => self.on_refused(now, pid, reason),
                 EngineEvent::Released(pid) => {
                     if let Some(entry) = self.outbox.ack(pid) {
                         self.ack_deadline = None;
@@ -716,6 +717,35 @@ impl<R: RandomSource> Device<R> {
                 }
             }
         }
+    }
+
+    /// MQTT 5: the broker refused a reading (PUBACK >= 0x80). It was not
+    /// delivered, so it is not reported acked; and a refusal for its topic
+    /// or content will be repeated, so it is not sent again either.
+    fn on_refused(&mut self, now: u64, pid: u16, reason: u8) {
+        if pid == 0 || self.sub_pid == Some(pid) {
+            return;
+        }
+        if self.cfg.bugs.has(Bug::RetryRefused) {
+            // The bug: back to unsent, so the next pump sends it again.
+            self.outbox.forget_in_flight_pid(pid);
+            self.pump(now);
+            return;
+        }
+        let Some(entry) = self.outbox.ack(pid) else {
+            return;
+        };
+        self.ack_deadline = None;
+        if self.cfg.bugs.has(Bug::IgnoreRefusal) {
+            self.console(Event::TelemetryAcked { seq: entry.seq });
+        } else {
+            self.console(Event::TelemetryRefused {
+                seq: entry.seq,
+                reason,
+            });
+        }
+        self.persist_outbox();
+        self.pump(now);
     }
 
     fn on_connack(&mut self, now: u64, session_present: bool, rc: u8) {
@@ -862,7 +892,10 @@ impl<R: RandomSource> Device<R> {
         if self.link != Link::Connected {
             return;
         }
-        let topic = topics(&self.cfg, &self.client_id).telemetry();
+        let topic = match &self.cfg.telemetry_topic {
+            Some(t) => t.clone(),
+            None => topics(&self.cfg, &self.client_id).telemetry(),
+        };
         let mut changed = false;
         while self.outbox.in_flight() < self.cfg.max_inflight.max(1) {
             let Some(entry) = self.outbox.next_unsent() else {
@@ -903,6 +936,7 @@ impl<R: RandomSource> Device<R> {
 mod tests {
     use super::*;
     use crate::backoff::SplitMix64;
+    use crate::Bugs;
     use alloc::vec;
 
     fn device() -> Device<SplitMix64> {
@@ -978,6 +1012,59 @@ mod tests {
             Event::MqttDisconnected { reason } => Some(reason),
             _ => None,
         })
+    }
+
+    /// A v5 device with one reading in flight as pid 2 (after SUBACK pid 2).
+    fn v5_with_a_reading_in_flight(bugs: Bugs) -> Device<SplitMix64> {
+        let mut d = device_with(|c| {
+            c.mqtt = MqttVersion::V5;
+            c.bugs = bugs;
+        });
+        d.handle_wifi(0, true);
+        d.handle_timeout(0);
+        d.handle_link_up(1);
+        d.handle_bytes(2, &[0x20, 3, 0, 0, 0]);
+        d.handle_bytes(3, &[0x90, 4, 0, 2, 0, 1]);
+        d.take_readings(10, 1);
+        drain(&mut d);
+        d
+    }
+
+    /// PUBACK pid 2 with reason 0x87 (Not authorized), no properties.
+    const REFUSED: &[u8] = &[0x40, 3, 0, 2, 0x87];
+
+    #[test]
+    fn a_v5_puback_with_a_failure_reason_is_reported_refused_and_not_resent() {
+        let mut d = v5_with_a_reading_in_flight(Bugs::default());
+        d.handle_bytes(20, REFUSED);
+        let said = events(&drain(&mut d));
+        assert!(
+            said.contains(&Event::TelemetryRefused {
+                seq: 1,
+                reason: 0x87
+            }),
+            "{said:?}"
+        );
+        assert!(!said.iter().any(|e| matches!(
+            e,
+            Event::TelemetryAcked { .. } | Event::TelemetrySent { .. }
+        )));
+        assert_eq!(d.outbox_len(), 0, "a refused reading leaves the buffer");
+        // The connection stays up: a refusal is about the message, not the link.
+        assert!(!said
+            .iter()
+            .any(|e| matches!(e, Event::MqttDisconnected { .. })));
+    }
+
+    #[test]
+    fn the_refusal_controls_lie_or_hammer() {
+        let mut d = v5_with_a_reading_in_flight(Bugs::default().with(Bug::IgnoreRefusal));
+        d.handle_bytes(20, REFUSED);
+        assert!(events(&drain(&mut d)).contains(&Event::TelemetryAcked { seq: 1 }));
+        let mut d = v5_with_a_reading_in_flight(Bugs::default().with(Bug::RetryRefused));
+        d.handle_bytes(20, REFUSED);
+        assert!(events(&drain(&mut d)).contains(&Event::TelemetrySent { seq: 1, dup: true }));
+        assert_eq!(d.outbox_len(), 1);
     }
 
     #[test]

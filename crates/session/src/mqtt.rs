@@ -40,6 +40,13 @@ pub(crate) enum EngineEvent {
     Received(Incoming),
     /// The broker completed the handshake for this packet id (PUBACK, PUBCOMP, SUBACK).
     Released(u16),
+    /// MQTT 5: the broker ended the handshake for this packet id with a
+    /// failure reason (PUBACK or PUBREC >= 0x80, e.g. 0x87 Not authorized).
+    /// The id is free, but the message was not accepted: it is not an ack.
+    Refused {
+        pid: u16,
+        reason: u8,
+    },
     Timer {
         kind: TimerKind,
         after_ms: Option<u64>,
@@ -62,6 +69,17 @@ impl core::fmt::Display for EngineError {
 
 fn failed(packet: &'static str) -> impl Fn(mqtt::result_code::MqttError) -> EngineError + Copy {
     move |error| EngineError { packet, error }
+}
+
+/// A v5 PUBACK or PUBREC whose reason code is a failure (>= 0x80).
+fn refusal(p: &mqtt::packet::Packet) -> Option<(u16, u8)> {
+    use mqtt::packet::Packet;
+    let (pid, rc) = match p {
+        Packet::V5_0Puback(a) => (a.packet_id(), a.reason_code().map(|r| r as u8)),
+        Packet::V5_0Pubrec(a) => (a.packet_id(), a.reason_code().map(|r| r as u8)),
+        _ => return None,
+    };
+    rc.filter(|rc| *rc >= 0x80).map(|rc| (pid, rc))
 }
 
 pub(crate) struct ConnectParams<'a> {
@@ -113,6 +131,19 @@ impl Engine {
                 }),
                 MqttEvent::NotifyError(e) => out.push(EngineEvent::Error(alloc::format!("{e:?}"))),
                 MqttEvent::NotifyPacketReceived(p) => {
+                    // mqtt-protocol-core releases the id before it reports
+                    // the PUBACK: a failure reason turns that release into
+                    // a refusal, so no caller can mistake it for an ack.
+                    if let Some((pid, reason)) = refusal(&p) {
+                        if let Some(e) = out
+                            .iter_mut()
+                            .rev()
+                            .find(|e| matches!(e, EngineEvent::Released(id) if *id == pid))
+                        {
+                            *e = EngineEvent::Refused { pid, reason };
+                        }
+                        continue;
+                    }
                     if let Some(incoming) = Incoming::from_core(&p) {
                         out.push(EngineEvent::Received(incoming));
                     }

@@ -183,6 +183,13 @@ impl Outbox {
         }
     }
 
+    /// `pid` is no longer in flight; its entry waits to be sent again.
+    pub fn forget_in_flight_pid(&mut self, pid: u16) {
+        for e in self.queue.iter_mut().filter(|e| e.packet_id == Some(pid)) {
+            e.packet_id = None;
+        }
+    }
+
     /// The connection is gone: nothing is in flight any more.
     pub fn forget_in_flight(&mut self) -> Vec<u16> {
         self.queue

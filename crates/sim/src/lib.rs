@@ -54,6 +54,10 @@ pub struct Args {
     pub mqtt: MqttVersion,
     #[arg(long, default_value = "devices")]
     pub prefix: String,
+    /// Where readings go instead of PREFIX/CLIENT_ID/telemetry (a shared
+    /// ingest topic, as some clouds ask for).
+    #[arg(long, value_name = "TOPIC")]
+    pub telemetry_topic: Option<String>,
     /// Chip name used in the client ID.
     #[arg(long, default_value = "esp32c3")]
     pub chip: String,
@@ -128,6 +132,7 @@ impl Args {
     pub fn session_config(&self, mac: Mac) -> Config {
         let mut cfg = Config::new(&self.chip, mac);
         cfg.prefix = self.prefix.clone();
+        cfg.telemetry_topic = self.telemetry_topic.clone();
         cfg.mqtt = self.mqtt;
         cfg.keepalive_s = self.keepalive;
         cfg.backoff_base_ms = self.backoff_base_ms;
@@ -159,6 +164,9 @@ impl Args {
         flag("console", self.console.clone().into());
         flag("mqtt", self.mqtt.to_string().into());
         flag("prefix", self.prefix.clone().into());
+        if let Some(t) = &self.telemetry_topic {
+            flag("telemetry-topic", t.into());
+        }
         flag("chip", self.chip.clone().into());
         flag("keepalive", self.keepalive.to_string().into());
         flag("backoff-base-ms", self.backoff_base_ms.to_string().into());

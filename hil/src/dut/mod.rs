@@ -88,6 +88,8 @@ pub struct DeviceSpec {
     pub ack_timeout_ms: u64,
     pub tls: TlsMode,
     pub login: LoginMode,
+    /// Readings go here instead of the device's own telemetry topic.
+    pub telemetry_topic: Option<&'static str>,
 }
 
 /// What MQTT credentials a scenario's device is given.
@@ -97,6 +99,9 @@ pub enum LoginMode {
     None,
     /// The broker's user name with a password that is not the broker's.
     WrongPassword,
+    /// The broker's user name and password: a device the broker knows, to
+    /// which its ACL applies.
+    Good,
 }
 
 /// How a scenario's device is set up for TLS.
@@ -122,6 +127,7 @@ impl DeviceSpec {
         ack_timeout_ms: 10_000,
         tls: TlsMode::Off,
         login: LoginMode::None,
+        telemetry_topic: None,
     };
 }
 

@@ -114,6 +114,7 @@ fn apply(args: &mut hil_sim::Args, spec: &DeviceSpec) {
     args.outbox_capacity = spec.outbox_capacity;
     args.connack_timeout_ms = spec.connack_timeout_ms;
     args.ack_timeout_ms = spec.ack_timeout_ms;
+    args.telemetry_topic = spec.telemetry_topic.map(String::from);
 }
 
 /// A device process: kill -9 is its power cut; a new process on the same

@@ -574,6 +574,10 @@ const LOGIN_USER: &str = "device";
 /// (`link/remote.rs`, `handle_auth`).
 pub const LOGIN_NA: &str = "rumqttd 0.20 answers a bad login by closing the connection without a CONNACK (MQTT 3.1.1 section 3.1.4: a server that fails a login SHOULD send a CONNACK with a non-zero code, which is not a MUST, so no deviation), so there is no refusal code for the device to report, and its logins apply to every client of a listener, the runner's cloud side included";
 
+/// Why rumqttd 0.20 cannot serve a topic-ACL scenario, from its source
+/// (`ConnectionSettings`: a timeout, sizes, inflight, logins; no topics).
+pub const ACL_NA: &str = "rumqttd 0.20 has no topic ACLs: its connection settings carry logins (user name and password) but no per-topic permissions, so it cannot refuse a publish outside a device's own topics";
+
 /// A password made for one run: the process's randomly keyed hasher over
 /// the clock (no RNG crate for one value; it only has to be unguessable
 /// from the transcript, which never shows it).
@@ -611,10 +615,12 @@ fn set_up(
     // A broker that checks logins: mosquitto with a password file. rumqttd
     // 0.20 cannot serve it (see `LOGIN_NA`); an external broker's logins
     // are its own.
-    let login = s.needs.contains(&Need::BrokerLogin);
+    let acl = s.needs.contains(&Need::BrokerAcl);
+    let login = acl || s.needs.contains(&Need::BrokerLogin);
     if login {
         match opts.broker {
             BrokerChoice::Mosquitto => {}
+            BrokerChoice::Rumqttd if acl => return Ok(SetUp::NotApplicable(ACL_NA.into())),
             BrokerChoice::Rumqttd => return Ok(SetUp::NotApplicable(LOGIN_NA.into())),
             BrokerChoice::External { .. } => {
                 return Ok(SetUp::NotApplicable(
@@ -631,11 +637,18 @@ fn set_up(
             t.runner(format!(
                 "broker: one login, user {LOGIN_USER} (password redacted)"
             ));
+            if acl {
+                t.runner(format!(
+                    "broker: topic ACL: a logged-in client publishes only under {p}/<its client id>/ and reads only its own cmd",
+                    p = hil_session::Topics::DEFAULT_PREFIX
+                ));
+            }
             Broker::start_tuned(
                 opts.broker.spec(&opts.hil_exe),
                 ip,
                 hil_broker::Tuning {
                     login: Some((LOGIN_USER.into(), pw.clone())),
+                    acl_prefix: acl.then(|| hil_session::Topics::DEFAULT_PREFIX.into()),
                     ..Default::default()
                 },
             )?
@@ -721,15 +734,21 @@ fn set_up(
         _ => None,
     };
     // The device's password, in a file of its own (never on a command line).
-    let password_file = match (s.device.login, &broker_password) {
-        (LoginMode::WrongPassword, Some(_)) => {
-            let pw = random_password("device");
+    // Inside the state dir (the device's flash records are by name, so it
+    // is not one), removed with it when the scenario ends.
+    let password = match (s.device.login, &broker_password) {
+        (LoginMode::WrongPassword, Some(_)) => Some(random_password("device")),
+        (LoginMode::Good, Some(pw)) => Some(pw.clone()),
+        _ => None,
+    };
+    let password_file = match password {
+        Some(pw) => {
             t.redact(&pw);
-            let file = state.path().with_extension("password");
+            let file = state.path().join("mqtt.password");
             std::fs::write(&file, &pw).map_err(RigError::StateDir)?;
             Some(file)
         }
-        _ => None,
+        None => None,
     };
     let p = Provision {
         login: password_file.as_deref().map(|f| (LOGIN_USER, f)),

@@ -61,6 +61,7 @@ registry! {
     tls_large_chain,
     plaintext_refused,
     auth_rejected,
+    acl_denied,
 }
 
 pub struct Scenario {
@@ -161,6 +162,9 @@ pub enum Need {
     /// A broker that checks logins: the runner gives it one, and the device
     /// the credentials its [`DeviceSpec::login`] says.
     BrokerLogin,
+    /// A broker that also confines each logged-in device to its own topics
+    /// (publish under `<prefix>/<client id>/`, read its own `cmd`).
+    BrokerAcl,
 }
 
 impl Need {
@@ -192,6 +196,7 @@ impl Need {
             Need::Mqtt5 => "MQTT 5".into(),
             Need::Semantic(s) => format!("broker: {}", s.name()),
             Need::BrokerLogin => "broker login".into(),
+            Need::BrokerAcl => "broker topic ACL".into(),
         }
     }
 }

@@ -39,6 +39,8 @@ pub enum Promise {
     LargeChain,
     CredentialsRefused,
     SecretsKept,
+    RefusalReported,
+    RefusedNotRetried,
 }
 
 impl Promise {
@@ -119,6 +121,12 @@ impl Promise {
             }
             Promise::CredentialsRefused => {
                 "a refused login is reported and retried with capped, jittered backoff, not hammered"
+            }
+            Promise::RefusalReported => {
+                "a publish the broker refuses (MQTT 5 PUBACK 0x87) is reported refused, never delivered"
+            }
+            Promise::RefusedNotRetried => {
+                "a refused publish is not sent again: a denied topic is not hammered"
             }
             Promise::SecretsKept => "the password never appears on the console, in a transcript or a report",
             Promise::LargeChain => {

@@ -73,7 +73,7 @@ fn handshake_ms(batch: &[crate::testbed::WireRecord], qos: u8) -> f64 {
             (Dir::Down, Packet::Publish { pid: Some(pid), qos: q, .. }) if *q == qos => {
                 sent.entry((*conn, *pid)).or_insert(r.at);
             }
-            (Dir::Up, Packet::Puback { pid } | Packet::Pubcomp { pid }) => {
+            (Dir::Up, Packet::Puback { pid, .. } | Packet::Pubcomp { pid }) => {
                 if let Some(at) = sent.remove(&(*conn, *pid)) {
                     total += r.at.duration_since(at);
                     n += 1;

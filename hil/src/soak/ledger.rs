@@ -197,7 +197,7 @@ impl Ledger {
                             delivered.entry(id).or_default().push((*conn, *pid));
                         }
                     }
-                    (Dir::Up, Packet::Puback { pid } | Packet::Pubrec { pid }) => {
+                    (Dir::Up, Packet::Puback { pid, .. } | Packet::Pubrec { pid, .. }) => {
                         acked_by_device.insert((*conn, *pid));
                     }
                     (
@@ -216,7 +216,7 @@ impl Ledger {
                             dropped_counter = dropped_counter.max(d);
                         }
                     }
-                    (Dir::Down, Packet::Puback { pid }) => {
+                    (Dir::Down, Packet::Puback { pid, .. }) => {
                         acked_by_broker.insert((*conn, *pid));
                     }
                     (Dir::Down, Packet::Pubrel { pid }) => {
@@ -600,7 +600,10 @@ mod tests {
                 WireEvent::Packet {
                     conn: 1,
                     dir: Dir::Up,
-                    packet: Packet::Puback { pid: 1 },
+                    packet: Packet::Puback {
+                        pid: 1,
+                        reason: None,
+                    },
                 },
             ),
             rec(
@@ -616,7 +619,10 @@ mod tests {
                 WireEvent::Packet {
                     conn: 1,
                     dir: Dir::Up,
-                    packet: Packet::Puback { pid: 3 },
+                    packet: Packet::Puback {
+                        pid: 3,
+                        reason: None,
+                    },
                 },
             ),
             rec(at(20), WireEvent::BrokerRestart),
@@ -641,7 +647,10 @@ mod tests {
                 WireEvent::Packet {
                     conn: 2,
                     dir: Dir::Down,
-                    packet: Packet::Puback { pid: 5 },
+                    packet: Packet::Puback {
+                        pid: 5,
+                        reason: None,
+                    },
                 },
             ),
             rec(
@@ -657,7 +666,10 @@ mod tests {
                 WireEvent::Packet {
                     conn: 2,
                     dir: Dir::Down,
-                    packet: Packet::Puback { pid: 7 },
+                    packet: Packet::Puback {
+                        pid: 7,
+                        reason: None,
+                    },
                 },
             ),
         ];
@@ -784,7 +796,17 @@ mod tests {
         let mut events = vec![cmd("q2")];
         let mut wire = vec![
             rec(t0, publish(1, Dir::Down, "d/x/cmd", 1, r#"{"id":"q2"}"#)),
-            rec(t0, packet(1, Dir::Up, Packet::Pubrec { pid: 1 })),
+            rec(
+                t0,
+                packet(
+                    1,
+                    Dir::Up,
+                    Packet::Pubrec {
+                        pid: 1,
+                        reason: None,
+                    },
+                ),
+            ),
         ];
         let released = {
             let mut w = wire.clone();

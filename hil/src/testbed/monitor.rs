@@ -273,7 +273,7 @@ pub fn check_until(records: &[WireRecord], until: Instant) -> Vec<Deviation> {
                             s.unacked.insert(*p, (topic.clone(), payload.clone()));
                         }
                     }
-                    (Dir::Up, Packet::Puback { pid } | Packet::Pubrec { pid }) => {
+                    (Dir::Up, Packet::Puback { pid, .. } | Packet::Pubrec { pid, .. }) => {
                         if let Some(s) = c.client.as_ref().and_then(|id| sessions.get_mut(id)) {
                             s.unacked.remove(pid);
                         }

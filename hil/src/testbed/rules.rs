@@ -129,7 +129,7 @@ impl Rule for Withhold {
             (
                 Withheld::PubackFor(_),
                 Dir::Down,
-                Packet::Puback { pid } | Packet::Pubrec { pid },
+                Packet::Puback { pid, .. } | Packet::Pubrec { pid, .. },
             ) => self.pids.contains(&(conn, *pid)),
             (Withheld::Connack, Dir::Down, Packet::Connack { .. }) => true,
             (Withheld::Suback, Dir::Down, Packet::Suback { .. }) => true,
@@ -347,7 +347,7 @@ mod tests {
             *pid = Some(7);
         }
         assert_eq!(r.on_packet(1, Dir::Up, &up), Action::Pass);
-        let ack = |pid| frame(Packet::Puback { pid });
+        let ack = |pid| frame(Packet::Puback { pid, reason: None });
         assert_eq!(r.on_packet(1, Dir::Down, &ack(7)), Action::Drop);
         assert_eq!(
             r.on_packet(1, Dir::Down, &ack(8)),

@@ -435,7 +435,13 @@ mod tests {
         };
         let mut r = vec![packet(Dir::Down, publish.clone())];
         assert_eq!(open_qos2(&r), 1);
-        r.push(packet(Dir::Up, Packet::Pubrec { pid: 7 }));
+        r.push(packet(
+            Dir::Up,
+            Packet::Pubrec {
+                pid: 7,
+                reason: None,
+            },
+        ));
         r.push(packet(Dir::Down, Packet::Pubrel { pid: 7 }));
         assert_eq!(open_qos2(&r), 1);
         r.push(packet(Dir::Up, Packet::Pubcomp { pid: 7 }));
