@@ -76,6 +76,13 @@ enum Cmd {
         /// reconnect_storm on it.
         #[arg(long, value_name = "CMD")]
         broker_restart: Option<String>,
+        /// An mqtts:// broker: the CA (PEM) its certificate must chain to.
+        #[arg(long, value_name = "FILE")]
+        broker_ca: Option<PathBuf>,
+        /// An mqtts:// broker: the name its certificate must be for
+        /// (default: the URL's host).
+        #[arg(long, value_name = "NAME")]
+        broker_name: Option<String>,
         /// MQTT version for every scenario. Default: 3.1.1, and 5 for the
         /// scenarios that need it (session and message expiry).
         #[arg(long)]
@@ -756,6 +763,8 @@ fn main() -> ExitCode {
             wokwi_timeout_ms,
             broker,
             broker_restart,
+            broker_ca,
+            broker_name,
             mqtt,
             scenarios,
             broker_faults,
@@ -766,10 +775,15 @@ fn main() -> ExitCode {
             out,
             report,
         } => {
+            let broker = match broker.with_tls(broker_ca, broker_name) {
+                Ok(b) => b,
+                Err(e) => return usage("run", e),
+            };
             let broker = match (broker, broker_restart) {
-                (BrokerChoice::External { addr, .. }, Some(cmd)) => BrokerChoice::External {
+                (BrokerChoice::External { addr, tls, .. }, Some(cmd)) => BrokerChoice::External {
                     addr,
                     restart: Some(cmd),
+                    tls,
                 },
                 (_, Some(_)) => {
                     return usage(

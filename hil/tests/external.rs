@@ -44,6 +44,7 @@ impl OwnBroker {
         BrokerChoice::External {
             addr: self.v4,
             restart: Some(self.restart.clone()),
+            tls: None,
         }
     }
 }
@@ -84,6 +85,7 @@ fn without_a_restart_command_broker_restart_is_not_applicable() {
     let o = opts(BrokerChoice::External {
         addr: b.v4,
         restart: None,
+        tls: None,
     });
     let r = run_one(
         &o,

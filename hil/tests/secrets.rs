@@ -2,7 +2,8 @@
 //! device prints its password (the `echo-secrets` control), leaves no
 //! password and no private key in any transcript, report or JUnit file:
 //! the transcript redacts the password (and the scenario fails on it), and
-//! the test PKI's keys never leave memory.
+//! the keys of the test PKI (the broker's TLS listener, the runner's and
+//! the device's client certificates) live only in the run's temp dirs.
 
 use std::path::Path;
 use std::process::Command;
@@ -31,6 +32,7 @@ fn mosquitto_a_leaky_device_leaves_no_password_or_key_in_the_outputs() {
             "echo-secrets",
         ])
         .args(["--scenario", "auth_rejected", "--scenario", "tls_connect"])
+        .args(["--scenario", "acl_denied", "--scenario", "tls_client_cert"])
         .arg("--out")
         .arg(out.path())
         .arg("--junit")

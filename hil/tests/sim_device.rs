@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 enum TestBroker {
     /// rumqttd on a thread of this test process (nextest runs each test in its own process).
     Rumqttd(SocketAddr, SocketAddr),
-    Mosquitto(Broker),
+    Mosquitto(Box<Broker>),
 }
 
 impl TestBroker {
@@ -30,10 +30,10 @@ impl TestBroker {
                 hil_broker::rumqttd::spawn_in_thread(v4, v5).expect("rumqttd starts");
                 TestBroker::Rumqttd(v4, v5)
             }
-            _ => TestBroker::Mosquitto(
+            _ => TestBroker::Mosquitto(Box::new(
                 Broker::start(BrokerSpec::Mosquitto { persistence: true }, ip)
                     .unwrap_or_else(|e| panic!("{e}")),
-            ),
+            )),
         }
     }
 

@@ -8,15 +8,23 @@
 //!   (persistence on or off).
 //! - external: an address, and an optional shell command that restarts it.
 //!
+//! A broker that listens for MQTT over TLS only (mosquitto given a
+//! [`ListenerTls`], an external `mqtts://` one) is reached through a
+//! [`TlsOrigin`]: [`Broker::addr`] is then the origin's plaintext port.
+//!
 //! Readiness is proven by a real CONNECT/CONNACK, never by a sleep.
 
 pub mod check;
 pub mod client;
+pub mod origin;
 mod process;
 pub mod rumqttd;
 
 pub use client::{Client, ClientError, Received};
-pub use process::{Broker, BrokerError, BrokerSpec, Restart, SessionsOnRestart, Tuning};
+pub use origin::{TlsOrigin, UpstreamTls};
+pub use process::{
+    Broker, BrokerError, BrokerSpec, ListenerTls, Restart, SessionsOnRestart, Tuning,
+};
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
 

@@ -1,6 +1,7 @@
 //! Starting, stopping and restarting a test broker.
 
 use crate::client::wait_ready;
+use crate::origin::{OriginError, TlsOrigin, UpstreamTls};
 use crate::MqttVersion;
 use std::ffi::OsString;
 use std::fs::{self, File};
@@ -19,10 +20,13 @@ pub enum BrokerSpec {
     },
     /// mosquitto from PATH; `persistence` keeps sessions across a restart.
     Mosquitto { persistence: bool },
-    /// A broker someone else runs; `restart` is a shell command, if any.
+    /// A broker someone else runs; `restart` is a shell command, if any;
+    /// `tls`: it listens for MQTT over TLS (`mqtts://`), reached through a
+    /// [`TlsOrigin`].
     External {
         addr: SocketAddr,
         restart: Option<String>,
+        tls: Option<UpstreamTls>,
     },
 }
 
@@ -88,6 +92,8 @@ pub enum BrokerError {
     },
     #[error("this external broker has no restart command: pass one to restart it")]
     NoRestartCommand,
+    #[error(transparent)]
+    Tls(#[from] OriginError),
 }
 
 impl BrokerError {
@@ -121,6 +127,22 @@ pub struct Tuning {
     /// `<prefix>/<its client id>/` and read only its own `cmd`. Anonymous
     /// clients (the runner's cloud side) keep every topic.
     pub acl_prefix: Option<String>,
+    /// mosquitto: listen for MQTT over TLS only (no plaintext listener);
+    /// the broker's clients reach it through a [`TlsOrigin`].
+    pub tls: Option<ListenerTls>,
+}
+
+/// A broker's TLS listener (mosquitto's `certfile`, `keyfile`, `cafile`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerTls {
+    /// The broker's certificate chain and key (PEM files).
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Clients must present a certificate that chains to the CA of
+    /// `upstream` (mutual TLS).
+    pub require_client_cert: bool,
+    /// How its clients (through the origin) reach it.
+    pub upstream: UpstreamTls,
 }
 
 impl Default for Tuning {
@@ -130,6 +152,7 @@ impl Default for Tuning {
             max_queued: 1000,
             login: None,
             acl_prefix: None,
+            tls: None,
         }
     }
 }
@@ -142,6 +165,8 @@ pub struct Broker {
     child: Option<Child>,
     dir: tempfile::TempDir,
     starts: u32,
+    /// For a TLS-only broker: the plaintext port its clients use.
+    origin: Option<TlsOrigin>,
 }
 
 const READY: Duration = Duration::from_secs(15);
@@ -209,6 +234,21 @@ impl Broker {
                 what: "cannot create the broker's temp dir".into(),
                 source,
             })?;
+        let upstream = match (&spec, &tuning.tls) {
+            (BrokerSpec::External { tls: Some(t), .. }, _) => Some(t.clone()),
+            (BrokerSpec::Mosquitto { .. }, Some(l)) => Some(l.upstream.clone()),
+            _ => None,
+        };
+        // On the broker's own loopback address; an external broker's may
+        // not be this host's, so its origin listens on 127.0.0.1.
+        let listen = match &spec {
+            BrokerSpec::External { .. } => IpAddr::from([127, 0, 0, 1]),
+            _ => v4.ip(),
+        };
+        let origin = match upstream {
+            Some(t) => Some(TlsOrigin::start(listen, v4, &t)?),
+            None => None,
+        };
         let mut b = Broker {
             tuning,
             spec,
@@ -217,6 +257,7 @@ impl Broker {
             child: None,
             dir,
             starts: 0,
+            origin,
         };
         b.start_again()?;
         Ok(b)
@@ -239,12 +280,27 @@ impl Broker {
         &self.spec
     }
 
-    /// Where a client of this protocol connects.
+    /// Where a client of this protocol connects (for a TLS-only broker:
+    /// the origin's plaintext port in front of it).
     pub fn addr(&self, proto: MqttVersion) -> SocketAddr {
+        if let Some(o) = &self.origin {
+            return o.addr();
+        }
         match proto {
             MqttVersion::V3_1_1 => self.v4,
             MqttVersion::V5 => self.v5,
         }
+    }
+
+    /// Where the broker itself listens for 3.1.1 (for a TLS-only broker,
+    /// its TLS port, which [`Broker::addr`] hides behind the origin).
+    pub fn listener(&self) -> SocketAddr {
+        self.v4
+    }
+
+    /// Whether clients reach it over TLS (through the origin).
+    pub fn tls(&self) -> bool {
+        self.origin.is_some()
     }
 
     pub fn sessions_on_restart(&self) -> SessionsOnRestart {
@@ -385,8 +441,26 @@ impl Broker {
                     let _ = fs::set_permissions(&file, fs::Permissions::from_mode(0o644));
                     passwords.push_str(&format!("acl_file {}\n", file.display()));
                 }
+                let mut listener_tls = String::new();
+                if let Some(l) = &self.tuning.tls {
+                    // mosquitto drops to its own user: it must read the key
+                    // (a key made for this run only, in this run's temp dir).
+                    for f in [&l.cert_file, &l.key_file, &l.upstream.ca_file] {
+                        let _ = fs::set_permissions(f, fs::Permissions::from_mode(0o644));
+                        if let Some(d) = f.parent() {
+                            let _ = fs::set_permissions(d, fs::Permissions::from_mode(0o755));
+                        }
+                    }
+                    listener_tls = format!(
+                        "certfile {}\nkeyfile {}\ncafile {}\nrequire_certificate {}\n",
+                        l.cert_file.display(),
+                        l.key_file.display(),
+                        l.upstream.ca_file.display(),
+                        l.require_client_cert
+                    );
+                }
                 let text = format!(
-                    "{passwords}listener {port} {ip}\nallow_anonymous true\npersistence {p}\npersistence_location {store}/\n\
+                    "{passwords}listener {port} {ip}\n{listener_tls}allow_anonymous true\npersistence {p}\npersistence_location {store}/\n\
                      autosave_on_changes {on_changes}\nautosave_interval {every}\nmax_queued_messages {max_queued}\n\
                      log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\n",
                     port = self.v4.port(),
@@ -467,7 +541,10 @@ impl Broker {
                     },
                     None => BrokerError::NotReady {
                         source: e,
-                        log: tail,
+                        log: match self.origin.as_ref().and_then(TlsOrigin::last_error) {
+                            Some(why) => format!("TLS to the broker: {why}\n{tail}"),
+                            None => tail,
+                        },
                     },
                 });
             }

@@ -68,9 +68,11 @@ pub enum Bug {
     /// MQTT 5: keeps a reading the broker refused and sends it again, and
     /// again: a denied topic is hammered forever.
     RetryRefused,
+    /// Mutual TLS: never presents the client certificate it was given.
+    NoClientCert,
 }
 
-pub const ALL_BUGS: [Bug; 22] = [
+pub const ALL_BUGS: [Bug; 23] = [
     Bug::RandomClientId,
     Bug::CleanSession,
     Bug::NoOutbox,
@@ -93,6 +95,7 @@ pub const ALL_BUGS: [Bug; 22] = [
     Bug::EchoSecrets,
     Bug::IgnoreRefusal,
     Bug::RetryRefused,
+    Bug::NoClientCert,
 ];
 
 impl Bug {
@@ -120,6 +123,7 @@ impl Bug {
             Bug::EchoSecrets => "echo-secrets",
             Bug::IgnoreRefusal => "ignore-refusal",
             Bug::RetryRefused => "retry-refused",
+            Bug::NoClientCert => "no-client-cert",
         }
     }
 }

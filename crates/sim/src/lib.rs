@@ -101,6 +101,13 @@ pub struct Args {
     /// host of --broker).
     #[arg(long, value_name = "NAME")]
     pub tls_name: Option<String>,
+    /// Mutual TLS: the device's certificate chain (PEM), presented when the
+    /// broker asks for one.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// Mutual TLS: the key of --tls-cert (PEM). A file, never a flag value.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// A production device: without --tls-ca it refuses to connect at all,
     /// rather than fall back to plaintext.
     #[arg(long)]
@@ -195,6 +202,14 @@ impl Args {
         if let Some(name) = &self.tls_name {
             v.push("--tls-name".into());
             v.push(name.into());
+        }
+        if let Some(c) = &self.tls_cert {
+            v.push("--tls-cert".into());
+            v.push(c.clone().into_os_string());
+        }
+        if let Some(k) = &self.tls_key {
+            v.push("--tls-key".into());
+            v.push(k.clone().into_os_string());
         }
         if self.require_tls {
             v.push("--require-tls".into());
@@ -391,6 +406,12 @@ fn security(args: &Args) -> Result<link::Security, SimError> {
                     .bugs
                     .contains(&Bug::SmallTlsBuffer)
                     .then_some(tls::SMALL_TLS_BUFFER),
+                client: match (&args.tls_cert, &args.tls_key) {
+                    (Some(c), Some(k)) if !args.bugs.contains(&Bug::NoClientCert) => {
+                        Some((c.clone(), k.clone()))
+                    }
+                    _ => None,
+                },
             };
             let settings = tls::settings(ca, name, checks)?;
             link::Security::Tls {
@@ -514,9 +535,12 @@ pub fn run(args: Args) -> Result<(), SimError> {
         // stays what it always was. The CA's path, never a key.
         let tls = match (&args.tls_ca, args.require_tls) {
             (Some(ca), _) => Some(format!(
-                "on ca={} name={}",
+                "on ca={} name={}{}",
                 ca.display(),
-                args.tls_name.as_deref().unwrap_or("<broker host>")
+                args.tls_name.as_deref().unwrap_or("<broker host>"),
+                args.tls_cert
+                    .as_ref()
+                    .map_or(String::new(), |c| format!(" cert={}", c.display()))
             )),
             (None, true) => Some("required (no CA: connections refused)".to_string()),
             (None, false) => None,

@@ -30,8 +30,10 @@ pub enum TlsSetupError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the CA file {0} holds no PEM certificate")]
+    #[error("the file {0} holds no PEM certificate")]
     NoCertificate(PathBuf),
+    #[error("the key file {0} holds no PEM private key")]
+    NoKey(PathBuf),
     #[error("the CA file {path} holds a certificate rustls rejects: {source}")]
     BadCertificate {
         path: PathBuf,
@@ -49,13 +51,15 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// How the device checks the broker's certificate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Checks {
     /// Chain, name and dates (false: the `no-verify` control).
     pub verify: bool,
     /// The largest chain the device's TLS buffer takes (the
     /// `small-tls-buffer` control); None: no limit of its own.
     pub max_chain_bytes: Option<usize>,
+    /// Mutual TLS: the device's certificate chain and key files (PEM).
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 /// The chain limit of the `small-tls-buffer` control.
@@ -96,14 +100,50 @@ pub fn settings(ca_file: &Path, name: &str, checks: Checks) -> Result<TlsSetting
         max_chain_bytes: checks.max_chain_bytes,
         provider: provider(),
     };
-    let config = builder
+    let builder = builder
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(Arc::new(verifier));
+    let config = match &checks.client {
+        Some((chain, key)) => {
+            builder.with_client_auth_cert(client_chain(chain)?, client_key(key)?)?
+        }
+        None => builder.with_no_client_auth(),
+    };
     Ok(TlsSettings {
         config: Arc::new(config),
         name,
     })
+}
+
+fn read_pem(path: &Path) -> Result<Vec<u8>, TlsSetupError> {
+    std::fs::read(path).map_err(|source| TlsSetupError::Read {
+        path: path.into(),
+        source,
+    })
+}
+
+fn client_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+    let pem = read_pem(path)?;
+    let chain: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|source| TlsSetupError::Read {
+            path: path.into(),
+            source,
+        })?;
+    if chain.is_empty() {
+        return Err(TlsSetupError::NoCertificate(path.into()));
+    }
+    Ok(chain)
+}
+
+fn client_key(path: &Path) -> Result<rustls::pki_types::PrivateKeyDer<'static>, TlsSetupError> {
+    let pem = read_pem(path)?;
+    rustls_pemfile::private_key(&mut pem.as_slice())
+        .map_err(|source| TlsSetupError::Read {
+            path: path.into(),
+            source,
+        })?
+        .ok_or_else(|| TlsSetupError::NoKey(path.into()))
 }
 
 /// webpki's verifier (chain to the provisioned CA, name, dates), with the

@@ -113,6 +113,9 @@ pub enum TlsMode {
     On,
     /// A production device (TLS required) provisioned without a CA.
     RequiredWithoutCa,
+    /// The test CA and a client certificate of its own, which the hop
+    /// requires (mutual TLS).
+    Mutual,
 }
 
 impl DeviceSpec {
@@ -166,6 +169,9 @@ pub struct Provision<'a> {
 pub struct DeviceTls<'a> {
     pub ca_file: &'a Path,
     pub server_name: &'a str,
+    /// Mutual TLS: the device's certificate and key (PEM files in the
+    /// run's temp dir).
+    pub client: Option<(&'a Path, &'a Path)>,
 }
 
 /// A kind of device: how it is brought up, and what it can do.

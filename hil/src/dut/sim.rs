@@ -48,6 +48,10 @@ impl SimLaunch {
         if let Some(tls) = &p.tls {
             args.tls_ca = Some(tls.ca_file.into());
             args.tls_name = Some(tls.server_name.into());
+            if let Some((cert, key)) = tls.client {
+                args.tls_cert = Some(cert.into());
+                args.tls_key = Some(key.into());
+            }
         }
         if let Some((user, file)) = p.login {
             args.username = Some(user.into());

@@ -430,6 +430,17 @@ fn preflight(opts: &RunOptions, selected: &[&Scenario]) -> Result<Preflight, Rig
     versions.sort_by_key(|v| v.level());
     versions.dedup();
     let mut pre = Preflight::default();
+    // An mqtts:// broker is probed through an origin of its own, as every
+    // scenario's clients will reach it.
+    let origin = match opts.broker.external_tls() {
+        Some(t) => Some(
+            hil_broker::TlsOrigin::start(std::net::IpAddr::from([127, 0, 0, 1]), addr, t)
+                .map_err(|e| RigError::Broker(e.into()))?,
+        ),
+        None => None,
+    };
+    let tls_why = || origin.as_ref().and_then(|o| o.last_error());
+    let probe = origin.as_ref().map_or(addr, |o| o.addr());
     for v in versions {
         // A broker that is up answers an MQTT 5 CONNECT at once, or never will.
         let within = if v == MqttVersion::V5 {
@@ -437,7 +448,7 @@ fn preflight(opts: &RunOptions, selected: &[&Scenario]) -> Result<Preflight, Rig
         } else {
             PREFLIGHT
         };
-        match hil_broker::client::wait_ready(addr, v, Instant::now() + within) {
+        match hil_broker::client::wait_ready(probe, v, Instant::now() + within) {
             Ok(()) => {}
             Err(hil_broker::ClientError::NotReady { last, .. })
                 if v == MqttVersion::V5
@@ -445,7 +456,12 @@ fn preflight(opts: &RunOptions, selected: &[&Scenario]) -> Result<Preflight, Rig
             {
                 pre.v5_refused = Some(format!("the broker refused an MQTT 5 CONNECT: {last}"));
             }
-            Err(source) => return Err(RigError::BrokerUnreachable { addr, source }),
+            Err(source) => {
+                return Err(match tls_why() {
+                    Some(why) => RigError::BrokerTls { addr, why },
+                    None => RigError::BrokerUnreachable { addr, source },
+                })
+            }
         }
     }
     Ok(pre)
@@ -629,6 +645,44 @@ fn set_up(
             }
         }
     }
+    // TLS: the run's test PKI (the hop's certificates, and the broker's own
+    // when it listens for TLS), made before the broker that may need it.
+    let pki = if opts.tls || s.device.tls != TlsMode::Off {
+        let dir = tempfile::Builder::new()
+            .prefix("hil-pki-")
+            .tempdir()
+            .map_err(RigError::StateDir)?;
+        let pki = TestPki::make(dir.path(), ip).map_err(TlsHopError::from)?;
+        Some((pki, dir))
+    } else {
+        None
+    };
+    // `--tls` on mosquitto: the broker itself listens for TLS only, and
+    // asks for a client certificate; the runner's side (proxy, cloud,
+    // probes) reaches it through a TLS origin presenting the runner's own.
+    let mut tuning = hil_broker::Tuning::default();
+    if let (true, BrokerChoice::Mosquitto, Some((pki, _))) = (opts.tls, &opts.broker, &pki) {
+        let files = pki.broker_files().map_err(TlsHopError::from)?;
+        let (runner, _) = pki
+            .client_files("runner", "hil-runner")
+            .map_err(TlsHopError::from)?;
+        tuning.tls = Some(hil_broker::ListenerTls {
+            cert_file: files.cert_file,
+            key_file: files.key_file,
+            require_client_cert: true,
+            upstream: hil_broker::UpstreamTls {
+                ca_file: pki.ca_file.clone(),
+                server_name: SERVER_NAME.into(),
+                client: Some((runner.cert_file, runner.key_file)),
+            },
+        });
+        t.runner(format!(
+            "broker: TLS listener only, client certificate required; the runner reaches it as {SERVER_NAME} with a certificate of the test CA"
+        ));
+    }
+    if opts.broker.external_tls().is_some() {
+        t.runner("broker: mqtts, reached over TLS with the given CA");
+    }
     t.runner(format!("start broker {}", opts.broker.name()));
     let broker_password = login.then(|| random_password("broker"));
     let mut broker = match &broker_password {
@@ -649,11 +703,11 @@ fn set_up(
                 hil_broker::Tuning {
                     login: Some((LOGIN_USER.into(), pw.clone())),
                     acl_prefix: acl.then(|| hil_session::Topics::DEFAULT_PREFIX.into()),
-                    ..Default::default()
+                    ..tuning
                 },
             )?
         }
-        None => Broker::start(opts.broker.spec(&opts.hil_exe), ip)?,
+        None => Broker::start_tuned(opts.broker.spec(&opts.hil_exe), ip, tuning)?,
     };
     // A scenario whose assertions need a semantic the broker lacks is not
     // applicable on it: probe just those, now, on this very broker.
@@ -712,24 +766,37 @@ fn set_up(
         .collect();
     let hold = |on: bool| proxy.refuse(on);
     // TLS: the run's test PKI, and the hop the device reaches the proxy by.
-    let tls_hop = if opts.tls || s.device.tls != TlsMode::Off {
-        let dir = tempfile::Builder::new()
-            .prefix("hil-pki-")
-            .tempdir()
-            .map_err(RigError::StateDir)?;
-        let pki = TestPki::make(dir.path(), ip).map_err(TlsHopError::from)?;
-        let hop = TlsHop::start(ip, proxy.addr(), pki, dir, proxy.wire().clone())?;
-        t.runner(format!(
-            "TLS: test CA made for this run; the device connects through the TLS hop (server name {SERVER_NAME})"
-        ));
-        Some(hop)
-    } else {
-        None
+    // Mutual TLS: a client certificate issued to the device (for the client
+    // ID it is expected to use), which the hop then requires.
+    let mut client_cert = None;
+    let tls_hop = match pki {
+        Some((pki, dir)) => {
+            let mut issued = None;
+            if s.device.tls == TlsMode::Mutual {
+                let cn = opts
+                    .backend
+                    .expected_client_id(mac)
+                    .unwrap_or_else(|| "device".into());
+                let (files, der) = pki.client_files("device", &cn).map_err(TlsHopError::from)?;
+                client_cert = Some(files);
+                issued = Some((der, cn));
+            }
+            let hop = TlsHop::start(ip, proxy.addr(), pki, dir, proxy.wire().clone(), issued)?;
+            t.runner(format!(
+                "TLS: test CA made for this run; the device connects through the TLS hop (server name {SERVER_NAME}{})",
+                if client_cert.is_some() { ", client certificate required" } else { "" }
+            ));
+            Some(hop)
+        }
+        None => None,
     };
     let device_tls = match (&tls_hop, s.device.tls) {
-        (Some(hop), TlsMode::On | TlsMode::Off) => Some(DeviceTls {
+        (Some(hop), TlsMode::On | TlsMode::Off | TlsMode::Mutual) => Some(DeviceTls {
             ca_file: &hop.pki.ca_file,
             server_name: SERVER_NAME,
+            client: client_cert
+                .as_ref()
+                .map(|c| (c.cert_file.as_path(), c.key_file.as_path())),
         }),
         _ => None,
     };

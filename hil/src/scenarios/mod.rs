@@ -59,6 +59,7 @@ registry! {
     tls_wrong_name,
     tls_expired,
     tls_large_chain,
+    tls_client_cert,
     plaintext_refused,
     auth_rejected,
     acl_denied,

@@ -41,6 +41,7 @@ pub enum Promise {
     SecretsKept,
     RefusalReported,
     RefusedNotRetried,
+    ClientCertPresented,
 }
 
 impl Promise {
@@ -121,6 +122,9 @@ impl Promise {
             }
             Promise::CredentialsRefused => {
                 "a refused login is reported and retried with capped, jittered backoff, not hammered"
+            }
+            Promise::ClientCertPresented => {
+                "mutual TLS: presents the client certificate it was given, for the client ID it uses"
             }
             Promise::RefusalReported => {
                 "a publish the broker refuses (MQTT 5 PUBACK 0x87) is reported refused, never delivered"

@@ -42,7 +42,7 @@ fn run(tb: &mut Testbed) -> Outcome {
     let done: Vec<String> = handshakes(&records, None)
         .into_iter()
         .filter_map(|(_, cert, o)| match o {
-            TlsOutcome::Established { version } if cert == ServerCert::Good => Some(version),
+            TlsOutcome::Established { version, .. } if cert == ServerCert::Good => Some(version),
             _ => None,
         })
         .collect();

@@ -1,8 +1,8 @@
 //! Which broker a testbed starts for each scenario.
 
-use hil_broker::BrokerSpec;
+use hil_broker::{BrokerSpec, UpstreamTls};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BrokerChoice {
@@ -15,12 +15,15 @@ pub enum BrokerChoice {
         addr: SocketAddr,
         /// A shell command that kills the broker and starts it again.
         restart: Option<String>,
+        /// `mqtts://`: MQTT over TLS, verified against a CA file
+        /// (`--broker-ca`) and a name (the URL's host, or `--broker-name`).
+        tls: Option<UpstreamTls>,
     },
 }
 
 /// A `--broker` value that names no broker.
 #[derive(Debug, thiserror::Error)]
-#[error("--broker {0}: expected rumqttd, mosquitto, or HOST:PORT of a running broker (e.g. 127.0.0.1:1883)")]
+#[error("--broker {0}: expected rumqttd, mosquitto, or HOST:PORT (or mqtt://HOST:PORT, mqtts://HOST:PORT) of a running broker (e.g. 127.0.0.1:1883)")]
 pub struct UnknownBroker(pub String);
 
 impl std::str::FromStr for BrokerChoice {
@@ -32,13 +35,30 @@ impl std::str::FromStr for BrokerChoice {
             // HOST:PORT, host names too (resolved once, here).
             other => {
                 use std::net::ToSocketAddrs;
-                other
+                let (hostport, tls) = match other.split_once("://") {
+                    Some(("mqtt", rest)) => (rest, false),
+                    Some(("mqtts", rest)) => (rest, true),
+                    Some(_) => return Err(UnknownBroker(other.into())),
+                    None => (other, false),
+                };
+                let host = hostport
+                    .rsplit_once(':')
+                    .map_or(hostport, |(h, _)| h)
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                hostport
                     .to_socket_addrs()
                     .ok()
                     .and_then(|mut a| a.next())
                     .map(|addr| BrokerChoice::External {
                         addr,
                         restart: None,
+                        // The CA file comes from --broker-ca (see `with_ca`).
+                        tls: tls.then(|| UpstreamTls {
+                            ca_file: PathBuf::new(),
+                            server_name: host.to_string(),
+                            client: None,
+                        }),
                     })
                     .ok_or_else(|| UnknownBroker(other.into()))
             }
@@ -63,9 +83,10 @@ impl BrokerChoice {
                 args: vec!["broker".into(), "serve".into()],
             },
             BrokerChoice::Mosquitto => BrokerSpec::Mosquitto { persistence: true },
-            BrokerChoice::External { addr, restart } => BrokerSpec::External {
+            BrokerChoice::External { addr, restart, tls } => BrokerSpec::External {
                 addr: *addr,
                 restart: restart.clone(),
+                tls: tls.clone(),
             },
         }
     }
@@ -75,6 +96,47 @@ impl BrokerChoice {
         match self {
             BrokerChoice::External { restart, .. } => restart.is_some(),
             _ => true,
+        }
+    }
+
+    /// Completes an `mqtts://` broker with its CA file and, if given, the
+    /// name its certificate is for; says what is missing or misplaced.
+    pub fn with_tls(
+        mut self,
+        ca_file: Option<PathBuf>,
+        name: Option<String>,
+    ) -> Result<BrokerChoice, String> {
+        match (&mut self, ca_file) {
+            (BrokerChoice::External { tls: Some(t), .. }, Some(ca)) => {
+                if !ca.is_file() {
+                    return Err(format!(
+                        "--broker-ca {}: no such file (the PEM CA the broker's certificate chains to)",
+                        ca.display()
+                    ));
+                }
+                t.ca_file = ca;
+                if let Some(n) = name {
+                    t.server_name = n;
+                }
+                Ok(self)
+            }
+            (BrokerChoice::External { tls: Some(_), .. }, None) => Err(
+                "an mqtts:// broker needs --broker-ca FILE: the PEM CA its certificate chains to"
+                    .into(),
+            ),
+            (_, Some(_)) => Err("--broker-ca is for an mqtts://HOST:PORT broker".into()),
+            (_, None) if name.is_some() => {
+                Err("--broker-name is for an mqtts://HOST:PORT broker".into())
+            }
+            (_, None) => Ok(self),
+        }
+    }
+
+    /// An `mqtts://` broker: how it is reached over TLS.
+    pub fn external_tls(&self) -> Option<&UpstreamTls> {
+        match self {
+            BrokerChoice::External { tls, .. } => tls.as_ref(),
+            _ => None,
         }
     }
 

@@ -37,6 +37,11 @@ pub enum RigError {
         #[source]
         source: ClientError,
     },
+    #[error("the broker at {addr} cannot be reached over TLS: {why} (check --broker-ca and --broker-name)")]
+    BrokerTls {
+        addr: std::net::SocketAddr,
+        why: String,
+    },
     #[error(transparent)]
     Proxy(#[from] ProxyError),
     #[error("device: {0}")]

@@ -1,7 +1,10 @@
 //! The test PKI, made anew for every run (rcgen): a CA the device is given,
 //! and the server certificates the TLS hop presents, one per case a device
-//! must get right (Device Advisor's TLS cases). Nothing here is committed:
-//! keys live in memory and in the run's temp dir, and die with it.
+//! must get right (Device Advisor's TLS cases), and client certificates
+//! for mutual TLS. Nothing here is committed: keys live in memory, and the
+//! few that a process must read from a file (mosquitto's listener, the
+//! runner's and the device's client keys) in the run's temp dir, which is
+//! removed with the run.
 //!
 //! What each certificate is for:
 //! - `Good`: signed by the test CA, for [`SERVER_NAME`] and the listen IP;
@@ -74,12 +77,25 @@ pub enum PkiError {
 struct Chain {
     certs: Vec<CertificateDer<'static>>,
     key: Vec<u8>,
+    /// The chain and the key as PEM, for a broker that reads files.
+    pem: String,
+    key_pem: String,
+}
+
+/// A certificate chain and its key, as PEM files in the run's temp dir.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 /// A run's test PKI.
 pub struct TestPki {
     /// The CA certificate the device trusts, as a PEM file.
     pub ca_file: PathBuf,
+    dir: PathBuf,
+    ca_cert: Certificate,
+    ca_key: KeyPair,
     good: Chain,
     unknown_ca: Chain,
     wrong_name: Chain,
@@ -113,9 +129,15 @@ fn sign(
     let cert = p.signed_by(&key, issuer, issuer_key)?;
     let mut certs = vec![cert.der().clone()];
     certs.extend(above.iter().map(|c| c.der().clone()));
+    let mut pem = cert.pem();
+    for c in above {
+        pem.push_str(&c.pem());
+    }
     Ok(Chain {
         certs,
         key: key.serialize_der(),
+        pem,
+        key_pem: key.serialize_pem(),
     })
 }
 
@@ -172,6 +194,9 @@ impl TestPki {
         })?;
         Ok(TestPki {
             ca_file,
+            dir: dir.into(),
+            ca_cert,
+            ca_key,
             good,
             unknown_ca,
             wrong_name,
@@ -190,21 +215,80 @@ impl TestPki {
         }
     }
 
+    fn write(&self, name: &str, text: &str) -> Result<PathBuf, PkiError> {
+        let path = self.dir.join(name);
+        std::fs::write(&path, text).map_err(|source| PkiError::Write {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(path)
+    }
+
+    /// The good server certificate and its key as files: for a broker's own
+    /// TLS listener (mosquitto's `certfile`, `keyfile`).
+    pub fn broker_files(&self) -> Result<CertFiles, PkiError> {
+        Ok(CertFiles {
+            cert_file: self.write("broker.pem", &self.good.pem)?,
+            key_file: self.write("broker.key", &self.good.key_pem)?,
+        })
+    }
+
+    /// A client certificate for `common_name`, signed by the test CA, as
+    /// files (`stem.pem`, `stem.key`), and its DER (what a server that
+    /// checks it sees presented).
+    pub fn client_files(
+        &self,
+        stem: &str,
+        common_name: &str,
+    ) -> Result<(CertFiles, Vec<u8>), PkiError> {
+        let mut p = CertificateParams::new(Vec::<String>::new())?;
+        p.distinguished_name.push(DnType::CommonName, common_name);
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let c = sign(p, &self.ca_cert, &self.ca_key, &[])?;
+        let files = CertFiles {
+            cert_file: self.write(&format!("{stem}.pem"), &c.pem)?,
+            key_file: self.write(&format!("{stem}.key"), &c.key_pem)?,
+        };
+        Ok((files, c.certs[0].to_vec()))
+    }
+
+    /// The test CA as a root store (for a server that checks client certificates).
+    pub fn roots(&self) -> rustls::RootCertStore {
+        let mut roots = rustls::RootCertStore::empty();
+        let _ = roots.add(self.ca_cert.der().clone());
+        roots
+    }
+
     /// The bytes of the certificate chain `which` presents.
     pub fn chain_bytes(&self, which: ServerCert) -> usize {
         self.chain(which).certs.iter().map(|c| c.len()).sum()
     }
 
-    /// A server config presenting `which` (TLS 1.2 and 1.3, no client auth).
-    pub fn server_config(&self, which: ServerCert) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+    /// A server config presenting `which` (TLS 1.2 and 1.3). Client
+    /// certificates that chain to the test CA are asked for, and
+    /// `require_client_cert` makes one mandatory (mutual TLS).
+    pub fn server_config(
+        &self,
+        which: ServerCert,
+        require_client_cert: bool,
+    ) -> Result<Arc<rustls::ServerConfig>, PkiError> {
         let c = self.chain(which);
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(c.key.clone()));
-        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(c.certs.clone(), key)?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(self.roots()),
+            provider.clone(),
+        );
+        let verifier = if require_client_cert {
+            verifier.build()
+        } else {
+            verifier.allow_unauthenticated().build()
+        }
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(c.certs.clone(), key)?;
         Ok(Arc::new(cfg))
     }
 }
@@ -224,8 +308,17 @@ mod tests {
             "only the CA's certificate is written"
         );
         for c in ServerCert::ALL {
-            pki.server_config(c).unwrap();
+            pki.server_config(c, false).unwrap();
+            pki.server_config(c, true).unwrap();
         }
+        let broker = pki.broker_files().unwrap();
+        let key = std::fs::read_to_string(&broker.key_file).unwrap();
+        assert!(key.contains("PRIVATE KEY"), "{key}");
+        let (client, der) = pki.client_files("device", "esp32c3-240ac4000001").unwrap();
+        assert!(std::fs::read_to_string(&client.cert_file)
+            .unwrap()
+            .starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(!der.is_empty());
         let (good, large) = (
             pki.chain_bytes(ServerCert::Good),
             pki.chain_bytes(ServerCert::LargeChain),

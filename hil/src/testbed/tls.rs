@@ -24,7 +24,7 @@
 //! both ways from one task.
 
 use super::pki::{PkiError, ServerCert, TestPki};
-use super::wire::{TlsOutcome, WireEvent, WireLog};
+use super::wire::{ClientCertSeen, TlsOutcome, WireEvent, WireLog};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -57,18 +57,23 @@ pub struct TlsHop {
 
 impl TlsHop {
     /// Listens on a free port of `ip`, forwarding to the proxy at `proxy`;
-    /// presents [`ServerCert::Good`] until told otherwise.
+    /// presents [`ServerCert::Good`] until told otherwise. With
+    /// `client_cert` (the certificate issued to the device, and its common
+    /// name), a client certificate is required (mutual TLS), and each
+    /// handshake records whether it was that one.
     pub fn start(
         ip: IpAddr,
         proxy: SocketAddr,
         pki: TestPki,
         dir: tempfile::TempDir,
         log: WireLog,
+        client_cert: Option<(Vec<u8>, String)>,
     ) -> Result<TlsHop, TlsHopError> {
         let mut configs = HashMap::new();
         for c in ServerCert::ALL {
-            configs.insert(c, pki.server_config(c)?);
+            configs.insert(c, pki.server_config(c, client_cert.is_some())?);
         }
+        let issued = Arc::new(client_cert);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("hil-tls-hop")
@@ -90,7 +95,7 @@ impl TlsHop {
                 };
                 let cert = *which.lock().unwrap();
                 let cfg = configs[&cert].clone();
-                tokio::spawn(serve(dev, proxy, cfg, cert, log.clone()));
+                tokio::spawn(serve(dev, proxy, cfg, cert, log.clone(), issued.clone()));
             }
         });
         Ok(TlsHop {
@@ -135,6 +140,7 @@ async fn serve(
     cfg: Arc<rustls::ServerConfig>,
     cert: ServerCert,
     log: WireLog,
+    issued: Arc<Option<(Vec<u8>, String)>>,
 ) {
     let _ = dev.set_nodelay(true);
     let mut first = [0u8; 1];
@@ -181,9 +187,16 @@ async fn serve(
         .protocol_version()
         .map(|v| format!("{v:?}"))
         .unwrap_or_default();
+    let client = match (tls.get_ref().1.peer_certificates(), issued.as_ref()) {
+        (None, _) => ClientCertSeen::None,
+        (Some(chain), Some((der, cn))) if chain.first().map(|c| c.as_ref()) == Some(der) => {
+            ClientCertSeen::Issued(cn.clone())
+        }
+        (Some(_), _) => ClientCertSeen::Other,
+    };
     log.push(WireEvent::Tls {
         presented: cert,
-        outcome: TlsOutcome::Established { version },
+        outcome: TlsOutcome::Established { version, client },
     });
     let Ok(mut up) = TcpStream::connect(proxy).await else {
         reset_on_close(tls.get_ref().0);

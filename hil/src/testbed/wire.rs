@@ -57,12 +57,27 @@ pub use super::pki::ServerCert;
 /// How a connection to the TLS hop went.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TlsOutcome {
-    /// The handshake finished (the device accepted the certificate).
-    Established { version: String },
+    /// The handshake finished (the device accepted the certificate), with
+    /// the client certificate the device presented, if any.
+    Established {
+        version: String,
+        client: ClientCertSeen,
+    },
     /// The handshake failed: the hop's view of why (the device's alert).
     Refused(String),
     /// The first byte was not a TLS record: a plaintext connection.
     Plaintext,
+}
+
+/// What client certificate a device presented in a finished handshake.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientCertSeen {
+    None,
+    /// The one the runner issued it (byte for byte), for this common name.
+    Issued(String),
+    /// Another certificate (chaining to the test CA, or the handshake
+    /// would have failed).
+    Other,
 }
 
 pub use hil_broker::client::CloudEvent;
@@ -129,9 +144,18 @@ impl WireLog {
                 format!("link blackhole {}", if *on { "on" } else { "off" })
             }
             WireEvent::Tls { presented, outcome } => match outcome {
-                TlsOutcome::Established { version } => {
+                TlsOutcome::Established { version, client } => {
+                    let client = match client {
+                        ClientCertSeen::None => String::new(),
+                        ClientCertSeen::Issued(cn) => {
+                            format!("; client certificate: the one issued to it (CN={cn})")
+                        }
+                        ClientCertSeen::Other => {
+                            "; client certificate: not the one issued to it".into()
+                        }
+                    };
                     format!(
-                        "tls handshake done ({version}), certificate {}",
+                        "tls handshake done ({version}), certificate {}{client}",
                         presented.describe()
                     )
                 }
