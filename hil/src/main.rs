@@ -363,6 +363,16 @@ enum BrokerCmd {
         /// Clients admitted at once.
         #[arg(long, default_value_t = hil_broker::rumqttd::DEFAULT_MAX_CONNECTIONS)]
         max_connections: usize,
+        /// Listen for MQTT over TLS only: this certificate chain (PEM)...
+        #[arg(long, value_name = "FILE", requires_all = ["tls_key", "tls_ca"])]
+        tls_cert: Option<PathBuf>,
+        /// ...its key (PEM)...
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// ...and the CA every client's certificate must chain to (a client
+        /// certificate is required).
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_ca: Option<PathBuf>,
     },
 }
 
@@ -725,6 +735,9 @@ fn main() -> ExitCode {
                     v4,
                     v5,
                     max_connections,
+                    tls_cert,
+                    tls_key,
+                    tls_ca,
                 },
         } => {
             // rumqttd reports why it drops a connection only through tracing:
@@ -736,7 +749,13 @@ fn main() -> ExitCode {
                 .with_ansi(false)
                 .with_writer(std::io::stderr)
                 .init();
-            match hil_broker::rumqttd::serve(v4, v5, max_connections) {
+            let tls = match (tls_cert, tls_key, tls_ca) {
+                (Some(cert), Some(key), Some(ca)) => {
+                    Some(hil_broker::rumqttd::ServeTls { cert, key, ca })
+                }
+                _ => None,
+            };
+            match hil_broker::rumqttd::serve(v4, v5, max_connections, tls.as_ref()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("hil broker serve: error: {e}");

@@ -14,6 +14,21 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn mosquitto_tls(pki: &TestPki, require_client_cert: bool) -> Broker {
+    tls_broker(
+        BrokerSpec::Mosquitto { persistence: false },
+        pki,
+        require_client_cert,
+    )
+}
+
+fn rumqttd() -> BrokerSpec {
+    BrokerSpec::Rumqttd {
+        program: env!("CARGO_BIN_EXE_hil").into(),
+        args: vec!["broker".into(), "serve".into()],
+    }
+}
+
+fn tls_broker(spec: BrokerSpec, pki: &TestPki, require_client_cert: bool) -> Broker {
     let ip = hil_broker::private_loopback();
     let CertFiles {
         cert_file,
@@ -33,7 +48,7 @@ fn mosquitto_tls(pki: &TestPki, require_client_cert: bool) -> Broker {
         }),
         ..Default::default()
     };
-    Broker::start_tuned(BrokerSpec::Mosquitto { persistence: false }, ip, tuning).unwrap()
+    Broker::start_tuned(spec, ip, tuning).unwrap()
 }
 
 fn soon() -> Instant {
@@ -44,7 +59,21 @@ fn soon() -> Instant {
 fn a_mosquitto_tls_listener_refuses_plaintext_and_clients_without_a_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::make(dir.path(), "127.0.0.1".parse().unwrap()).unwrap();
-    let broker = mosquitto_tls(&pki, true);
+    refuses_plaintext_and_bare_clients(mosquitto_tls(&pki, true), &pki);
+}
+
+#[test]
+fn a_rumqttd_tls_listener_refuses_plaintext_and_clients_without_a_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::make(dir.path(), "127.0.0.1".parse().unwrap()).unwrap();
+    let broker = tls_broker(rumqttd(), &pki, true);
+    // Both listeners, each behind its own origin.
+    hil_broker::client::wait_ready(broker.addr(MqttVersion::V5), MqttVersion::V5, soon())
+        .expect("MQTT 5 through its origin");
+    refuses_plaintext_and_bare_clients(broker, &pki);
+}
+
+fn refuses_plaintext_and_bare_clients(broker: Broker, pki: &TestPki) {
     assert!(broker.tls());
     // The runner's side, through the origin: a CONNACK.
     hil_broker::client::wait_ready(

@@ -165,8 +165,10 @@ pub struct Broker {
     child: Option<Child>,
     dir: tempfile::TempDir,
     starts: u32,
-    /// For a TLS-only broker: the plaintext port its clients use.
+    /// For a TLS-only broker: the plaintext port its clients use (for
+    /// rumqttd, one per listener: 3.1.1, then 5).
     origin: Option<TlsOrigin>,
+    origin_v5: Option<TlsOrigin>,
 }
 
 const READY: Duration = Duration::from_secs(15);
@@ -236,7 +238,9 @@ impl Broker {
             })?;
         let upstream = match (&spec, &tuning.tls) {
             (BrokerSpec::External { tls: Some(t), .. }, _) => Some(t.clone()),
-            (BrokerSpec::Mosquitto { .. }, Some(l)) => Some(l.upstream.clone()),
+            (BrokerSpec::Mosquitto { .. } | BrokerSpec::Rumqttd { .. }, Some(l)) => {
+                Some(l.upstream.clone())
+            }
             _ => None,
         };
         // On the broker's own loopback address; an external broker's may
@@ -245,9 +249,13 @@ impl Broker {
             BrokerSpec::External { .. } => IpAddr::from([127, 0, 0, 1]),
             _ => v4.ip(),
         };
-        let origin = match upstream {
-            Some(t) => Some(TlsOrigin::start(listen, v4, &t)?),
+        let origin = match &upstream {
+            Some(t) => Some(TlsOrigin::start(listen, v4, t)?),
             None => None,
+        };
+        let origin_v5 = match (&upstream, &spec) {
+            (Some(t), BrokerSpec::Rumqttd { .. }) => Some(TlsOrigin::start(listen, v5, t)?),
+            _ => None,
         };
         let mut b = Broker {
             tuning,
@@ -258,6 +266,7 @@ impl Broker {
             dir,
             starts: 0,
             origin,
+            origin_v5,
         };
         b.start_again()?;
         Ok(b)
@@ -283,6 +292,9 @@ impl Broker {
     /// Where a client of this protocol connects (for a TLS-only broker:
     /// the origin's plaintext port in front of it).
     pub fn addr(&self, proto: MqttVersion) -> SocketAddr {
+        if let (MqttVersion::V5, Some(o)) = (proto, &self.origin_v5) {
+            return o.addr();
+        }
         if let Some(o) = &self.origin {
             return o.addr();
         }
@@ -352,14 +364,24 @@ impl Broker {
                         source,
                     })?;
                 }
+                let mut cmd = Command::new(program);
+                cmd.args(args)
+                    .arg("--v4")
+                    .arg(self.v4.to_string())
+                    .arg("--v5")
+                    .arg(self.v5.to_string());
+                if let Some(l) = &self.tuning.tls {
+                    // rumqttd requires a client certificate whenever it is
+                    // given a CA (built with verify-client-cert).
+                    cmd.arg("--tls-cert")
+                        .arg(&l.cert_file)
+                        .arg("--tls-key")
+                        .arg(&l.key_file)
+                        .arg("--tls-ca")
+                        .arg(&l.upstream.ca_file);
+                }
                 Some(
-                    Command::new(program)
-                        .args(args)
-                        .arg("--v4")
-                        .arg(self.v4.to_string())
-                        .arg("--v5")
-                        .arg(self.v5.to_string())
-                        .stdin(Stdio::null())
+                    cmd.stdin(Stdio::null())
                         .stdout(log()?)
                         .stderr(log()?)
                         .spawn()

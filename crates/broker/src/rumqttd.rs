@@ -6,7 +6,18 @@ use std::net::SocketAddr;
 
 /// A config for a v4 (3.1.1) listener on `v4` and a v5 listener on `v5`.
 pub fn config(v4: SocketAddr, v5: SocketAddr) -> rumqttd::Config {
-    config_for(v4, v5, DEFAULT_MAX_CONNECTIONS)
+    config_for(v4, v5, DEFAULT_MAX_CONNECTIONS, None)
+}
+
+/// rumqttd's TLS listeners (rustls): its certificate chain and key, and
+/// the CA a client's certificate must chain to. rumqttd is built with
+/// `verify-client-cert`, so it requires one (mutual TLS), as the runner's
+/// mosquitto listener does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServeTls {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub ca: std::path::PathBuf,
 }
 
 /// Connections rumqttd admits unless told otherwise: plenty for a scenario
@@ -14,7 +25,17 @@ pub fn config(v4: SocketAddr, v5: SocketAddr) -> rumqttd::Config {
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
 /// [`config`] admitting `max_connections` clients.
-pub fn config_for(v4: SocketAddr, v5: SocketAddr, max_connections: usize) -> rumqttd::Config {
+pub fn config_for(
+    v4: SocketAddr,
+    v5: SocketAddr,
+    max_connections: usize,
+    tls: Option<&ServeTls>,
+) -> rumqttd::Config {
+    let tls = tls.map(|t| rumqttd::TlsConfig::Rustls {
+        capath: Some(t.ca.display().to_string()),
+        certpath: t.cert.display().to_string(),
+        keypath: t.key.display().to_string(),
+    });
     // Beyond a scenario's needs, accept as fast as it can: rumqttd's pause
     // between accepts (1 ms) would bound a 10,000-device fleet to 1,000
     // connections a second before anything else does.
@@ -34,7 +55,7 @@ pub fn config_for(v4: SocketAddr, v5: SocketAddr, max_connections: usize) -> rum
     let server = |name: &str, listen| rumqttd::ServerSettings {
         name: name.into(),
         listen,
-        tls: None,
+        tls: tls.clone(),
         next_connection_delay_ms: accept_delay_ms,
         connections: connections.clone(),
     };
@@ -63,9 +84,23 @@ pub fn config_for(v4: SocketAddr, v5: SocketAddr, max_connections: usize) -> rum
 /// Runs rumqttd in this process until the process ends (rumqttd cannot be
 /// stopped). Checks first that both ports are free, because rumqttd itself
 /// only logs a taken port and keeps running without a listener.
-pub fn serve(v4: SocketAddr, v5: SocketAddr, max_connections: usize) -> Result<(), ServeError> {
+pub fn serve(
+    v4: SocketAddr,
+    v5: SocketAddr,
+    max_connections: usize,
+    tls: Option<&ServeTls>,
+) -> Result<(), ServeError> {
     listen_check(v4, v5)?;
-    let mut broker = rumqttd::Broker::new(config_for(v4, v5, max_connections));
+    if let Some(t) = tls {
+        // rumqttd only logs a TLS file it cannot read, and serves nothing.
+        for f in [&t.cert, &t.key, &t.ca] {
+            std::fs::metadata(f).map_err(|source| ServeError::TlsFile {
+                path: f.clone(),
+                source,
+            })?;
+        }
+    }
+    let mut broker = rumqttd::Broker::new(config_for(v4, v5, max_connections, tls));
     broker
         .start()
         .map_err(|e| ServeError::Stopped(e.to_string()))
@@ -84,6 +119,12 @@ pub enum ServeError {
     },
     #[error("rumqttd stopped: {0}")]
     Stopped(String),
+    #[error("TLS: cannot read {path}: {source}")]
+    TlsFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     NotReady(#[from] crate::ClientError),
 }

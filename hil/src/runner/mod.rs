@@ -657,11 +657,13 @@ fn set_up(
     } else {
         None
     };
-    // `--tls` on mosquitto: the broker itself listens for TLS only, and
-    // asks for a client certificate; the runner's side (proxy, cloud,
-    // probes) reaches it through a TLS origin presenting the runner's own.
+    // `--tls` on a broker the runner starts: the broker itself listens for
+    // TLS only, and requires a client certificate; the runner's side
+    // (proxy, cloud, probes) reaches it through a TLS origin presenting the
+    // runner's own.
     let mut tuning = hil_broker::Tuning::default();
-    if let (true, BrokerChoice::Mosquitto, Some((pki, _))) = (opts.tls, &opts.broker, &pki) {
+    let starts_broker = matches!(opts.broker, BrokerChoice::Mosquitto | BrokerChoice::Rumqttd);
+    if let (true, true, Some((pki, _))) = (opts.tls, starts_broker, &pki) {
         let files = pki.broker_files().map_err(TlsHopError::from)?;
         let (runner, _) = pki
             .client_files("runner", "hil-runner")
