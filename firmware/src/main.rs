@@ -14,10 +14,14 @@
 
 extern crate alloc;
 
+mod link;
 mod settings;
 mod store;
+#[cfg(feature = "tls")]
+mod tls;
 mod wifi;
 
+use core::cell::RefCell;
 use embassy_executor::Spawner;
 use embassy_futures::select::{select4, Either4};
 use embassy_net::tcp::TcpSocket;
@@ -112,8 +116,24 @@ async fn main(spawner: Spawner) {
     };
 
     let rng = Rng::new();
+    // TLS keys come from the true random source (the RNG fed by the ADC's
+    // noise, and the radio's once it runs), which must stay alive.
+    #[cfg(feature = "tls")]
+    let _trng_source = esp_hal::rng::TrngSource::new(peripherals.RNG, peripherals.ADC1);
+    #[cfg(feature = "tls")]
+    let trng = esp_hal::rng::Trng::try_new().ok();
     let mut cfg = Config::new("esp32c3", mac);
     cfg.mqtt = settings.mqtt;
+    #[cfg(feature = "tls")]
+    {
+        cfg.credentials = settings
+            .login
+            .as_ref()
+            .map(|(user, pass)| hil_session::Credentials {
+                username: user.clone(),
+                password: hil_session::Secret::new(pass.clone()),
+            });
+    }
     cfg.outbox_capacity = store::OUTBOX_CAPACITY;
     let (records, corrupt) = store.load_records().await;
     let mut device = Device::boot(cfg, HwRng(rng), records);
@@ -123,9 +143,17 @@ async fn main(spawner: Spawner) {
         Some((ip, port)) => (alloc::format!("{ip}:{port}"), "flash"),
         None => ("none".into(), "default"),
     };
+    // TLS: whether a CA is provisioned and for what name; never a secret.
+    #[cfg(feature = "tls")]
+    let tls_state = match (&settings.ca, &settings.tls_name) {
+        (Some(ca), Some(name)) => alloc::format!("on ca={} bytes name={name}", ca.len()),
+        _ => "required (no CA or name: connections refused)".into(),
+    };
     for (setting, value, source) in [
         ("broker", broker.0, broker.1),
         ("mqtt", alloc::format!("{}", settings.mqtt), "flash"),
+        #[cfg(feature = "tls")]
+        ("tls", tls_state, "flash"),
     ] {
         let line = Event::Config {
             setting: setting.into(),
@@ -139,9 +167,7 @@ async fn main(spawner: Spawner) {
             &mut tx,
             &Event::error(
                 "flash",
-                alloc::format!(
-                    "record {key} unreadable ({kept}), starting it empty"
-                ),
+                alloc::format!("record {key} unreadable ({kept}), starting it empty"),
             )
             .format(),
         )
@@ -181,6 +207,8 @@ async fn main(spawner: Spawner) {
         &mut tx,
         &mut store,
         &mut settings,
+        #[cfg(feature = "tls")]
+        trng,
     )
     .await
 }
@@ -192,10 +220,13 @@ async fn run(
     tx: &mut ConsoleTx,
     store: &mut store::Store,
     settings: &mut settings::Settings,
+    #[cfg(feature = "tls")] mut trng: Option<esp_hal::rng::Trng>,
 ) -> ! {
-    let mut sock_rx = [0u8; 2048];
-    let mut sock_tx = [0u8; 2048];
-    let mut socket = TcpSocket::new(stack, &mut sock_rx, &mut sock_tx);
+    static SOCKET_BUFFERS: StaticCell<[u8; 4096]> = StaticCell::new();
+    static SOCKET: StaticCell<RefCell<TcpSocket<'static>>> = StaticCell::new();
+    let (sock_rx, sock_tx) = SOCKET_BUFFERS.init([0; 4096]).split_at_mut(2048);
+    let socket = SOCKET.init(RefCell::new(TcpSocket::new(stack, sock_rx, sock_tx)));
+    let mut link = link::Link::new(socket);
     let mut connected = false;
     let mut splitter = LineSplitter::default();
     let mut cbuf = [0u8; 256];
@@ -211,13 +242,10 @@ async fn run(
                 }
                 Output::Transmit(bytes) => {
                     if connected {
-                        if let Err(e) = socket.write_all(&bytes).await {
+                        if let Err(e) = link.write_all(&bytes).await {
                             connected = false;
-                            socket.abort();
-                            device.handle_link_down(
-                                now_ms(),
-                                LinkDownReason::Error(alloc::format!("{e:?}")),
-                            );
+                            link.close(true).await;
+                            device.handle_link_down(now_ms(), LinkDownReason::Error(e));
                         }
                     }
                 }
@@ -228,21 +256,28 @@ async fn run(
                         )),
                         Some(_) if !stack.is_config_up() => Err("no IP address yet".into()),
                         Some((ip, port)) => {
-                            socket.abort();
-                            socket.set_timeout(Some(Duration::from_secs(
-                                settings.keepalive_s as u64 * 2,
-                            )));
                             let ep = IpEndpoint::new(embassy_net::IpAddress::Ipv4(ip), port);
-                            match embassy_time::with_timeout(
-                                Duration::from_secs(5),
-                                socket.connect(ep),
-                            )
-                            .await
-                            {
-                                Ok(Ok(())) => Ok(()),
-                                Ok(Err(e)) => Err(alloc::format!("{e:?}")),
-                                Err(_) => Err("connect timed out".into()),
-                            }
+                            let timeout = Duration::from_secs(settings.keepalive_s as u64 * 2);
+                            link.close(true).await;
+                            #[cfg(not(feature = "tls"))]
+                            let r = link.connect(ep, timeout).await;
+                            // A TLS device connects only with a CA and a name,
+                            // and never in plaintext.
+                            #[cfg(feature = "tls")]
+                            let r = match (&settings.ca, &settings.tls_name, trng.as_mut()) {
+                                (Some(ca), Some(name), Some(rng)) => {
+                                    match link.connect(ep, timeout).await {
+                                        Ok(()) => link.handshake(ca, name, rng).await,
+                                        Err(e) => Err(e),
+                                    }
+                                }
+                                (_, _, None) => Err("tls: no true random source".into()),
+                                _ => Err(
+                                    "production device: no CA or name provisioned (!config ca=... tls.name=...), plaintext MQTT refused"
+                                        .into(),
+                                ),
+                            };
+                            r
                         }
                     };
                     match result {
@@ -255,11 +290,7 @@ async fn run(
                 }
                 Output::Close { abrupt } => {
                     connected = false;
-                    if abrupt {
-                        socket.abort();
-                    } else {
-                        socket.close();
-                    }
+                    link.close(abrupt).await;
                 }
                 Output::Wifi(on) => wifi::request(on),
                 Output::Reboot => {
@@ -304,7 +335,7 @@ async fn run(
             .unwrap_or(Instant::now() + Duration::from_secs(3600));
         let net_read = async {
             if connected {
-                socket.read(&mut nbuf).await
+                link.read(&mut nbuf).await
             } else {
                 core::future::pending().await
             }
@@ -352,8 +383,8 @@ async fn run(
             Either4::Second(Ok(n)) => device.handle_bytes(now_ms(), &nbuf[..n]),
             Either4::Second(Err(e)) => {
                 connected = false;
-                socket.abort();
-                device.handle_link_down(now_ms(), LinkDownReason::Error(alloc::format!("{e:?}")));
+                link.close(true).await;
+                device.handle_link_down(now_ms(), LinkDownReason::Error(e));
             }
             Either4::Third(()) => device.handle_timeout(now_ms()),
             Either4::Fourth(up) => {
@@ -365,7 +396,7 @@ async fn run(
                 }
                 if !up && connected {
                     connected = false;
-                    socket.abort();
+                    link.close(true).await;
                 }
                 device.handle_wifi(now_ms(), up && stack.is_config_up());
             }

@@ -19,6 +19,17 @@ pub struct Settings {
     pub broker: Option<(Ipv4Addr, u16)>,
     pub mqtt: MqttVersion,
     pub keepalive_s: u16,
+    /// TLS (feature `tls`): the CA (DER) the broker's certificate must chain
+    /// to, `!config ca=<base64 of the DER>`, and the name it must be for,
+    /// `!config tls.name=broker.example`.
+    #[cfg(feature = "tls")]
+    pub ca: Option<Vec<u8>>,
+    #[cfg(feature = "tls")]
+    pub tls_name: Option<String>,
+    /// MQTT User Name and Password (feature `tls`: a login is only sent
+    /// inside TLS), `!config mqtt.user=... mqtt.pass=...`; taken at boot.
+    #[cfg(feature = "tls")]
+    pub login: Option<(String, String)>,
 }
 
 impl Default for Settings {
@@ -28,6 +39,12 @@ impl Default for Settings {
             broker: None,
             mqtt: MqttVersion::V3_1_1,
             keepalive_s: 30,
+            #[cfg(feature = "tls")]
+            ca: None,
+            #[cfg(feature = "tls")]
+            tls_name: None,
+            #[cfg(feature = "tls")]
+            login: None,
         }
     }
 }
@@ -73,9 +90,45 @@ impl Settings {
                         .parse()
                         .map_err(|e: hil_session::config::ParseVersionError| e.to_string())?
                 }
+                #[cfg(feature = "tls")]
+                "ca" => {
+                    use base64::Engine;
+                    let der = base64::engine::general_purpose::STANDARD
+                        .decode(v.as_bytes())
+                        .map_err(|_| "ca: the CA certificate's DER, in base64")?;
+                    // A certificate is a DER SEQUENCE; 2 KiB bounds what is kept.
+                    if der.first() != Some(&0x30) || der.len() > 2048 {
+                        return Err(
+                            "ca: one DER certificate (a SEQUENCE), at most 2048 bytes".into()
+                        );
+                    }
+                    next.ca = Some(der);
+                }
+                #[cfg(feature = "tls")]
+                "tls.name" => {
+                    if v.is_empty() || v.len() > 64 {
+                        return Err("tls.name: 1 to 64 bytes".into());
+                    }
+                    next.tls_name = Some(v.clone());
+                }
+                #[cfg(feature = "tls")]
+                "mqtt.user" => {
+                    let pass = next.login.take().map(|l| l.1).unwrap_or_default();
+                    next.login = Some((v.clone(), pass));
+                }
+                #[cfg(feature = "tls")]
+                "mqtt.pass" => {
+                    let user = next.login.take().map(|l| l.0).unwrap_or_default();
+                    next.login = Some((user, v.clone()));
+                }
                 other => {
                     return Err(alloc::format!(
-                        "unknown setting `{other}` (wifi.ssid, wifi.pass, broker, mqtt)"
+                        "unknown setting `{other}` (wifi.ssid, wifi.pass, broker, mqtt{})",
+                        if cfg!(feature = "tls") {
+                            ", ca, tls.name, mqtt.user, mqtt.pass"
+                        } else {
+                            ""
+                        }
                     ))
                 }
             }
@@ -107,6 +160,20 @@ impl Settings {
             s.push_str(&alloc::format!("broker={ip}:{port}\n"));
         }
         s.push_str(&alloc::format!("mqtt={}\n", self.mqtt));
+        #[cfg(feature = "tls")]
+        {
+            use base64::Engine;
+            if let Some(ca) = &self.ca {
+                let b64 = base64::engine::general_purpose::STANDARD.encode(ca);
+                s.push_str(&alloc::format!("ca={b64}\n"));
+            }
+            if let Some(n) = &self.tls_name {
+                s.push_str(&alloc::format!("tls.name={n}\n"));
+            }
+            if let Some((u, p)) = &self.login {
+                s.push_str(&alloc::format!("mqtt.user={u}\nmqtt.pass={p}\n"));
+            }
+        }
         s.into_bytes()
     }
 

@@ -53,14 +53,29 @@ fn ci_runs_host_tests_and_the_reference_broker_and_checks_the_firmware() {
     assert!(r.contains("cargo build --release"), "{r}");
     assert!(r.contains("--target riscv32imc-unknown-none-elf"), "{r}");
     assert!(
-        r.contains("firmware image") && r.contains("--max-bytes 720896"),
+        r.contains("firmware image") && r.contains("--max-bytes ${{ matrix.build.max }}"),
         "{r}"
+    );
+    // Every build the firmware ships, each with its budget.
+    let builds = fw["strategy"]["matrix"]["build"].as_sequence().unwrap();
+    let budgets: Vec<(&str, u64)> = builds
+        .iter()
+        .map(|b| (b["features"].as_str().unwrap(), b["max"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        budgets,
+        [("", 720896), ("uart-console", 720896), ("tls", 983040)],
+        "{budgets:?}"
     );
     let build = fw["steps"]
         .as_sequence()
         .unwrap()
         .iter()
-        .find(|s| s["run"].as_str() == Some("cargo build --release"))
+        .find(|s| {
+            s["run"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("cargo build --release"))
+        })
         .unwrap();
     assert_eq!(
         build["working-directory"].as_str(),

@@ -167,7 +167,7 @@ impl Bugs {
         self
     }
     pub fn has(&self, bug: Bug) -> bool {
-        self.0 & (1 << bug as u32) != 0
+        cfg!(feature = "controls") && self.0 & (1 << bug as u32) != 0
     }
 }
 
@@ -209,6 +209,7 @@ pub struct Config {
     pub prefix: String,
     /// Where readings go instead of `<prefix>/<client_id>/telemetry`: a
     /// shared ingest topic, as some clouds ask for. None: the device's own.
+    #[cfg(feature = "ingest-topic")]
     pub telemetry_topic: Option<String>,
     pub mqtt: MqttVersion,
     pub keepalive_s: u16,
@@ -285,6 +286,7 @@ impl Config {
             chip: chip.into(),
             mac,
             prefix: "devices".into(),
+            #[cfg(feature = "ingest-topic")]
             telemetry_topic: None,
             mqtt: MqttVersion::V3_1_1,
             keepalive_s: 30,

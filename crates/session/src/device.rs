@@ -892,10 +892,13 @@ impl<R: RandomSource> Device<R> {
         if self.link != Link::Connected {
             return;
         }
+        #[cfg(feature = "ingest-topic")]
         let topic = match &self.cfg.telemetry_topic {
             Some(t) => t.clone(),
             None => topics(&self.cfg, &self.client_id).telemetry(),
         };
+        #[cfg(not(feature = "ingest-topic"))]
+        let topic = topics(&self.cfg, &self.client_id).telemetry();
         let mut changed = false;
         while self.outbox.in_flight() < self.cfg.max_inflight.max(1) {
             let Some(entry) = self.outbox.next_unsent() else {
