@@ -111,9 +111,10 @@ impl Link {
         &mut self,
         ca: &[u8],
         name: &str,
+        client: Option<crate::tls::Identity<'_>>,
         rng: &mut esp_hal::rng::Trng,
     ) -> Result<(), String> {
-        match self.tls.open(self.sock, ca, name, rng).await {
+        match self.tls.open(self.sock, ca, name, client, rng).await {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.socket().abort();

@@ -146,7 +146,15 @@ async fn main(spawner: Spawner) {
     // TLS: whether a CA is provisioned and for what name; never a secret.
     #[cfg(feature = "tls")]
     let tls_state = match (&settings.ca, &settings.tls_name) {
-        (Some(ca), Some(name)) => alloc::format!("on ca={} bytes name={name}", ca.len()),
+        (Some(ca), Some(name)) => alloc::format!(
+            "on ca={} bytes name={name}{}",
+            ca.len(),
+            if settings.client.is_some() {
+                " client-cert=yes"
+            } else {
+                ""
+            }
+        ),
         _ => "required (no CA or name: connections refused)".into(),
     };
     for (setting, value, source) in [
@@ -266,8 +274,11 @@ async fn run(
                             #[cfg(feature = "tls")]
                             let r = match (&settings.ca, &settings.tls_name, trng.as_mut()) {
                                 (Some(ca), Some(name), Some(rng)) => {
+                                    let client = settings.client.as_ref().map(|(cert, key)| {
+                                        tls::Identity { cert, key }
+                                    });
                                     match link.connect(ep, timeout).await {
-                                        Ok(()) => link.handshake(ca, name, rng).await,
+                                        Ok(()) => link.handshake(ca, name, client, rng).await,
                                         Err(e) => Err(e),
                                     }
                                 }

@@ -26,6 +26,10 @@ pub struct Settings {
     pub ca: Option<Vec<u8>>,
     #[cfg(feature = "tls")]
     pub tls_name: Option<String>,
+    /// Mutual TLS: the device's certificate (DER) and its P-256 key
+    /// (PKCS#8 DER), `!config tls.cert=<base64> tls.key=<base64>`.
+    #[cfg(feature = "tls")]
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
     /// MQTT User Name and Password (feature `tls`: a login is only sent
     /// inside TLS), `!config mqtt.user=... mqtt.pass=...`; taken at boot.
     #[cfg(feature = "tls")]
@@ -43,6 +47,8 @@ impl Default for Settings {
             ca: None,
             #[cfg(feature = "tls")]
             tls_name: None,
+            #[cfg(feature = "tls")]
+            client: None,
             #[cfg(feature = "tls")]
             login: None,
         }
@@ -62,6 +68,22 @@ fn parse_broker(v: &str) -> Result<(Ipv4Addr, u16), String> {
         .map_err(|_| "broker: an IPv4 address (names are not resolved on the device)")?;
     let port: u16 = port.parse().map_err(|_| "broker: port is a number")?;
     Ok((ip, port))
+}
+
+/// A DER value (a certificate, a PKCS#8 key) given in base64: one DER
+/// SEQUENCE of at most 2 KiB.
+#[cfg(feature = "tls")]
+fn der_field(key: &str, v: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine;
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(v.as_bytes())
+        .map_err(|_| alloc::format!("{key}: DER, in base64"))?;
+    if der.first() != Some(&0x30) || der.len() > 2048 {
+        return Err(alloc::format!(
+            "{key}: one DER SEQUENCE of at most 2048 bytes"
+        ));
+    }
+    Ok(der)
 }
 
 impl Settings {
@@ -91,18 +113,16 @@ impl Settings {
                         .map_err(|e: hil_session::config::ParseVersionError| e.to_string())?
                 }
                 #[cfg(feature = "tls")]
-                "ca" => {
-                    use base64::Engine;
-                    let der = base64::engine::general_purpose::STANDARD
-                        .decode(v.as_bytes())
-                        .map_err(|_| "ca: the CA certificate's DER, in base64")?;
-                    // A certificate is a DER SEQUENCE; 2 KiB bounds what is kept.
-                    if der.first() != Some(&0x30) || der.len() > 2048 {
-                        return Err(
-                            "ca: one DER certificate (a SEQUENCE), at most 2048 bytes".into()
-                        );
-                    }
-                    next.ca = Some(der);
+                "ca" => next.ca = Some(der_field("ca", v)?),
+                #[cfg(feature = "tls")]
+                "tls.cert" => {
+                    let key = next.client.take().map(|c| c.1).unwrap_or_default();
+                    next.client = Some((der_field("tls.cert", v)?, key));
+                }
+                #[cfg(feature = "tls")]
+                "tls.key" => {
+                    let cert = next.client.take().map(|c| c.0).unwrap_or_default();
+                    next.client = Some((cert, der_field("tls.key", v)?));
                 }
                 #[cfg(feature = "tls")]
                 "tls.name" => {
@@ -125,7 +145,7 @@ impl Settings {
                     return Err(alloc::format!(
                         "unknown setting `{other}` (wifi.ssid, wifi.pass, broker, mqtt{})",
                         if cfg!(feature = "tls") {
-                            ", ca, tls.name, mqtt.user, mqtt.pass"
+                            ", ca, tls.name, tls.cert, tls.key, mqtt.user, mqtt.pass"
                         } else {
                             ""
                         }
@@ -169,6 +189,11 @@ impl Settings {
             }
             if let Some(n) = &self.tls_name {
                 s.push_str(&alloc::format!("tls.name={n}\n"));
+            }
+            if let Some((cert, key)) = &self.client {
+                let cert = base64::engine::general_purpose::STANDARD.encode(cert);
+                let key = base64::engine::general_purpose::STANDARD.encode(key);
+                s.push_str(&alloc::format!("tls.cert={cert}\ntls.key={key}\n"));
             }
             if let Some((u, p)) = &self.login {
                 s.push_str(&alloc::format!("mqtt.user={u}\nmqtt.pass={p}\n"));

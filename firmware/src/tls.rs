@@ -13,9 +13,11 @@
 //! - validity dates: the chip has no wall clock at boot (no SNTP here), so
 //!   an expired certificate is not detected (`tls_expired` cannot pass on
 //!   this firmware, and is not hidden: it fails);
-//! - basic constraints and key usage of intermediates;
-//! - client certificates (mutual TLS) are not wired: the key would need a
-//!   provisioning path and storage of its own.
+//! - basic constraints and key usage of intermediates.
+//!
+//! Mutual TLS: a client certificate (DER) and its P-256 key (PKCS#8 DER),
+//! provisioned by `!config tls.cert=... tls.key=...` (base64), are
+//! presented when the broker asks for one.
 //!
 //! The one connection alive at a time owns the record buffers: a
 //! connection borrows its buffers for as long as it lives, and it lives
@@ -26,8 +28,8 @@ use crate::link::Sock;
 use embedded_io_async::Write;
 use embedded_tls::pki::CertVerifier;
 use embedded_tls::{
-    Aes128GcmSha256, Certificate, CryptoProvider, NoClock, TlsConfig, TlsConnection, TlsContext,
-    TlsError, TlsVerifier,
+    Aes128GcmSha256, Certificate, CryptoProvider, NoClock, SignatureScheme, TlsConfig,
+    TlsConnection, TlsContext, TlsError, TlsVerifier,
 };
 use esp_hal::rng::Trng;
 
@@ -57,11 +59,19 @@ type Conn = TlsConnection<'static, Sock, Aes128GcmSha256>;
 struct Provider<'a> {
     rng: &'a mut Trng,
     verifier: CertVerifier<'a, Aes128GcmSha256, NoClock, CHAIN>,
+    client: Option<Identity<'a>>,
+}
+
+/// A client certificate (DER) and its P-256 key (PKCS#8 DER).
+#[derive(Clone, Copy)]
+pub struct Identity<'a> {
+    pub cert: &'a [u8],
+    pub key: &'a [u8],
 }
 
 impl CryptoProvider for Provider<'_> {
     type CipherSuite = Aes128GcmSha256;
-    type Signature = &'static [u8];
+    type Signature = p256::ecdsa::DerSignature;
 
     fn rng(&mut self) -> impl embedded_tls::CryptoRngCore {
         &mut *self.rng
@@ -69,6 +79,22 @@ impl CryptoProvider for Provider<'_> {
 
     fn verifier(&mut self) -> Result<&mut impl TlsVerifier<Self::CipherSuite>, TlsError> {
         Ok(&mut self.verifier)
+    }
+
+    fn signer(
+        &mut self,
+    ) -> Result<(impl signature::SignerMut<Self::Signature>, SignatureScheme), TlsError> {
+        use p256::pkcs8::DecodePrivateKey;
+        let key = self.client.ok_or(TlsError::InvalidPrivateKey)?.key;
+        let key = p256::SecretKey::from_pkcs8_der(key).map_err(|_| TlsError::InvalidPrivateKey)?;
+        Ok((
+            p256::ecdsa::SigningKey::from(&key),
+            SignatureScheme::EcdsaSecp256r1Sha256,
+        ))
+    }
+
+    fn client_cert(&mut self) -> Option<Certificate<impl AsRef<[u8]>>> {
+        self.client.map(|c| Certificate::X509(c.cert))
     }
 }
 
@@ -83,12 +109,14 @@ impl TlsLink {
     }
 
     /// Handshakes over `socket` (connected): TLS 1.3, the chain checked up
-    /// to `ca` (DER) and the certificate's names against `name`.
+    /// to `ca` (DER) and the certificate's names against `name`; `client`
+    /// is presented if the broker asks for a certificate.
     pub async fn open(
         &mut self,
         socket: Sock,
         ca: &[u8],
         name: &str,
+        client: Option<Identity<'_>>,
         rng: &mut Trng,
     ) -> Result<(), TlsError> {
         // The previous connection, the buffers' only holder, is gone first.
@@ -102,6 +130,7 @@ impl TlsLink {
         let provider = Provider {
             rng,
             verifier: CertVerifier::new(Certificate::X509(ca)),
+            client,
         };
         conn.open(TlsContext::new(&config, provider)).await?;
         self.conn = Some(conn);

@@ -837,8 +837,17 @@ fn main() -> ExitCode {
             }
             match dut.as_str() {
                 "serial" | "probe" => {
-                    let (port, mac, chip, wifi, rig_bind, rig_probe) = match (&port, &rig) {
-                        (Some(p), _) => (p.clone(), None, "esp32c3".to_string(), None, None, None),
+                    let (port, mac, chip, wifi, rig_bind, rig_probe, rig_tls) = match (&port, &rig)
+                    {
+                        (Some(p), _) => (
+                            p.clone(),
+                            None,
+                            "esp32c3".to_string(),
+                            None,
+                            None,
+                            None,
+                            false,
+                        ),
                         (None, Some(path)) => {
                             let board = hil::bench::rig::Rig::load(path).and_then(|rig| {
                                 let b = rig.board(board.as_deref())?.clone();
@@ -851,6 +860,7 @@ fn main() -> ExitCode {
                                     wifi,
                                     Some(rig.broker.bind),
                                     b.probe.clone(),
+                                    b.tls,
                                 ))
                             });
                             match board {
@@ -883,6 +893,8 @@ fn main() -> ExitCode {
                         chip,
                         wifi,
                         mac,
+                        // A TLS run needs a TLS board; a rig may say it has one.
+                        tls: tls || rig_tls,
                     }));
                 }
                 "wokwi" => {

@@ -37,6 +37,7 @@ fn serial(port: &str) -> RunOptions {
         chip: espflash::target::Chip::Esp32c3,
         wifi: Some(("bench-ap".into(), "not echoed".into())),
         mac: Some("f4:12:fa:00:00:01".into()),
+        tls: false,
     }));
     o
 }

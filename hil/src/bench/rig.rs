@@ -16,6 +16,7 @@
 //! port = "/dev/ttyACM0"          # or usb_serial = "F4:12:FA:..." (stable across replugs)
 //! probe = "303a:1001"            # optional: VID:PID[:SERIAL] for probe-rs
 //! mac = "24:0a:c4:12:34:56"      # expected factory MAC: the client ID is checked against it
+//! tls = true                     # optional: its firmware is built with --features tls
 //! ```
 
 use super::RigFileError;
@@ -55,6 +56,10 @@ pub struct Board {
     pub usb_serial: Option<String>,
     pub probe: Option<String>,
     pub mac: Option<String>,
+    /// Its firmware speaks MQTT over TLS (built with `--features tls`): the
+    /// runner provisions the run's CA over the console.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 fn default_chip() -> String {

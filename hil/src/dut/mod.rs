@@ -305,6 +305,8 @@ pub enum DutError {
     NoPowerSwitch(&'static str),
     #[error("provisioning failed: {0}")]
     Provision(#[source] Box<DutError>),
+    #[error("cannot provision the device: {0}")]
+    Provisioning(String),
     #[error("the board did not boot after reset: {0}")]
     NoBoot(#[source] Box<DutError>),
     #[error("cannot create the device's state dir: {0}")]

@@ -21,6 +21,9 @@ pub struct SerialOptions {
     pub wifi: Option<(String, String)>,
     /// Expected MAC (from the rig file), to check the client ID.
     pub mac: Option<String>,
+    /// The firmware speaks MQTT over TLS (`--features tls`): the run's CA,
+    /// the broker's name and any login are provisioned over the console.
+    pub tls: bool,
 }
 
 pub struct SerialBackend(pub SerialOptions);
@@ -32,6 +35,33 @@ const CAPS: &[Capability] = &[
     Capability::BrokerRestart,
     Capability::LinkFaults,
 ];
+
+/// A board whose firmware has the `tls` feature.
+const CAPS_TLS: &[Capability] = &[
+    Capability::ReachesBroker,
+    Capability::WifiToggle,
+    Capability::Reset,
+    Capability::BrokerRestart,
+    Capability::LinkFaults,
+    Capability::Tls,
+];
+
+/// `ca=<base64 DER> tls.name=<name>`: the firmware's TLS provisioning, from
+/// the run's CA file (PEM).
+fn tls_fields(ca_file: &std::path::Path, name: &str) -> Result<String, DutError> {
+    use base64::Engine;
+    let pem = std::fs::read(ca_file).map_err(|e| {
+        DutError::Provisioning(format!("cannot read the CA {}: {e}", ca_file.display()))
+    })?;
+    let der = rustls_pemfile::certs(&mut pem.as_slice())
+        .next()
+        .and_then(Result::ok)
+        .ok_or_else(|| {
+            DutError::Provisioning(format!("{} holds no PEM certificate", ca_file.display()))
+        })?;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+    Ok(format!(" ca={b64} tls.name={}", quote(name)))
+}
 
 /// How long a board has to boot after a reset.
 const BOOT: Duration = Duration::from_secs(15);
@@ -70,6 +100,35 @@ fn quote(v: &str) -> String {
     out
 }
 
+/// Mutual TLS on a board: its certificate (DER) and its key (PKCS#8 DER),
+/// each in base64, from the PEM files the runner made.
+fn client_fields(
+    cert_file: &std::path::Path,
+    key_file: &std::path::Path,
+) -> Result<(String, String), DutError> {
+    use base64::Engine;
+    let read = |f: &std::path::Path| {
+        std::fs::read(f)
+            .map_err(|e| DutError::Provisioning(format!("cannot read {}: {e}", f.display())))
+    };
+    let pem = read(cert_file)?;
+    let cert = rustls_pemfile::certs(&mut pem.as_slice())
+        .next()
+        .and_then(Result::ok)
+        .ok_or_else(|| {
+            DutError::Provisioning(format!("{} holds no PEM certificate", cert_file.display()))
+        })?;
+    let pem = read(key_file)?;
+    let key = rustls_pemfile::private_key(&mut pem.as_slice())
+        .ok()
+        .flatten()
+        .ok_or_else(|| {
+            DutError::Provisioning(format!("{} holds no PEM private key", key_file.display()))
+        })?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    Ok((b64.encode(cert.as_ref()), b64.encode(key.secret_der())))
+}
+
 impl Backend for SerialBackend {
     fn name(&self) -> &'static str {
         if self.0.probe.is_some() {
@@ -80,7 +139,11 @@ impl Backend for SerialBackend {
     }
 
     fn capabilities(&self) -> &'static [Capability] {
-        CAPS
+        if self.0.tls {
+            CAPS_TLS
+        } else {
+            CAPS
+        }
     }
 
     fn prepare(&self) -> Result<(), DutError> {
@@ -115,6 +178,27 @@ impl Backend for SerialBackend {
                 quote(pass)
             ));
         }
+        if let Some(tls) = &p.tls {
+            line.push_str(&tls_fields(tls.ca_file, tls.server_name)?);
+            if let Some((cert, key)) = tls.client {
+                let (cert, key) = client_fields(cert, key)?;
+                // The key is a secret: the transcript never shows it.
+                p.transcript.redact(&key);
+                line.push_str(&format!(" tls.cert={cert} tls.key={key}"));
+            }
+        }
+        // A login: its password from the runner's file (the transcript
+        // redacts it: the runner registered it before it wrote the file).
+        if let Some((user, file)) = p.login {
+            let pass = std::fs::read_to_string(file).map_err(|e| {
+                DutError::Provisioning(format!("cannot read {}: {e}", file.display()))
+            })?;
+            line.push_str(&format!(
+                " mqtt.user={} mqtt.pass={}",
+                quote(user),
+                quote(pass.trim_end())
+            ));
+        }
         // No connection until the board has rebooted: a session the board
         // opened between provisioning and reset (CONNACK, then reset before
         // its SUBACK) would come back as session_present=1 without the
@@ -137,5 +221,44 @@ impl Backend for SerialBackend {
 
     fn expected_client_id(&self, _mac: &str) -> Option<String> {
         self.0.mac.as_deref().and_then(client_id_of)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ca_goes_to_a_board_as_the_base64_of_its_der() {
+        use base64::Engine;
+        let dir = tempfile::tempdir().unwrap();
+        let pki =
+            crate::testbed::pki::TestPki::make(dir.path(), "127.0.0.1".parse().unwrap()).unwrap();
+        let fields = tls_fields(&pki.ca_file, "broker.hil.test").unwrap();
+        let b64 = fields
+            .strip_prefix(" ca=")
+            .and_then(|r| r.strip_suffix(" tls.name=broker.hil.test"))
+            .unwrap_or_else(|| panic!("{fields}"));
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        let pem = std::fs::read(&pki.ca_file).unwrap();
+        let want = rustls_pemfile::certs(&mut pem.as_slice())
+            .next()
+            .unwrap()
+            .unwrap();
+        assert_eq!(der, want.as_ref());
+        // What the firmware's `!config ca=` accepts: one DER SEQUENCE of at
+        // most 2 KiB, inside one console line.
+        assert_eq!(der[0], 0x30);
+        assert!(der.len() <= 2048);
+        assert!(fields.len() < hil_session::console::MAX_LINE);
+        // A file without a certificate is a clear error, not an empty CA.
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        assert!(tls_fields(&empty, "x")
+            .unwrap_err()
+            .to_string()
+            .contains("no PEM certificate"));
     }
 }
