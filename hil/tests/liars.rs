@@ -366,6 +366,7 @@ fn serial(port: &str) -> RunOptions {
         chip: espflash::target::Chip::Esp32c3,
         wifi: None,
         mac: Some(MAC.into()),
+        tls: false,
     }));
     o
 }
