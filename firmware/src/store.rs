@@ -98,18 +98,10 @@ impl Store {
         .map_err(|_| "flash write failed")
     }
 
+    /// Every write goes through [`Store::put`]: one copy of
+    /// sequential-storage's write in the image, not one per caller (400 B).
     pub async fn save(&mut self, r: &Record) -> Result<(), &'static str> {
-        let bytes = r.encode();
-        store_item(
-            &mut self.flash,
-            RANGE,
-            &mut NoCache::new(),
-            &mut self.buf,
-            &key_of(r.key()),
-            &bytes.as_slice(),
-        )
-        .await
-        .map_err(|_| "flash write failed")
+        self.put(key_of(r.key()), &r.encode()).await
     }
 
     pub async fn load_settings(&mut self) -> Settings {
@@ -120,15 +112,6 @@ impl Store {
     }
 
     pub async fn save_settings(&mut self, s: &Settings) {
-        let bytes = s.encode();
-        let _ = store_item(
-            &mut self.flash,
-            RANGE,
-            &mut NoCache::new(),
-            &mut self.buf,
-            &SETTINGS_KEY,
-            &bytes.as_slice(),
-        )
-        .await;
+        let _ = self.put(SETTINGS_KEY, &s.encode()).await;
     }
 }
