@@ -112,27 +112,20 @@ fn an_mqtts_broker_on_mosquitto_runs_scenarios_and_a_wrong_ca_is_one_rig_error()
     .unwrap();
     let broker = mosquitto_tls(&pki, false);
     let url = format!("mqtts://{}", broker.listener());
-    let out = dir.path().join("out");
-    let ok = hil()
-        .args([
-            "run",
-            "--broker",
-            &url,
-            "--broker-name",
-            SERVER_NAME,
-            "--broker-ca",
-        ])
-        .arg(&pki.ca_file)
-        .args([
-            "--scenario",
-            "queued_commands",
-            "--scenario",
-            "telemetry_flush",
-            "--out",
-        ])
-        .arg(&out)
-        .output()
-        .unwrap();
+    // `hil run` on the mqtts:// broker, trusting `ca`.
+    let run = |ca: &std::path::Path, scenarios: &[&str], out: &str| {
+        let mut cmd = hil();
+        cmd.args(["run", "--broker", &url, "--broker-name", SERVER_NAME])
+            .arg("--broker-ca")
+            .arg(ca)
+            .arg("--out")
+            .arg(dir.path().join(out));
+        for s in scenarios {
+            cmd.args(["--scenario", s]);
+        }
+        cmd.output().unwrap()
+    };
+    let ok = run(&pki.ca_file, &["queued_commands", "telemetry_flush"], "out");
     let stdout = String::from_utf8_lossy(&ok.stdout);
     assert!(
         ok.status.success(),
@@ -146,20 +139,7 @@ fn an_mqtts_broker_on_mosquitto_runs_scenarios_and_a_wrong_ca_is_one_rig_error()
         "127.0.0.1".parse().unwrap(),
     )
     .unwrap();
-    let bad = hil()
-        .args([
-            "run",
-            "--broker",
-            &url,
-            "--broker-name",
-            SERVER_NAME,
-            "--broker-ca",
-        ])
-        .arg(&rogue.ca_file)
-        .args(["--scenario", "queued_commands", "--out"])
-        .arg(dir.path().join("out2"))
-        .output()
-        .unwrap();
+    let bad = run(&rogue.ca_file, &["queued_commands"], "out2");
     let stdout = String::from_utf8_lossy(&bad.stdout);
     assert_eq!(bad.status.code(), Some(3), "{stdout}");
     assert!(stdout.contains("cannot be reached over TLS"), "{stdout}");
