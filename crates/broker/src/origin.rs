@@ -195,8 +195,8 @@ impl Drop for TlsOrigin {
     }
 }
 
-/// SO_LINGER 0: the close that follows is a reset.
-fn reset_on_close(s: &TcpStream) {
+/// SO_LINGER 0: the close that follows is a reset (the TLS hop uses it too).
+pub fn reset_on_close(s: &TcpStream) {
     let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
 }
 

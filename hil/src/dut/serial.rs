@@ -50,15 +50,7 @@ const CAPS_TLS: &[Capability] = &[
 /// the run's CA file (PEM).
 fn tls_fields(ca_file: &std::path::Path, name: &str) -> Result<String, DutError> {
     use base64::Engine;
-    let pem = std::fs::read(ca_file).map_err(|e| {
-        DutError::Provisioning(format!("cannot read the CA {}: {e}", ca_file.display()))
-    })?;
-    let der = rustls_pemfile::certs(&mut pem.as_slice())
-        .next()
-        .and_then(Result::ok)
-        .ok_or_else(|| {
-            DutError::Provisioning(format!("{} holds no PEM certificate", ca_file.display()))
-        })?;
+    let der = first_cert(ca_file)?;
     let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
     Ok(format!(" ca={b64} tls.name={}", quote(name)))
 }
@@ -100,6 +92,19 @@ fn quote(v: &str) -> String {
     out
 }
 
+fn read_pem(f: &std::path::Path) -> Result<Vec<u8>, DutError> {
+    std::fs::read(f)
+        .map_err(|e| DutError::Provisioning(format!("cannot read {}: {e}", f.display())))
+}
+
+/// The first certificate of a PEM file, as DER.
+fn first_cert(f: &std::path::Path) -> Result<rustls::pki_types::CertificateDer<'static>, DutError> {
+    rustls_pemfile::certs(&mut read_pem(f)?.as_slice())
+        .next()
+        .and_then(Result::ok)
+        .ok_or_else(|| DutError::Provisioning(format!("{} holds no PEM certificate", f.display())))
+}
+
 /// Mutual TLS on a board: its certificate (DER) and its key (PKCS#8 DER),
 /// each in base64, from the PEM files the runner made.
 fn client_fields(
@@ -107,19 +112,8 @@ fn client_fields(
     key_file: &std::path::Path,
 ) -> Result<(String, String), DutError> {
     use base64::Engine;
-    let read = |f: &std::path::Path| {
-        std::fs::read(f)
-            .map_err(|e| DutError::Provisioning(format!("cannot read {}: {e}", f.display())))
-    };
-    let pem = read(cert_file)?;
-    let cert = rustls_pemfile::certs(&mut pem.as_slice())
-        .next()
-        .and_then(Result::ok)
-        .ok_or_else(|| {
-            DutError::Provisioning(format!("{} holds no PEM certificate", cert_file.display()))
-        })?;
-    let pem = read(key_file)?;
-    let key = rustls_pemfile::private_key(&mut pem.as_slice())
+    let cert = first_cert(cert_file)?;
+    let key = rustls_pemfile::private_key(&mut read_pem(key_file)?.as_slice())
         .ok()
         .flatten()
         .ok_or_else(|| {

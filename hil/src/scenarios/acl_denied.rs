@@ -104,25 +104,23 @@ fn run(tb: &mut Testbed) -> Outcome {
     for n in 0..2 {
         const P: Promise = Promise::RefusalReported;
         tb.dut.command("!telemetry 1").map_err(on(P))?;
+        // The first reading the broker has answered that was not answered before.
+        let newly_answered = |records: &[WireRecord]| {
+            readings(records).into_iter().find_map(|(seq, _, ack)| match ack {
+                Some(reason) if !answered.iter().any(|(s, _)| *s == seq) => Some((seq, reason)),
+                _ => None,
+            })
+        };
         let deadline = Instant::now() + STEP;
-        let done = tb.wire().wait_until(deadline, |records| {
-            readings(records)
-                .iter()
-                .filter(|(seq, _, ack)| ack.is_some() && !answered.iter().any(|(s, _)| s == seq))
-                .count()
-                > 0
-        });
-        let got = readings(&tb.wire().records());
-        let Some(&(seq, _, Some(reason))) = got
-            .iter()
-            .find(|(seq, _, ack)| ack.is_some() && !answered.iter().any(|(s, _)| s == seq))
-        else {
+        tb.wire()
+            .wait_until(deadline, |records| newly_answered(records).is_some());
+        let Some((seq, reason)) = newly_answered(&tb.wire().records()) else {
             return Err(fail(
                 P,
                 format!(
-                    "reading {} to {INGEST}: {} (the wire: {got:?})",
+                    "reading {} to {INGEST}: no PUBLISH and PUBACK within the step (the wire: {:?})",
                     n + 1,
-                    if done { "unanswered" } else { "no PUBLISH and PUBACK within the step" }
+                    readings(&tb.wire().records())
                 ),
             ));
         };

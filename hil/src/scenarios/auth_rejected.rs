@@ -5,7 +5,7 @@
 //! appear on its console (the transcript redacts it and counts each time it
 //! had to).
 
-use super::schedule::{classify, MIN_WAITS};
+use super::schedule::{classify, gaps_ms, MIN_WAITS};
 use super::steps::{fail, on, STEP};
 use super::{Control, ControlBroker, Need, Outcome, Promise, Scenario};
 use crate::dut::{Capability, DeviceSpec, LoginMode};
@@ -100,10 +100,7 @@ fn run(tb: &mut Testbed) -> Outcome {
             ),
         ));
     }
-    let waits: Vec<u64> = refusals
-        .windows(2)
-        .map(|w| w[1].duration_since(w[0]).as_millis() as u64)
-        .collect();
+    let waits = gaps_ms(&refusals);
     let class = classify(&waits);
     tb.t()
         .note(format!("waits between refused logins: {waits:?} ms: {class}"));

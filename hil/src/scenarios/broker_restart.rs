@@ -60,12 +60,9 @@ fn outage_waits(tb: &mut Testbed) -> Result<(Vec<u64>, Vec<u64>), Stop> {
         subscribed_for(&mut tb.dut, &wire, Promise::Resubscribe)?;
     }
     let attempts = tb.wire().attempts(Some(killed), None);
-    let waits = std::iter::once(killed)
-        .chain(attempts)
-        .collect::<Vec<_>>()
-        .windows(2)
-        .map(|w| w[1].duration_since(w[0]).as_millis() as u64)
-        .collect();
+    let waits = super::schedule::gaps_ms(
+        &std::iter::once(killed).chain(attempts).collect::<Vec<_>>(),
+    );
     Ok((waits, claimed_delays(&tb.dut.seen[mark..])))
 }
 
@@ -184,12 +181,11 @@ fn run(tb: &mut Testbed) -> Outcome {
     // Each backoff line claims the wait before one attempt; the wire must
     // agree, or the console is not telling what the device does.
     let attempts = tb.wire().attempts(Some(killed), None);
-    let gaps: Vec<u64> = std::iter::once(killed)
-        .chain(attempts.iter().copied())
-        .collect::<Vec<_>>()
-        .windows(2)
-        .map(|w| w[1].duration_since(w[0]).as_millis() as u64)
-        .collect();
+    let gaps = super::schedule::gaps_ms(
+        &std::iter::once(killed)
+            .chain(attempts.iter().copied())
+            .collect::<Vec<_>>(),
+    );
     if gaps.len() != backoffs.len() {
         return Err(fail(
             P,

@@ -143,6 +143,13 @@ fn deterministic(waits: &[u64]) -> (f64, Schedule) {
     })
 }
 
+/// The waits between consecutive instants, in ms (what [`classify`] takes).
+pub fn gaps_ms(at: &[std::time::Instant]) -> Vec<u64> {
+    at.windows(2)
+        .map(|w| w[1].duration_since(w[0]).as_millis() as u64)
+        .collect()
+}
+
 /// Classifies the waits (ms) before each retry, in order.
 pub fn classify(waits: &[u64]) -> Schedule {
     if waits.len() < MIN_WAITS {

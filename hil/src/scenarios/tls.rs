@@ -3,7 +3,7 @@
 //! handshake's outcome, no CONNECT, no plaintext) and not by its console,
 //! whose reason is only cross-checked.
 
-use super::schedule::{classify, MIN_WAITS};
+use super::schedule::{classify, gaps_ms, MIN_WAITS};
 use super::steps::{dut_connack, dut_subscribed, fail, STEP};
 use super::{Need, Outcome, Promise};
 use crate::dut::{Capability, DeviceSpec, TlsMode};
@@ -152,10 +152,7 @@ pub fn refuses(tb: &mut Testbed, cert: ServerCert) -> Outcome {
             ),
         ));
     }
-    let waits: Vec<u64> = seen
-        .windows(2)
-        .map(|w| w[1].0.duration_since(w[0].0).as_millis() as u64)
-        .collect();
+    let waits = gaps_ms(&seen.iter().map(|s| s.0).collect::<Vec<_>>());
     let class = classify(&waits);
     let why = match &seen[0].2 {
         TlsOutcome::Refused(w) => w.clone(),

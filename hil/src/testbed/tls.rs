@@ -25,6 +25,7 @@
 
 use super::pki::{PkiError, ServerCert, TestPki};
 use super::wire::{ClientCertSeen, TlsOutcome, WireEvent, WireLog};
+use hil_broker::origin::reset_on_close;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -124,11 +125,6 @@ impl Drop for TlsHop {
             rt.shutdown_background();
         }
     }
-}
-
-/// SO_LINGER 0: the close that follows is a reset.
-fn reset_on_close(s: &TcpStream) {
-    let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
 }
 
 /// How long a device has to finish its handshake.
