@@ -2,13 +2,13 @@
 //! associates and reports the link; on `!wifi off` it drops the controller,
 //! which deinitialises the radio.
 
-use crate::settings::WifiCreds;
 use embassy_futures::select::{select, Either};
 use embassy_sync::blocking_mutex::raw::CriticalSectionRawMutex;
 use embassy_sync::mutex::Mutex;
 use embassy_sync::signal::Signal;
 use embassy_time::{Duration, Timer};
 use esp_radio::wifi::{sta::StationConfig, AuthenticationMethodConfig, Config, WifiController};
+use hil_firmware_app::settings::WifiCreds;
 
 static WANT: Signal<CriticalSectionRawMutex, bool> = Signal::new();
 static STATE: Signal<CriticalSectionRawMutex, bool> = Signal::new();

@@ -33,7 +33,7 @@ enum Cmd {
     /// Run scenarios (all by default) and print a verdict.
     Run {
         /// Device under test: the host-native sim, a board on a serial port, or Wokwi.
-        #[arg(long, default_value = "sim", value_parser = ["sim", "serial", "probe", "wokwi"])]
+        #[arg(long, default_value = "sim", value_parser = ["sim", "firmware-host", "serial", "probe", "wokwi"])]
         dut: String,
         /// Probe backend: the debug probe, VID:PID[:SERIAL] (default: the only one attached).
         #[arg(long)]
@@ -59,6 +59,11 @@ enum Cmd {
         /// Address the broker and fault proxy listen on (default loopback; a rig's LAN address for boards).
         #[arg(long)]
         bind: Option<std::net::IpAddr>,
+        /// firmware-host backend: this build of the firmware's application
+        /// for the host, as it is. Default: hil builds this repository's
+        /// (`cargo build --manifest-path crates/firmware-host/Cargo.toml`).
+        #[arg(long, value_name = "PATH")]
+        firmware_host: Option<PathBuf>,
         /// Wokwi backend: the wokwi-cli program.
         #[arg(long, default_value = "wokwi-cli")]
         wokwi_cli: PathBuf,
@@ -780,6 +785,7 @@ fn main() -> ExitCode {
             wokwi_cli,
             wokwi_project,
             wokwi_timeout_ms,
+            firmware_host,
             broker,
             broker_restart,
             broker_ca,
@@ -896,6 +902,14 @@ fn main() -> ExitCode {
                         // A TLS run needs a TLS board; a rig may say it has one.
                         tls: tls || rig_tls,
                     }));
+                }
+                "firmware-host" => {
+                    opts.backend = Box::new(match firmware_host {
+                        Some(exe) => {
+                            hil::dut::FirmwareHostBackend::new(hil::dut::HostFirmware::Given(exe))
+                        }
+                        None => hil::dut::FirmwareHostBackend::from_this_repo(),
+                    });
                 }
                 "wokwi" => {
                     opts.backend = Box::new(WokwiBackend {

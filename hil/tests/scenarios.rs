@@ -6,6 +6,7 @@
 //! Each test is its own process under nextest, with its own broker address,
 //! device state dir and MAC.
 
+use hil::dut::Capability;
 use hil::runner::{run_one, RunOptions, Verdict};
 use hil::scenarios::{Control, Scenario, ALL};
 use hil::testbed::BrokerChoice;
@@ -29,9 +30,31 @@ fn evidence(test: &str, r: &hil::runner::ScenarioResult) -> String {
     )
 }
 
-fn opts(broker: BrokerChoice) -> RunOptions {
-    RunOptions::sim(env!("CARGO_BIN_EXE_hil").into(), broker)
+/// Which device runs the scenario: the sim, or the firmware's own
+/// application on the host (its tests' names say `firmware_host`, and the
+/// default nextest profile leaves them to CI: it links libslirp).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Device {
+    Sim,
+    FirmwareHost,
 }
+
+fn opts(broker: BrokerChoice, device: Device) -> Result<RunOptions, Failed> {
+    let mut o = RunOptions::sim(env!("CARGO_BIN_EXE_hil").into(), broker);
+    if device == Device::FirmwareHost {
+        o.backend = Box::new(hil::dut::FirmwareHostBackend::from_this_repo());
+        o.backend
+            .prepare()
+            .map_err(|e| format!("the host firmware: {e}"))?;
+    }
+    Ok(o)
+}
+
+/// What the host firmware cannot serve, by design: extra devices (the
+/// fleet is the sim's), TLS (its plaintext build; the TLS stack runs on the
+/// host in firmware_tls.rs) and a login (sent only inside TLS).
+const FIRMWARE_HOST_CANNOT: &[Capability] =
+    &[Capability::Fleet, Capability::Tls, Capability::Login];
 
 fn v(mqtt: MqttVersion) -> &'static str {
     match mqtt {
@@ -50,10 +73,15 @@ const KNOWN_BROKER_DEVIATIONS: &[(&str, &str, &str, &str)] = &[
     ("rumqttd", "v5", "large_payload", "MQTT-3.1.2-24"),
 ];
 
-fn pass(s: &'static Scenario, broker: BrokerChoice, mqtt: MqttVersion) -> Result<(), Failed> {
+fn pass(
+    s: &'static Scenario,
+    broker: BrokerChoice,
+    mqtt: MqttVersion,
+    device: Device,
+) -> Result<(), Failed> {
     let label = broker.name();
     let broker_kind = broker.clone();
-    let mut o = opts(broker);
+    let mut o = opts(broker, device)?;
     o.mqtt = mqtt;
     let r = run_one(&o, s, "24:0a:c4:00:20:01");
     let name = s.name;
@@ -100,6 +128,13 @@ fn pass(s: &'static Scenario, broker: BrokerChoice, mqtt: MqttVersion) -> Result
             if why.contains("does not honour") || why.contains("needs MQTT 5") {
                 return Ok(());
             }
+            if device == Device::FirmwareHost
+                && FIRMWARE_HOST_CANNOT
+                    .iter()
+                    .any(|c| *why == o.backend.why_not(*c))
+            {
+                return Ok(());
+            }
             // rumqttd 0.20 cannot serve a login or ACL scenario (the reason says why).
             if matches!(broker_kind, BrokerChoice::Rumqttd)
                 && (why == hil::runner::LOGIN_NA || why == hil::runner::ACL_NA)
@@ -113,8 +148,14 @@ fn pass(s: &'static Scenario, broker: BrokerChoice, mqtt: MqttVersion) -> Result
             return Err(evidence(&test, &r).into());
         }
     }
+    // The host firmware's transcripts differ from the sim's (its boot
+    // text, its provisioning over the console): snapshots per backend.
+    let backend = match device {
+        Device::Sim => "",
+        Device::FirmwareHost => "firmware_host__",
+    };
     snapshot(
-        &format!("{name}__{label}__{}", v(mqtt)),
+        &format!("{backend}{name}__{label}__{}", v(mqtt)),
         &r.transcript.normalized(),
     );
     Ok(())
@@ -126,8 +167,8 @@ fn snapshot(name: &str, normalized: &str) {
 }
 
 /// A negative control must fail its scenario, naming the promise it breaks.
-fn caught(s: &'static Scenario, c: Control) -> Result<(), Failed> {
-    let mut o = opts(c.broker.choice());
+fn caught(s: &'static Scenario, c: Control, device: Device) -> Result<(), Failed> {
+    let mut o = opts(c.broker.choice(), device)?;
     o.mqtt = c.mqtt;
     o.bugs = vec![c.bug];
     let r = run_one(&o, s, "24:0a:c4:00:30:01");
@@ -195,35 +236,46 @@ fn cli_lists_scenarios_and_rejects_bad_input() -> Result<(), Failed> {
 fn main() {
     let args = Arguments::from_args();
     let mut trials = Vec::new();
-    for (broker, bname) in [
-        (BrokerChoice::Rumqttd, "rumqttd"),
-        (BrokerChoice::Mosquitto, "mosquitto"),
-    ] {
-        for mqtt in [MqttVersion::V3_1_1, MqttVersion::V5] {
-            for s in ALL.iter().copied() {
-                let b = broker.clone();
-                trials.push(Trial::test(
-                    format!("{bname}::{}::{}", v(mqtt), s.name),
-                    move || pass(s, b, mqtt),
-                ));
+    for (device, prefix) in [(Device::Sim, ""), (Device::FirmwareHost, "firmware_host::")] {
+        for (broker, bname) in [
+            (BrokerChoice::Rumqttd, "rumqttd"),
+            (BrokerChoice::Mosquitto, "mosquitto"),
+        ] {
+            for mqtt in [MqttVersion::V3_1_1, MqttVersion::V5] {
+                for s in ALL.iter().copied() {
+                    let b = broker.clone();
+                    trials.push(Trial::test(
+                        format!("{prefix}{bname}::{}::{}", v(mqtt), s.name),
+                        move || pass(s, b, mqtt, device),
+                    ));
+                }
             }
         }
-    }
-    for s in ALL.iter().copied() {
-        for c in s.catches.iter().copied() {
-            let on = match c.broker.choice() {
-                BrokerChoice::Mosquitto => "__mosquitto",
-                _ => "",
-            };
-            trials.push(Trial::test(
-                format!(
-                    "negative_control::{}::{}{on}_{}",
-                    s.name,
-                    c.bug.name().replace('-', "_"),
-                    v(c.mqtt)
-                ),
-                move || caught(s, c),
-            ));
+        for s in ALL.iter().copied() {
+            // A control of a scenario the host firmware cannot serve would
+            // prove nothing there: its n/a is asserted above.
+            let served = device == Device::Sim
+                || !s.needs.iter().any(|n| {
+                    matches!(n, hil::scenarios::Need::Can(c) if FIRMWARE_HOST_CANNOT.contains(c))
+                });
+            if !served {
+                continue;
+            }
+            for c in s.catches.iter().copied() {
+                let on = match c.broker.choice() {
+                    BrokerChoice::Mosquitto => "__mosquitto",
+                    _ => "",
+                };
+                trials.push(Trial::test(
+                    format!(
+                        "{prefix}negative_control::{}::{}{on}_{}",
+                        s.name,
+                        c.bug.name().replace('-', "_"),
+                        v(c.mqtt)
+                    ),
+                    move || caught(s, c, device),
+                ));
+            }
         }
     }
     trials.push(Trial::test(

@@ -64,7 +64,7 @@ fn ci_runs_host_tests_and_the_reference_broker_and_checks_the_firmware() {
         .collect();
     assert_eq!(
         budgets,
-        [("", 720896), ("uart-console", 720896), ("tls", 983040)],
+        [("", 716800), ("uart-console", 716800), ("tls", 983040)],
         "{budgets:?}"
     );
     let build = fw["steps"]

@@ -13,11 +13,13 @@
 //! Adding a backend: one file here implementing [`Backend`], one arm in the CLI.
 
 mod console;
+mod firmware_host;
 mod serial;
 mod sim;
 mod wokwi;
 
 pub use console::Console;
+pub use firmware_host::{FirmwareHostBackend, HostFirmware};
 pub use serial::{SerialBackend, SerialOptions};
 pub use sim::{PtyDevice, SimBackend, SimLaunch};
 pub use wokwi::WokwiBackend;
@@ -51,6 +53,9 @@ pub enum Capability {
     ScenarioConfig,
     /// MQTT over TLS with a CA the runner provisions (and hostname checks).
     Tls,
+    /// An MQTT User Name and Password given to the device. The firmware's
+    /// plaintext builds have none: it sends a login only inside TLS.
+    Login,
 }
 
 impl Capability {
@@ -64,6 +69,9 @@ impl Capability {
             Capability::LinkFaults => "put a fault proxy on the device's link",
             Capability::Fleet => "start extra devices",
             Capability::Tls => "provision a CA and speak MQTT over TLS",
+            Capability::Login => {
+                "give the device an MQTT login (the firmware sends one only inside TLS: its tls build on a board)"
+            }
             Capability::PowerCut => "cut the device's power",
             Capability::NegativeControls => "run negative controls (--sim-bug)",
             Capability::ScenarioConfig => {
@@ -174,6 +182,13 @@ pub struct DeviceTls<'a> {
     pub client: Option<(&'a Path, &'a Path)>,
 }
 
+/// A `!config` value as the console protocol quotes it.
+pub(crate) fn quote(v: &str) -> String {
+    let mut out = String::new();
+    hil_session::console::push_value(&mut out, v);
+    out
+}
+
 /// A kind of device: how it is brought up, and what it can do.
 pub trait Backend: Send + Sync {
     fn name(&self) -> &'static str;
@@ -205,6 +220,13 @@ pub trait Backend: Send + Sync {
         } else {
             bind
         }
+    }
+
+    /// Where the listeners the device dials (the fault proxy, the TLS hop)
+    /// listen, given the scenario's `listen_ip`. Each binds port 0 and keeps
+    /// its socket, so no other process can take its port.
+    fn device_ip(&self, listen: IpAddr) -> IpAddr {
+        listen
     }
 
     /// The device, connected (or connecting) to `p.broker`.

@@ -3,7 +3,7 @@
 //! through a debug probe), then per scenario provisioned with the fault
 //! proxy's address and reset, so it boots straight into that scenario.
 
-use super::{client_id_of, Backend, Capability, Console, Dut, DutError, Power, Provision};
+use super::{client_id_of, quote, Backend, Capability, Console, Dut, DutError, Power, Provision};
 use crate::transcript::Source;
 use hil_session::Event;
 use std::path::PathBuf;
@@ -44,6 +44,7 @@ const CAPS_TLS: &[Capability] = &[
     Capability::BrokerRestart,
     Capability::LinkFaults,
     Capability::Tls,
+    Capability::Login,
 ];
 
 /// `ca=<base64 DER> tls.name=<name>`: the firmware's TLS provisioning, from
@@ -84,12 +85,6 @@ impl Power for Board {
             });
         pulse.is_ok()
     }
-}
-
-fn quote(v: &str) -> String {
-    let mut out = String::new();
-    hil_session::console::push_value(&mut out, v);
-    out
 }
 
 fn read_pem(f: &std::path::Path) -> Result<Vec<u8>, DutError> {

@@ -27,6 +27,7 @@ const CAPS: &[Capability] = &[
     Capability::NegativeControls,
     Capability::ScenarioConfig,
     Capability::Tls,
+    Capability::Login,
 ];
 
 /// One sim device's launch: its flags, and where its lines go.

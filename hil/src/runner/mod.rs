@@ -760,7 +760,7 @@ fn set_up(
         .tempdir()
         .map_err(RigError::StateDir)?;
     // The device always reaches the broker through the fault proxy.
-    let proxy = FaultProxy::start(ip, broker.addr(mqtt), t)?;
+    let proxy = FaultProxy::start(opts.backend.device_ip(ip), broker.addr(mqtt), t)?;
     let faults: Vec<_> = opts
         .broker_faults
         .iter()
@@ -783,7 +783,14 @@ fn set_up(
                 client_cert = Some(files);
                 issued = Some((der, cn));
             }
-            let hop = TlsHop::start(ip, proxy.addr(), pki, dir, proxy.wire().clone(), issued)?;
+            let hop = TlsHop::start(
+                opts.backend.device_ip(ip),
+                proxy.addr(),
+                pki,
+                dir,
+                proxy.wire().clone(),
+                issued,
+            )?;
             t.runner(format!(
                 "TLS: test CA made for this run; the device connects through the TLS hop (server name {SERVER_NAME}{})",
                 if client_cert.is_some() { ", client certificate required" } else { "" }

@@ -32,6 +32,7 @@ pub static SCENARIO: Scenario = Scenario {
     needs: &[
         Need::Can(Capability::ReachesBroker),
         Need::Can(Capability::ScenarioConfig),
+        Need::Can(Capability::Login),
         Need::BrokerAcl,
     ],
     device: DeviceSpec {

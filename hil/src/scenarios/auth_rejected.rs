@@ -21,6 +21,7 @@ pub static SCENARIO: Scenario = Scenario {
     needs: &[
         Need::Can(Capability::ReachesBroker),
         Need::Can(Capability::ScenarioConfig),
+        Need::Can(Capability::Login),
         Need::BrokerLogin,
     ],
     device: DeviceSpec {

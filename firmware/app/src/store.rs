@@ -1,23 +1,23 @@
 //! Flash: the session's records and the settings in a sequential-storage map
-//! (wear-levelled, power-fail safe) over the `nvs` range of the default
-//! partition table (0x9000, 24 KiB: six 4 KiB pages).
+//! (wear-levelled, power-fail safe) over a range of any async NOR flash: on
+//! the ESP32-C3 the `nvs` range of the default partition table (0x9000,
+//! 24 KiB: six 4 KiB pages), on the host a file that keeps NOR semantics.
 
 use crate::settings::Settings;
 use alloc::vec::Vec;
 use core::ops::Range;
-use embassy_embedded_hal::adapter::BlockingAsync;
-use esp_storage::FlashStorage;
+use embedded_storage_async::nor_flash::NorFlash;
 use hil_session::persist::{Record, RecordKey};
 use sequential_storage::cache::NoCache;
 use sequential_storage::map::{fetch_item, store_item};
 
-const RANGE: Range<u32> = 0x9000..0xF000;
 const SETTINGS_KEY: u8 = 100;
 /// Readings kept while offline: the outbox snapshot must fit one flash page.
 pub const OUTBOX_CAPACITY: usize = 32;
 
-pub struct Store {
-    flash: BlockingAsync<FlashStorage<'static>>,
+pub struct Store<F> {
+    flash: F,
+    range: Range<u32>,
     buf: [u8; 4096],
 }
 
@@ -37,10 +37,12 @@ fn corrupt_key_of(k: RecordKey) -> u8 {
     0x80 | key_of(k)
 }
 
-impl Store {
-    pub fn new(flash: esp_hal::peripherals::FLASH<'static>) -> Self {
+impl<F: NorFlash> Store<F> {
+    /// The store in `range` of `flash` (whole erase pages).
+    pub fn new(flash: F, range: Range<u32>) -> Self {
         Store {
-            flash: BlockingAsync::new(FlashStorage::new(flash)),
+            flash,
+            range,
             buf: [0; 4096],
         }
     }
@@ -48,7 +50,7 @@ impl Store {
     async fn fetch(&mut self, key: u8) -> Option<Vec<u8>> {
         match fetch_item::<u8, &[u8], _>(
             &mut self.flash,
-            RANGE,
+            self.range.clone(),
             &mut NoCache::new(),
             &mut self.buf,
             &key,
@@ -88,7 +90,7 @@ impl Store {
     async fn put(&mut self, key: u8, bytes: &[u8]) -> Result<(), &'static str> {
         store_item(
             &mut self.flash,
-            RANGE,
+            self.range.clone(),
             &mut NoCache::new(),
             &mut self.buf,
             &key,

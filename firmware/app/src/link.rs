@@ -112,7 +112,7 @@ impl Link {
         ca: &[u8],
         name: &str,
         client: Option<crate::tls::Identity<'_>>,
-        rng: &mut esp_hal::rng::Trng,
+        rng: &mut impl embedded_tls::CryptoRngCore,
     ) -> Result<(), String> {
         match self.tls.open(self.sock, ca, name, client, rng).await {
             Ok(()) => Ok(()),

@@ -31,7 +31,6 @@ use embedded_tls::{
     Aes128GcmSha256, Certificate, CryptoProvider, NoClock, SignatureScheme, TlsConfig,
     TlsConnection, TlsContext, TlsError, TlsVerifier,
 };
-use esp_hal::rng::Trng;
 
 /// A TLS record's largest size (16 KiB of data plus its overhead): what
 /// the broker may send in one record, so what must fit in the read buffer.
@@ -56,8 +55,8 @@ type Conn = TlsConnection<'static, Sock, Aes128GcmSha256>;
 
 /// The provisioned CA and name, the chip's random source, and the chain
 /// check: what a handshake needs.
-struct Provider<'a> {
-    rng: &'a mut Trng,
+struct Provider<'a, R> {
+    rng: &'a mut R,
     verifier: CertVerifier<'a, Aes128GcmSha256, NoClock, CHAIN>,
     client: Option<Identity<'a>>,
 }
@@ -69,7 +68,7 @@ pub struct Identity<'a> {
     pub key: &'a [u8],
 }
 
-impl CryptoProvider for Provider<'_> {
+impl<R: embedded_tls::CryptoRngCore> CryptoProvider for Provider<'_, R> {
     type CipherSuite = Aes128GcmSha256;
     type Signature = p256::ecdsa::DerSignature;
 
@@ -117,7 +116,7 @@ impl TlsLink {
         ca: &[u8],
         name: &str,
         client: Option<Identity<'_>>,
-        rng: &mut Trng,
+        rng: &mut impl embedded_tls::CryptoRngCore,
     ) -> Result<(), TlsError> {
         // The previous connection, the buffers' only holder, is gone first.
         self.conn = None;

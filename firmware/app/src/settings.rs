@@ -1,6 +1,8 @@
-//! Provisioning: Wi-Fi credentials, broker address and protocol, set at run
-//! time over the console (`!config wifi.ssid=... wifi.pass=... broker=HOST:PORT`)
-//! and kept in flash. Secrets are stored, never echoed.
+//! Provisioning: Wi-Fi credentials, broker address and protocol, the
+//! session's timings, set at run time over the console (`!config
+//! wifi.ssid=... wifi.pass=... broker=HOST:PORT keepalive=20`) and kept in
+//! flash. Secrets are stored, never echoed. Everything but the broker takes
+//! effect at the next boot (the runner provisions, then resets).
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -18,7 +20,16 @@ pub struct Settings {
     pub wifi: Option<WifiCreds>,
     pub broker: Option<(Ipv4Addr, u16)>,
     pub mqtt: MqttVersion,
-    pub keepalive_s: u16,
+    /// The session's timings and sizes: what the sim takes as flags.
+    pub tuning: Tuning,
+    /// Readings go to this topic instead of the device's own (feature
+    /// `ingest-topic`), `!config telemetry.topic=...`.
+    #[cfg(feature = "ingest-topic")]
+    pub telemetry_topic: Option<String>,
+    /// Negative controls (feature `controls`, never in a shipped image):
+    /// `!config bugs=no-outbox,no-jitter`, or `bugs=` for none.
+    #[cfg(feature = "controls")]
+    pub bugs: Vec<hil_session::Bug>,
     /// TLS (feature `tls`): the CA (DER) the broker's certificate must chain
     /// to, `!config ca=<base64 of the DER>`, and the name it must be for,
     /// `!config tls.name=broker.example`.
@@ -42,7 +53,11 @@ impl Default for Settings {
             wifi: None,
             broker: None,
             mqtt: MqttVersion::V3_1_1,
-            keepalive_s: 30,
+            tuning: Tuning::default(),
+            #[cfg(feature = "ingest-topic")]
+            telemetry_topic: None,
+            #[cfg(feature = "controls")]
+            bugs: Vec::new(),
             #[cfg(feature = "tls")]
             ca: None,
             #[cfg(feature = "tls")]
@@ -54,6 +69,50 @@ impl Default for Settings {
         }
     }
 }
+
+/// The session's timings and sizes, each bounded: `!config keepalive=20
+/// session.expiry=60 backoff.base_ms=200 backoff.cap_ms=2000
+/// connack.timeout_ms=2000 ack.timeout_ms=2000 cmd.qos=1 outbox=8`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuning {
+    pub keepalive_s: u16,
+    pub session_expiry_s: u32,
+    pub backoff_base_ms: u32,
+    pub backoff_cap_ms: u32,
+    pub connack_timeout_ms: u32,
+    pub ack_timeout_ms: u32,
+    pub cmd_qos: u8,
+    pub outbox: u16,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            keepalive_s: 30,
+            session_expiry_s: 3600,
+            backoff_base_ms: 500,
+            backoff_cap_ms: 30_000,
+            connack_timeout_ms: 10_000,
+            ack_timeout_ms: 10_000,
+            cmd_qos: 1,
+            outbox: crate::store::OUTBOX_CAPACITY as u16,
+        }
+    }
+}
+
+/// One number within `lo..=hi`, or a message naming the setting and range.
+fn bounded<T>(key: &str, v: &str, lo: T, hi: T) -> Result<T, String>
+where
+    T: core::str::FromStr + PartialOrd + core::fmt::Display + Copy,
+{
+    match v.parse::<T>() {
+        Ok(n) if n >= lo && n <= hi => Ok(n),
+        _ => Err(alloc::format!("{key}: a number from {lo} to {hi}")),
+    }
+}
+
+/// A day: the longest backoff or timeout a setting takes.
+const DAY_MS: u32 = 86_400_000;
 
 pub struct Changed {
     pub wifi: bool,
@@ -86,6 +145,8 @@ fn der_field(key: &str, v: &str) -> Result<Vec<u8>, String> {
     Ok(der)
 }
 
+const TUNING_KEYS: &str = "keepalive, session.expiry, backoff.base_ms, backoff.cap_ms, connack.timeout_ms, ack.timeout_ms, cmd.qos, outbox";
+
 impl Settings {
     /// Applies `!config` fields; all or nothing.
     pub fn apply(&mut self, fields: &[(String, String)]) -> Result<Changed, String> {
@@ -111,6 +172,45 @@ impl Settings {
                     next.mqtt = v
                         .parse()
                         .map_err(|e: hil_session::config::ParseVersionError| e.to_string())?
+                }
+                "keepalive" => next.tuning.keepalive_s = bounded(k, v, 1, u16::MAX)?,
+                "session.expiry" => next.tuning.session_expiry_s = bounded(k, v, 0, u32::MAX)?,
+                "backoff.base_ms" => next.tuning.backoff_base_ms = bounded(k, v, 1, DAY_MS)?,
+                "backoff.cap_ms" => next.tuning.backoff_cap_ms = bounded(k, v, 1, DAY_MS)?,
+                "connack.timeout_ms" => {
+                    next.tuning.connack_timeout_ms = bounded(k, v, 1, DAY_MS)?
+                }
+                "ack.timeout_ms" => next.tuning.ack_timeout_ms = bounded(k, v, 1, DAY_MS)?,
+                "cmd.qos" => next.tuning.cmd_qos = bounded(k, v, 0, 2)?,
+                "outbox" => {
+                    next.tuning.outbox =
+                        bounded(k, v, 1, crate::store::OUTBOX_CAPACITY as u16)?
+                }
+                #[cfg(feature = "ingest-topic")]
+                "telemetry.topic" => {
+                    next.telemetry_topic = match v.as_str() {
+                        "" => None,
+                        t if t.len() > 128 || t.contains(['+', '#']) => {
+                            return Err(
+                                "telemetry.topic: a topic name of at most 128 bytes, no wildcards"
+                                    .into(),
+                            )
+                        }
+                        t => Some(t.into()),
+                    }
+                }
+                #[cfg(feature = "controls")]
+                "bugs" => {
+                    let mut bugs = Vec::new();
+                    for name in v.split(',').filter(|n| !n.is_empty()) {
+                        let bug: hil_session::Bug = name
+                            .parse()
+                            .map_err(|e: hil_session::config::UnknownBug| e.to_string())?;
+                        if !bugs.contains(&bug) {
+                            bugs.push(bug);
+                        }
+                    }
+                    next.bugs = bugs;
                 }
                 #[cfg(feature = "tls")]
                 "ca" => next.ca = Some(der_field("ca", v)?),
@@ -143,9 +243,19 @@ impl Settings {
                 }
                 other => {
                     return Err(alloc::format!(
-                        "unknown setting `{other}` (wifi.ssid, wifi.pass, broker, mqtt{})",
+                        "unknown setting `{other}` (wifi.ssid, wifi.pass, broker, mqtt, {TUNING_KEYS}{}{}{})",
                         if cfg!(feature = "tls") {
                             ", ca, tls.name, tls.cert, tls.key, mqtt.user, mqtt.pass"
+                        } else {
+                            ""
+                        },
+                        if cfg!(feature = "ingest-topic") {
+                            ", telemetry.topic"
+                        } else {
+                            ""
+                        },
+                        if cfg!(feature = "controls") {
+                            ", bugs"
                         } else {
                             ""
                         }
@@ -180,6 +290,27 @@ impl Settings {
             s.push_str(&alloc::format!("broker={ip}:{port}\n"));
         }
         s.push_str(&alloc::format!("mqtt={}\n", self.mqtt));
+        let t = &self.tuning;
+        s.push_str(&alloc::format!(
+            "keepalive={}\nsession.expiry={}\nbackoff.base_ms={}\nbackoff.cap_ms={}\nconnack.timeout_ms={}\nack.timeout_ms={}\ncmd.qos={}\noutbox={}\n",
+            t.keepalive_s,
+            t.session_expiry_s,
+            t.backoff_base_ms,
+            t.backoff_cap_ms,
+            t.connack_timeout_ms,
+            t.ack_timeout_ms,
+            t.cmd_qos,
+            t.outbox
+        ));
+        #[cfg(feature = "ingest-topic")]
+        if let Some(topic) = &self.telemetry_topic {
+            s.push_str(&alloc::format!("telemetry.topic={topic}\n"));
+        }
+        #[cfg(feature = "controls")]
+        if !self.bugs.is_empty() {
+            let names: Vec<&str> = self.bugs.iter().map(|b| b.name()).collect();
+            s.push_str(&alloc::format!("bugs={}\n", names.join(",")));
+        }
         #[cfg(feature = "tls")]
         {
             use base64::Engine;
@@ -212,7 +343,11 @@ impl Settings {
             .filter_map(|l| l.split_once('='))
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let _ = out.apply(&fields);
+        // One field at a time: a field this build does not know (or no
+        // longer accepts) costs only itself, not the Wi-Fi or the broker.
+        for field in fields.chunks(1) {
+            let _ = out.apply(field);
+        }
         out
     }
 }
