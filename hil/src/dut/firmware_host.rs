@@ -274,25 +274,34 @@ impl Backend for FirmwareHostBackend {
         );
         (p.hold_connections)(true);
         // Its state dir is new, so it booted without Wi-Fi credentials: the
-        // link comes up once they are set. Reset after that, not racing it,
-        // so the transcript is the same on every run.
-        let booted = dut
+        // link comes up once they are set, and the firmware dials the broker
+        // it was just given, which the proxy refuses while it provisions.
+        // Each step waits for the device's word, so the transcript is the
+        // same on every run: the link up, that dial's end, the reboot's ack.
+        // The proxy accepts again only after that ack: the old process is
+        // then waiting to re-exec (it dials no more), the new one not booted.
+        let provisioned = dut
             .command(&line)
             .and_then(|_| {
                 dut.expect("the link up after provisioning", BOOT, |e| {
                     matches!(e, hil_session::Event::Wifi { up: true })
                 })
             })
-            .map_err(|e| DutError::Provision(Box::new(e)))
-            .and_then(|_| dut.reset())
             .and_then(|_| {
-                dut.expect("boot after reset", BOOT, |e| {
-                    matches!(e, hil_session::Event::Boot { .. })
-                })
-                .map_err(|e| DutError::NoBoot(Box::new(e)))
-            });
+                dut.expect(
+                    "its dial refused while it is provisioned (mqtt.disconnected)",
+                    BOOT,
+                    |e| matches!(e, hil_session::Event::MqttDisconnected { .. }),
+                )
+            })
+            .and_then(|_| dut.command("!reboot"))
+            .map_err(|e| DutError::Provision(Box::new(e)));
         (p.hold_connections)(false);
-        booted?;
+        provisioned?;
+        dut.expect("boot after reset", BOOT, |e| {
+            matches!(e, hil_session::Event::Boot { .. })
+        })
+        .map_err(|e| DutError::NoBoot(Box::new(e)))?;
         Ok(dut)
     }
 
