@@ -8,10 +8,13 @@
 //! reported before it is persisted": every reading the console reported
 //! buffered is published (one payload per seq), first arrivals in order.
 
+mod ledger;
+
 use hil::dut::Backend;
 use hil_broker::client::ConnectOptions;
 use hil_broker::{Client, MqttVersion};
-use std::collections::{BTreeMap, BTreeSet};
+use ledger::{buffered_seq, Ledger, Tally};
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -99,41 +102,6 @@ fn keep_flash(state: &Path) -> String {
     }
 }
 
-/// Takes the cloud's readings until every claimed seq has arrived, or
-/// `within` has passed (the final judgement says what is missing).
-fn drain(
-    cloud: &mut Client,
-    claimed: &BTreeSet<u32>,
-    published: &mut BTreeMap<u32, BTreeSet<Vec<u8>>>,
-    first_order: &mut Vec<u32>,
-    within: Duration,
-) {
-    let deadline = Instant::now() + within;
-    while !claimed.iter().all(|s| published.contains_key(s)) && Instant::now() < deadline {
-        if let Some(m) = cloud
-            .recv(Instant::now() + Duration::from_millis(500))
-            .unwrap()
-        {
-            let text = String::from_utf8_lossy(&m.payload).to_string();
-            let seq: u32 = text
-                .split("\"seq\":")
-                .nth(1)
-                .and_then(|r| r.split(',').next())
-                .and_then(|n| n.parse().ok())
-                .unwrap_or_else(|| panic!("reading without a seq: {text}"));
-            if !published.contains_key(&seq) {
-                first_order.push(seq);
-            }
-            published.entry(seq).or_default().insert(m.payload.clone());
-        }
-    }
-}
-
-fn buffered_seq(line: &str) -> Option<u32> {
-    let rest = line.strip_prefix("@hil telemetry.buffered seq=")?;
-    rest.split(' ').next()?.parse().ok()
-}
-
 /// A small deterministic RNG: the soak is random but replayable.
 struct Rng(u64);
 impl Rng {
@@ -183,8 +151,7 @@ fn firmware_host_power_cuts_lose_nothing_acknowledged() {
     let mut rng = Rng(0x50a5);
     let started = Instant::now();
     let mut cut_mid_burst = 0;
-    let mut published: BTreeMap<u32, BTreeSet<Vec<u8>>> = BTreeMap::new();
-    let mut first_order = Vec::new();
+    let mut ledger = Ledger::default();
     let mut reissued = Vec::new();
     for kill in 0..KILLS {
         let mut d = Device::start(&exe, state.path());
@@ -192,13 +159,7 @@ fn firmware_host_power_cuts_lose_nothing_acknowledged() {
         // The backlog the last cuts left flushes first: the outbox (32
         // readings) must not overflow, or the oldest would be dropped by
         // design and the judgement would be about its capacity instead.
-        drain(
-            &mut cloud,
-            &claimed,
-            &mut published,
-            &mut first_order,
-            Duration::from_secs(20),
-        );
+        ledger.drain(&mut cloud, &claimed, Duration::from_secs(20));
         // Half the rounds offline: the readings only go to flash.
         if kill % 2 == 1 {
             d.send("!wifi off");
@@ -245,31 +206,21 @@ fn firmware_host_power_cuts_lose_nothing_acknowledged() {
 
     // The last boot flushes whatever the cuts left buffered.
     let d = Device::start(&exe, state.path());
-    drain(
-        &mut cloud,
-        &claimed,
-        &mut published,
-        &mut first_order,
-        Duration::from_secs(60),
-    );
+    ledger.drain(&mut cloud, &claimed, Duration::from_secs(60));
     d.cut(&mut BTreeSet::new());
 
-    let lost: Vec<u32> = claimed
-        .iter()
-        .filter(|s| !published.contains_key(s))
-        .copied()
-        .collect();
-    let reused: Vec<u32> = published
-        .iter()
-        .filter(|(_, p)| p.len() > 1)
-        .map(|(s, _)| *s)
-        .collect();
-    let out_of_order = first_order.windows(2).filter(|w| w[0] > w[1]).count();
+    let Tally {
+        published,
+        lost,
+        reused,
+        out_of_order,
+        first_order,
+    } = ledger.tally(&claimed);
     eprintln!(
         "firmware-host power cuts: {KILLS} kills ({cut_mid_burst} in the middle of a burst) in {:.1} s, {} readings acknowledged (telemetry.buffered), {} published, {} lost, {} reused, {} out of order",
         kills_took.as_secs_f64(),
         claimed.len(),
-        published.len(),
+        published,
         lost.len(),
         reused.len(),
         out_of_order

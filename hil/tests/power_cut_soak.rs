@@ -6,9 +6,12 @@
 //! is published (same seq, one payload per seq), and first arrivals come in
 //! seq order. The figures are printed for the note.
 
+mod ledger;
+
 use hil_broker::client::ConnectOptions;
 use hil_broker::{Client, MqttVersion};
-use std::collections::{BTreeMap, BTreeSet};
+use ledger::{buffered_seq, Ledger, Tally};
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -41,11 +44,6 @@ fn start(broker: SocketAddr, state: &std::path::Path) -> (Child, mpsc::Receiver<
         }
     });
     (child, rx)
-}
-
-fn buffered_seq(line: &str) -> Option<u32> {
-    let rest = line.strip_prefix("@hil telemetry.buffered seq=")?;
-    rest.split(' ').next()?.parse().ok()
 }
 
 /// A small deterministic RNG: the soak is random but replayable.
@@ -117,46 +115,22 @@ fn power_cuts_lose_and_reuse_nothing() {
 
     // The last boot flushes whatever the cuts left buffered.
     let (mut child, _lines) = start(v4, state.path());
-    let mut published: BTreeMap<u32, BTreeSet<Vec<u8>>> = BTreeMap::new();
-    let mut first_order = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !claimed.iter().all(|s| published.contains_key(s)) && Instant::now() < deadline {
-        if let Some(m) = cloud
-            .recv(Instant::now() + Duration::from_millis(500))
-            .unwrap()
-        {
-            let text = String::from_utf8_lossy(&m.payload).to_string();
-            let seq: u32 = text
-                .split("\"seq\":")
-                .nth(1)
-                .and_then(|r| r.split(',').next())
-                .and_then(|n| n.parse().ok())
-                .unwrap_or_else(|| panic!("reading without a seq: {text}"));
-            if !published.contains_key(&seq) {
-                first_order.push(seq);
-            }
-            published.entry(seq).or_default().insert(m.payload.clone());
-        }
-    }
+    let mut ledger = Ledger::default();
+    ledger.drain(&mut cloud, &claimed, Duration::from_secs(30));
     let _ = child.kill();
     let _ = child.wait();
-
-    let lost: Vec<u32> = claimed
-        .iter()
-        .filter(|s| !published.contains_key(s))
-        .copied()
-        .collect();
-    let reused: Vec<u32> = published
-        .iter()
-        .filter(|(_, p)| p.len() > 1)
-        .map(|(s, _)| *s)
-        .collect();
-    let out_of_order = first_order.windows(2).filter(|w| w[0] > w[1]).count();
+    let Tally {
+        published,
+        lost,
+        reused,
+        out_of_order,
+        first_order,
+    } = ledger.tally(&claimed);
     eprintln!(
         "soak: {KILLS} kills in {:.1} s, {} readings reported buffered, {} published, {} lost, {} reused, {} out of order",
         kills_took.as_secs_f64(),
         claimed.len(),
-        published.len(),
+        published,
         lost.len(),
         reused.len(),
         out_of_order

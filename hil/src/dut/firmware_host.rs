@@ -5,7 +5,7 @@
 //! listen on 127.0.0.1. It is provisioned like a board (`!config`, then a
 //! reset), not by flags: the code under test is the code that ships.
 
-use super::{client_id_of, Backend, Capability, Console, Dut, DutError, Power, Provision};
+use super::{client_id_of, Backend, Capability, Console, Dut, DutError, Provision};
 use crate::transcript::Source;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -149,17 +149,16 @@ fn tuning_fields(p: &Provision) -> String {
 /// How long the device has to boot.
 const BOOT: Duration = Duration::from_secs(15);
 
-/// The process; kill -9 is its power cut, a new one on the same flash its
-/// power coming back.
-struct Process {
+/// How the device process starts: the executable, on its flash and MAC,
+/// its console on stdin and stdout.
+struct HostLaunch {
     exe: PathBuf,
     args: Vec<String>,
-    child: Option<Child>,
     transcript: crate::transcript::Transcript,
 }
 
-impl Process {
-    fn spawn(&mut self) -> Result<Console, DutError> {
+impl super::process::Launch for HostLaunch {
+    fn spawn(&self) -> Result<(Child, Console), DutError> {
         let mut child = Command::new(&self.exe)
             .args(&self.args)
             .stdin(Stdio::piped())
@@ -172,34 +171,13 @@ impl Process {
             })?;
         let stdin = child.stdin.take().expect("piped");
         let stdout = child.stdout.take().expect("piped");
-        self.child = Some(child);
-        Ok(Console::new(
+        let console = Console::new(
             Box::new(stdout),
             Box::new(stdin),
             &self.transcript,
             Source::Device,
-        ))
-    }
-}
-
-impl Power for Process {
-    fn off(&mut self) -> Result<(), DutError> {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        Ok(())
-    }
-
-    fn on(&mut self) -> Result<Console, DutError> {
-        self.off()?;
-        self.spawn()
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.off();
+        );
+        Ok((child, console))
     }
 }
 
@@ -247,7 +225,7 @@ impl Backend for FirmwareHostBackend {
             "start the firmware on the host mac={} mqtt={}",
             p.mac, p.mqtt
         ));
-        let mut process = Process {
+        let launch = HostLaunch {
             exe: self.exe()?.clone(),
             args: vec![
                 "--state-dir".into(),
@@ -255,11 +233,10 @@ impl Backend for FirmwareHostBackend {
                 "--mac".into(),
                 p.mac.to_string(),
             ],
-            child: None,
             transcript: p.transcript.clone(),
         };
-        let console = process.spawn()?;
-        let mut dut = Dut::new(console, "firmware-host", Box::new(process));
+        let (console, power) = super::process::ProcessPower::start(launch)?;
+        let mut dut = Dut::new(console, "firmware-host", Box::new(power));
         dut.expect("boot", BOOT, |e| {
             matches!(e, hil_session::Event::Boot { .. })
         })

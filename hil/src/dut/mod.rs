@@ -14,6 +14,7 @@
 
 mod console;
 mod firmware_host;
+mod process;
 mod serial;
 mod sim;
 mod wokwi;

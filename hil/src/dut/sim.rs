@@ -4,7 +4,7 @@
 
 use super::{
     client_id_of, Backend, Capability, Console, DeviceSpec, Dut, DutError, EngineSpec, Fleet,
-    FleetDevice, Power, Provision,
+    FleetDevice, Provision,
 };
 use crate::transcript::{Source, Transcript};
 use std::io::{BufRead, BufReader, Read};
@@ -97,15 +97,8 @@ impl SimLaunch {
 
     /// Spawns it as a [`Dut`] whose power switch is the process.
     pub fn start(self) -> Result<Dut, DutError> {
-        let (child, console) = self.spawn()?;
-        Ok(Dut::new(
-            console,
-            "sim",
-            Box::new(Process {
-                child: Some(child),
-                launch: self,
-            }),
-        ))
+        let (console, power) = super::process::ProcessPower::start(self)?;
+        Ok(Dut::new(console, "sim", Box::new(power)))
     }
 }
 
@@ -122,33 +115,9 @@ fn apply(args: &mut hil_sim::Args, spec: &DeviceSpec) {
     args.telemetry_topic = spec.telemetry_topic.map(String::from);
 }
 
-/// A device process: kill -9 is its power cut; a new process on the same
-/// flash is its power coming back.
-struct Process {
-    child: Option<Child>,
-    launch: SimLaunch,
-}
-
-impl Power for Process {
-    fn off(&mut self) -> Result<(), DutError> {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        Ok(())
-    }
-
-    fn on(&mut self) -> Result<Console, DutError> {
-        self.off()?;
-        let (child, console) = self.launch.spawn()?;
-        self.child = Some(child);
-        Ok(console)
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.off();
+impl super::process::Launch for SimLaunch {
+    fn spawn(&self) -> Result<(Child, Console), DutError> {
+        SimLaunch::spawn(self)
     }
 }
 
