@@ -277,6 +277,18 @@ impl<R: RandomSource> Device<R> {
         self.out.pop_front()
     }
 
+    /// When a platform whose clock is real time floored to the millisecond
+    /// (every one here: embassy-time's and std's `as_millis`) calls
+    /// [`Device::handle_timeout`] next: one ms after [`Device::poll_timeout`].
+    /// Such a clock stamps an event up to 1 ms early (one at 800.9 ms is 800),
+    /// so a 500 ms backoff after it, due at 1300, would end 499.1 ms after the
+    /// event, under its floor; woken at 1301 (and calling it due only from
+    /// then), no delay ever comes short. Found by the wire tap: a reconnect
+    /// measured 499 ms after a cut, on the firmware on the host.
+    pub fn poll_wake(&self) -> Option<u64> {
+        self.poll_timeout().map(|t| t + 1)
+    }
+
     /// When to call [`Device::handle_timeout`] next.
     pub fn poll_timeout(&self) -> Option<u64> {
         let connack = match self.link {
@@ -1279,6 +1291,44 @@ mod tests {
         let out = drain(&mut d);
         assert!(out.contains(&Output::Transmit(vec![0x40, 2, 0, 12])));
         assert!(matches!(&events(&out)[..], [Event::Error { kind, .. }] if kind == "cmd"));
+    }
+
+    /// A platform's clock floors real time to the ms. With `poll_wake` no
+    /// backoff ends before its delay in real time, wherever in its ms the
+    /// loss fell; `poll_timeout` taken as the wake-up would end up to 1 ms
+    /// short (the 499 ms reconnect the wire tap caught).
+    #[test]
+    fn waking_at_poll_wake_never_ends_a_backoff_early_on_a_floored_clock() {
+        let mut short_with_poll_timeout = 0;
+        for frac_us in [0, 1, 400, 900, 999] {
+            let mut d = device();
+            online(&mut d, true);
+            let lost_us = 800_000 + frac_us;
+            d.handle_link_down(lost_us / 1000, LinkDownReason::Closed);
+            let delay_ms = events(&drain(&mut d))
+                .iter()
+                .find_map(|e| match e {
+                    Event::Backoff { delay_ms, .. } => Some(*delay_ms),
+                    _ => None,
+                })
+                .expect("a backoff");
+            let wake_us = d.poll_wake().unwrap() * 1000;
+            assert!(
+                wake_us - lost_us >= delay_ms * 1000,
+                "woke {} us after the loss, delay {delay_ms} ms",
+                wake_us - lost_us
+            );
+            if d.poll_timeout().unwrap() * 1000 - lost_us < delay_ms * 1000 {
+                short_with_poll_timeout += 1;
+            }
+            // Due from the wake-up on: the reconnect happens then.
+            d.handle_timeout(wake_us / 1000);
+            assert_eq!(drain(&mut d), vec![Output::Open]);
+        }
+        assert_eq!(
+            short_with_poll_timeout, 4,
+            "the clock's floor is what it guards"
+        );
     }
 
     #[test]

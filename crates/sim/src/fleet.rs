@@ -314,7 +314,7 @@ impl Unit {
                 }
             }
             let deadline = dev
-                .poll_timeout()
+                .poll_wake()
                 .map(|t| tokio::time::Instant::from_std(self.epoch + Duration::from_millis(t)));
             tokio::select! {
                 r = async { sock.as_mut().expect("guarded").read(&mut buf).await }, if sock.is_some() => {
@@ -352,7 +352,7 @@ impl Unit {
                     Some(Ctl::Stop) | None => return,
                 },
             }
-            if dev.poll_timeout().is_some_and(|t| t <= self.now()) {
+            if dev.poll_wake().is_some_and(|t| t <= self.now()) {
                 dev.handle_timeout(self.now());
             }
         }

@@ -628,7 +628,7 @@ pub fn run(args: Args) -> Result<(), SimError> {
                 }
             }
             let wait = device
-                .poll_timeout()
+                .poll_wake()
                 .map(|t| Duration::from_millis(t.saturating_sub(now())))
                 .unwrap_or(Duration::from_secs(3600));
             match rx.recv_timeout(wait) {
@@ -647,7 +647,7 @@ pub fn run(args: Args) -> Result<(), SimError> {
                 Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
             }
             // Timers may have come due while a message was handled.
-            if device.poll_timeout().is_some_and(|t| t <= now()) {
+            if device.poll_wake().is_some_and(|t| t <= now()) {
                 device.handle_timeout(now());
             }
         }

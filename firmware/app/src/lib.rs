@@ -329,7 +329,7 @@ async fn run<G: RandomSource, P: Platform, F: NorFlash>(
             }
         }
         let deadline = device
-            .poll_timeout()
+            .poll_wake()
             .map(embassy_time::Instant::from_millis)
             .unwrap_or(Instant::now() + Duration::from_secs(3600));
         let net_read = async {
