@@ -68,6 +68,10 @@ pub enum RigError {
     /// not be judged (the verdicts issue names the MQTT rule for it).
     #[error("the broker did not behave as the scenario needs: {0}")]
     BrokerBehaviour(String),
+    /// The rig could not make the measurement the verdict rests on (its own
+    /// timing too coarse on a loaded host, a record missing from the tap).
+    #[error("the rig could not measure what the verdict needs: {0}")]
+    Measurement(String),
 }
 
 /// Everything a scenario acts on.
