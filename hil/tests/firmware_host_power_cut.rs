@@ -13,6 +13,8 @@ mod ledger;
 use hil::dut::Backend;
 use hil_broker::client::ConnectOptions;
 use hil_broker::{Client, MqttVersion};
+use hil_session::backoff::SplitMix64;
+use hil_session::RandomSource;
 use ledger::{buffered_seq, Ledger, Tally};
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
@@ -102,16 +104,9 @@ fn keep_flash(state: &Path) -> String {
     }
 }
 
-/// A small deterministic RNG: the soak is random but replayable.
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % n
-    }
+/// A number below `n` from the soak's seeded RNG: random but replayable.
+fn below(rng: &mut SplitMix64, n: u64) -> u64 {
+    u64::from(rng.next_u32()) % n
 }
 
 #[test]
@@ -148,7 +143,7 @@ fn firmware_host_power_cuts_lose_nothing_acknowledged() {
     d.expect("@hil ack cmd=config", boot, &mut claimed);
     d.cut(&mut claimed);
 
-    let mut rng = Rng(0x50a5);
+    let mut rng = SplitMix64(0x50a5);
     let started = Instant::now();
     let mut cut_mid_burst = 0;
     let mut ledger = Ledger::default();
@@ -167,8 +162,8 @@ fn firmware_host_power_cuts_lose_nothing_acknowledged() {
         }
         d.send("!telemetry 8");
         let targeted = kill % 3 != 2;
-        let k = 1 + rng.below(8) as usize;
-        let random_at = Instant::now() + Duration::from_millis(rng.below(40));
+        let k = 1 + below(&mut rng, 8) as usize;
+        let random_at = Instant::now() + Duration::from_millis(below(&mut rng, 40));
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut this_round = 0;
         let mut said = Vec::new();

@@ -10,6 +10,8 @@ mod ledger;
 
 use hil_broker::client::ConnectOptions;
 use hil_broker::{Client, MqttVersion};
+use hil_session::backoff::SplitMix64;
+use hil_session::RandomSource;
 use ledger::{buffered_seq, Ledger, Tally};
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
@@ -46,16 +48,9 @@ fn start(broker: SocketAddr, state: &std::path::Path) -> (Child, mpsc::Receiver<
     (child, rx)
 }
 
-/// A small deterministic RNG: the soak is random but replayable.
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % n
-    }
+/// A number below `n` from the soak's seeded RNG: random but replayable.
+fn below(rng: &mut SplitMix64, n: u64) -> u64 {
+    u64::from(rng.next_u32()) % n
 }
 
 #[test]
@@ -70,7 +65,7 @@ fn power_cuts_lose_and_reuse_nothing() {
         .expect("cloud connects");
     cloud.subscribe(&topic, 1).expect("cloud subscribes");
 
-    let mut rng = Rng(0x50a4);
+    let mut rng = SplitMix64(0x50a4);
     let mut claimed = BTreeSet::new();
     let started = Instant::now();
     for kill in 0..KILLS {
@@ -78,8 +73,8 @@ fn power_cuts_lose_and_reuse_nothing() {
         let stdin = child.stdin.as_mut().unwrap();
         writeln!(stdin, "!telemetry 20").unwrap();
         let targeted = kill % 2 == 0;
-        let k = 1 + rng.below(20);
-        let random_at = Instant::now() + Duration::from_millis(rng.below(20));
+        let k = 1 + below(&mut rng, 20);
+        let random_at = Instant::now() + Duration::from_millis(below(&mut rng, 20));
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut seen = 0;
         loop {
