@@ -69,6 +69,19 @@ impl Drop for RuleGuard {
     }
 }
 
+/// A listener with a backlog for a fleet: std's is 128, and 200 devices
+/// dialling at once overflowed it (the kernel drops a SYN past the backlog,
+/// and the device's connect waits a second to send it again).
+fn listen(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    let listener: TcpListener = socket.into();
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}
+
 fn reset(s: &TcpStream) {
     let _ = SockRef::from(s).set_linger(Some(Duration::ZERO));
     let _ = s.shutdown(Shutdown::Both);
@@ -81,54 +94,68 @@ impl FaultProxy {
         upstream: SocketAddr,
         transcript: &Transcript,
     ) -> Result<FaultProxy, ProxyError> {
-        let listener =
-            TcpListener::bind(SocketAddr::new(ip, 0)).and_then(|l| l.local_addr().map(|a| (l, a)));
+        let listener = listen(SocketAddr::new(ip, 0));
         let (listener, addr) = listener.map_err(|source| ProxyError { ip, source })?;
         let state = Arc::new(Mutex::new(State::default()));
         let log = WireLog::new(transcript);
         let holds = Arc::new(Condvar::new());
         let (st, lg, cv) = (state.clone(), log.clone(), holds.clone());
+        // The accept loop only accepts, stamps and numbers: the dial to the
+        // broker runs on the connection's own thread, so a herd of devices
+        // is timed as it dialled, not as one broker connect after another
+        // (a broker whose backlog is full makes a connect wait a second for
+        // SYN's retransmission, and it held every later device back by that
+        // second when the loop dialled).
         std::thread::spawn(move || {
             for dev in listener.incoming() {
                 let Ok(dev) = dev else { continue };
+                let at = Instant::now();
                 let (conn, refuse) = {
                     let mut s = st.lock().unwrap();
                     s.next_conn += 1;
                     (s.next_conn, s.refuse)
                 };
-                let up = if refuse {
-                    None
-                } else {
-                    TcpStream::connect_timeout(&upstream, Duration::from_secs(2)).ok()
-                };
-                lg.push(WireEvent::Attempt {
-                    conn,
-                    reached_broker: up.is_some(),
+                let (st, lg, cv) = (st.clone(), lg.clone(), cv.clone());
+                std::thread::spawn(move || {
+                    let peer = dev.peer_addr().ok().map(|a| a.ip());
+                    let up = if refuse {
+                        None
+                    } else {
+                        TcpStream::connect_timeout(&upstream, Duration::from_secs(2)).ok()
+                    };
+                    lg.push_at(
+                        at,
+                        WireEvent::Attempt {
+                            conn,
+                            reached_broker: up.is_some(),
+                            peer,
+                        },
+                    );
+                    let Some(up) = up else {
+                        reset(&dev);
+                        return;
+                    };
+                    let _ = dev.set_nodelay(true);
+                    let _ = up.set_nodelay(true);
+                    let (Ok(d2), Ok(u2), Ok(d3), Ok(u3)) = (
+                        dev.try_clone(),
+                        up.try_clone(),
+                        dev.try_clone(),
+                        up.try_clone(),
+                    ) else {
+                        return;
+                    };
+                    st.lock().unwrap().conns.push((conn, d2, u2));
+                    let (dec_up, dec_down) = Decoder::pair();
+                    let pump = Pump {
+                        conn,
+                        st,
+                        log: lg,
+                        holds: cv,
+                    };
+                    pump.clone().spawn(d3, u3, dec_up);
+                    pump.spawn(up, dev, dec_down);
                 });
-                let Some(up) = up else {
-                    reset(&dev);
-                    continue;
-                };
-                let _ = dev.set_nodelay(true);
-                let _ = up.set_nodelay(true);
-                let (Ok(d2), Ok(u2), Ok(d3), Ok(u3)) = (
-                    dev.try_clone(),
-                    up.try_clone(),
-                    dev.try_clone(),
-                    up.try_clone(),
-                ) else {
-                    continue;
-                };
-                st.lock().unwrap().conns.push((conn, d2, u2));
-                let (dec_up, dec_down) = Decoder::pair();
-                let pump = Pump {
-                    conn,
-                    st: st.clone(),
-                    log: lg.clone(),
-                    holds: cv.clone(),
-                };
-                pump.clone().spawn(d3, u3, dec_up);
-                pump.spawn(up, dev, dec_down);
             }
         });
         Ok(FaultProxy {

@@ -4,6 +4,7 @@
 
 use crate::transcript::{Source, Transcript};
 pub use hil_packets::tap::{Dir, Packet};
+use std::net::IpAddr;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
@@ -15,6 +16,8 @@ pub enum WireEvent {
     Attempt {
         conn: u32,
         reached_broker: bool,
+        /// The device's source address (a fleet's devices each have one).
+        peer: Option<IpAddr>,
     },
     Packet {
         conn: u32,
@@ -122,14 +125,22 @@ impl WireLog {
     }
 
     pub(crate) fn push(&self, event: WireEvent) {
+        self.push_at(Instant::now(), event)
+    }
+
+    /// [`push`](Self::push) for an event that happened at `at` (a
+    /// connection accepted before its broker side was dialled).
+    pub(crate) fn push_at(&self, at: Instant, event: WireEvent) {
         let text = match &event {
             WireEvent::Attempt {
                 conn,
                 reached_broker: true,
+                ..
             } => format!("#{conn} device connected"),
             WireEvent::Attempt {
                 conn,
                 reached_broker: false,
+                ..
             } => format!("#{conn} device connect attempt reset (broker unreachable)"),
             WireEvent::BrokerRestart => "broker restarted by the testbed".to_string(),
             WireEvent::SessionEnded { client_id } => {
@@ -202,10 +213,7 @@ impl WireLog {
             }
         };
         self.transcript.push(Source::Wire, text);
-        self.records.lock().unwrap().push(WireRecord {
-            at: Instant::now(),
-            event,
-        });
+        self.records.lock().unwrap().push(WireRecord { at, event });
         self.arrived.notify_all();
     }
 
@@ -301,6 +309,7 @@ impl WireLog {
                 WireEvent::Attempt {
                     conn,
                     reached_broker: true,
+                    ..
                 } => Some(conn),
                 _ => None,
             })
@@ -328,9 +337,14 @@ pub struct Connection {
     pub conn: u32,
     pub opened: Instant,
     pub reached_broker: bool,
+    /// The device's source address.
+    pub peer: Option<IpAddr>,
+    /// When the device closed its side (after the broker's close, when it
+    /// noticed the loss), if it did before a cut.
     /// When it ended, and who ended it (`Dir::Up`: the device; `Dir::Down`:
     /// the broker; None: the proxy cut it).
     pub ended: Option<(Instant, Option<Dir>)>,
+    pub closed_by_device: Option<Instant>,
 }
 
 /// The connections opened after `after`, in order, with their ends.
@@ -341,15 +355,23 @@ pub fn connections(records: &[WireRecord], after: Instant) -> Vec<Connection> {
             WireEvent::Attempt {
                 conn,
                 reached_broker,
+                peer,
             } if r.at > after => out.push(Connection {
                 conn,
                 opened: r.at,
                 reached_broker,
+                peer,
                 ended: None,
+                closed_by_device: None,
             }),
             WireEvent::Closed { conn, by } => {
-                if let Some(c) = out.iter_mut().find(|c| c.conn == conn && c.ended.is_none()) {
-                    c.ended = Some((r.at, Some(by)));
+                if let Some(c) = out.iter_mut().find(|c| c.conn == conn) {
+                    if c.ended.is_none() {
+                        c.ended = Some((r.at, Some(by)));
+                    }
+                    if by == Dir::Up && c.closed_by_device.is_none() {
+                        c.closed_by_device = Some(r.at);
+                    }
                 }
             }
             WireEvent::Cut { conn } => {
