@@ -3,9 +3,10 @@
 //! its command.
 //!
 //! How a herd is told from a spread, from the wire tap alone: each fleet
-//! device's wait, from the tap's end of the connection the kill took from
-//! it to its first connection attempt after (devices are told apart by
-//! their source addresses). Lockstep backoff gives every device the same
+//! device's wait before its first connection attempt after the kill,
+//! measured from the loss (the tap's end of the connection the kill took
+//! from it) and from the device's own close of that connection ([`Waits`];
+//! devices are told apart by their source addresses). Lockstep backoff gives every device the same
 //! wait; jitter spreads the waits over `[base/2, base]`. The waits, not the
 //! instants, because a broker does not drop 200 connections at one instant
 //! (rumqttd took 290 ms here), and a no-jitter fleet's reconnects spread
@@ -37,7 +38,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 const FLEET: usize = 200;
-/// The narrowest window the herd test slides over the first reconnects.
+/// The narrowest herd window the test slides over the devices' waits.
 const WINDOW: Duration = Duration::from_millis(100);
 /// The fleet's backoff base: its first reconnects fall in `[BASE/2, BASE]`
 /// after the loss, all after the broker is back (the outage is 1.5 s).
@@ -171,7 +172,7 @@ fn herd_window(lag: Duration) -> Result<Duration, String> {
         return Err(format!(
             "the rig is too slow to tell a herd from a spread: {FLEET} devices dialling at once \
              reached the wire tap over {} ms for half of them, so the herd window would be {} ms, \
-             more than the {} ms at which a jittered fleet (first reconnects over {}..{} ms) \
+             more than the {} ms at which a jittered fleet (waits over {}..{} ms) \
              still looks spread; run with fewer tests at once or on a less loaded host",
             lag.as_millis(),
             window.as_millis(),

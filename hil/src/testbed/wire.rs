@@ -339,11 +339,11 @@ pub struct Connection {
     pub reached_broker: bool,
     /// The device's source address.
     pub peer: Option<IpAddr>,
-    /// When the device closed its side (after the broker's close, when it
-    /// noticed the loss), if it did before a cut.
     /// When it ended, and who ended it (`Dir::Up`: the device; `Dir::Down`:
     /// the broker; None: the proxy cut it).
     pub ended: Option<(Instant, Option<Dir>)>,
+    /// When the device closed its side (after the broker's close, when it
+    /// noticed the loss), if it did before a cut.
     pub closed_by_device: Option<Instant>,
 }
 
